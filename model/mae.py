@@ -1,0 +1,300 @@
+"""The Masked Autoencoder (He et al., 2021), faithful to the official ``models_mae.py``.
+
+Same constructor keywords and the same ``state_dict`` keys as the official ``MaskedAutoencoderViT``,
+so official checkpoints load unchanged; built, like the official code, on timm's ``PatchEmbed`` and
+``Block`` (fused qkv projection, attention through ``scaled_dot_product_attention``). Methods are named
+after the paper's steps: ``patchify``, ``random_masking``, ``forward_encoder``, ``forward_decoder``,
+``forward_loss``.
+
+Our additions are opt-in keywords: ``mask_sampler`` ("random" | "block" | "grid"),
+``mask_token_in_encoder`` (the paper's ablation), ``loss_on_all_patches``, ``target``
+("pixel" | "norm_pix"; ``norm_pix_loss`` is the official alias) and ``mask_ratio`` (the default for
+``forward``). ``config`` holds the constructor keywords as a JSON-able dict for checkpoints.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+
+from .masking import SAMPLERS, make_noise, sample_mask
+from .pos_embed import sincos_2d
+
+TARGETS = ("pixel", "norm_pix")
+
+
+def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """x (N, L, D), ids (N, K) -> (N, K, D); ``expand`` instead of ``repeat`` avoids a copy of the index."""
+    return torch.gather(x, 1, ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """Masked Autoencoder with a Vision Transformer encoder and a narrow transformer decoder."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3,
+                 embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
+                 mlp_ratio=4., norm_layer=None, norm_pix_loss=None, *,
+                 target: str | None = None, mask_sampler: str = "random", mask_token_in_encoder: bool = False,
+                 loss_on_all_patches: bool = False, mask_ratio: float = 0.75, norm_eps: float = 1e-6):
+        super().__init__()
+        target = self._resolve_target(target, norm_pix_loss)
+        if mask_sampler not in SAMPLERS:
+            raise ValueError(f"mask_sampler must be one of {SAMPLERS}, got {mask_sampler!r}")
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        # The official factories pass partial(nn.LayerNorm, eps=1e-6); that is our default, so that a
+        # checkpoint's json config (which cannot hold a class) rebuilds the same model.
+        custom_norm = norm_layer is not None
+        norm_layer = norm_layer or partial(nn.LayerNorm, eps=norm_eps)
+
+        # --------------------------------------------------------------------------
+        # MAE encoder specifics (attribute order = the official one, so state_dict order matches too)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)  # fixed sin-cos
+
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(depth)])
+        self.norm = norm_layer(embed_dim)
+
+        # --------------------------------------------------------------------------
+        # MAE decoder specifics
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
+
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)  # decoder to patch
+
+        # --------------------------------------------------------------------------
+        # Ablation only: the encoder's own mask token (absent from the default state dict).
+        if mask_token_in_encoder:
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+
+        for blk in (*self.blocks, *self.decoder_blocks):
+            blk.attn.fused_attn = True  # scaled_dot_product_attention whatever timm's global default is
+
+        self.target = target
+        self.norm_pix_loss = target == "norm_pix"
+        self.mask_sampler = mask_sampler
+        self.mask_token_in_encoder = mask_token_in_encoder
+        self.loss_on_all_patches = loss_on_all_patches
+        self.mask_ratio = mask_ratio
+        self.config = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads, mlp_ratio=float(mlp_ratio),
+            norm_pix_loss=self.norm_pix_loss, target=target, mask_sampler=mask_sampler,
+            mask_token_in_encoder=mask_token_in_encoder, loss_on_all_patches=loss_on_all_patches,
+            mask_ratio=mask_ratio, norm_eps=norm_eps)
+        if custom_norm:
+            self.config["custom_norm_layer"] = repr(norm_layer)  # informative: cannot be rebuilt from json
+
+        self.initialize_weights()
+
+    @staticmethod
+    def _resolve_target(target, norm_pix_loss):
+        if target is None:
+            return "norm_pix" if norm_pix_loss else "pixel"
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        if norm_pix_loss is not None and bool(norm_pix_loss) != (target == "norm_pix"):
+            raise ValueError(f"target={target!r} contradicts norm_pix_loss={norm_pix_loss}")
+        return target
+
+    # ------------------------------------------------------------------ init
+    def initialize_weights(self):
+        """Official initialisation: fixed sin-cos position tables, xavier on linears and on the patch
+        projection viewed as a linear layer, N(0, 0.02) for the cls and mask tokens."""
+        grid = self.patch_embed.grid_size
+        self.pos_embed.data.copy_(sincos_2d(self.pos_embed.shape[-1], grid, cls_token=True).unsqueeze(0))
+        self.decoder_pos_embed.data.copy_(
+            sincos_2d(self.decoder_pos_embed.shape[-1], grid, cls_token=True).unsqueeze(0))
+
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+
+        nn.init.normal_(self.cls_token, std=.02)
+        nn.init.normal_(self.mask_token, std=.02)
+        if self.mask_token_in_encoder:
+            nn.init.normal_(self.encoder_mask_token, std=.02)
+
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size[0]
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.patch_embed.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_embed.num_patches
+
+    @property
+    def embed_dim(self) -> int:
+        return self.cls_token.shape[-1]
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs (N, C, H, W) -> (N, L, p*p*C), each patch flattened as (row, column, channel)."""
+        p = self.patch_size
+        n, c, h, w = imgs.shape
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        x = imgs.reshape(n, c, h // p, p, w // p, p)
+        x = torch.einsum("nchpwq->nhwpqc", x)
+        return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, L, p*p*C) -> imgs (N, C, H, W); the inverse of ``patchify`` on the model's grid."""
+        p = self.patch_size
+        gh, gw = self.grid_size
+        n, L, d = x.shape
+        c = d // (p * p)
+        if L != gh * gw or c * p * p != d:
+            raise ValueError(f"expected (N, {gh * gw}, p*p*C) patches for patch size {p}, got {tuple(x.shape)}")
+        x = x.reshape(n, gh, gw, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(n, c, gh * p, gw * p)
+
+    # ------------------------------------------------------------------ masking
+    def sample_mask(self, batch: int, mask_ratio: float, noise=None, generator=None, device=None):
+        """(ids_keep, ids_restore, mask) from the configured sampler; ``noise`` (N, L) makes it deterministic."""
+        return sample_mask(self.mask_sampler, batch, self.grid_size, mask_ratio, noise=noise,
+                           generator=generator, device=device if device is not None else self.pos_embed.device)
+
+    def random_masking(self, x, mask_ratio, noise=None, generator=None):
+        """Per-sample masking by shuffling: x (N, L, D) -> (visible tokens (N, K, D), mask, ids_restore).
+
+        With the default sampler this is exactly the official ``argsort(noise)`` recipe.
+        """
+        ids_keep, ids_restore, mask = self.sample_mask(x.shape[0], mask_ratio, noise, generator, x.device)
+        return _gather_tokens(x, ids_keep), mask.to(x.dtype), ids_restore
+
+    # ------------------------------------------------------------------ encoder
+    def _cls_tokens(self, n: int) -> torch.Tensor:
+        return (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+
+    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_encoder(self, imgs, mask_ratio=None, noise=None, generator=None):
+        """Embed patches, add positions, drop the masked ones, prepend cls, run the ViT.
+
+        Returns (latent (N, 1+K, D), mask (N, L), ids_restore (N, L)). With ``mask_token_in_encoder`` the
+        latent is full length (N, 1+L, D): masked positions carry the encoder's mask token instead.
+        """
+        mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        x = self.patch_embed(imgs)
+        x = x + self.pos_embed[:, 1:, :]
+        if self.mask_token_in_encoder:
+            _, ids_restore, mask = self.sample_mask(x.shape[0], mask_ratio, noise, generator, x.device)
+            mask = mask.to(x.dtype)
+            masked_tok = self.encoder_mask_token + self.pos_embed[:, 1:, :]
+            x = torch.lerp(x, masked_tok.to(x.dtype), mask.unsqueeze(-1))  # exact select: mask is 0 or 1
+        else:
+            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise, generator)
+        x = torch.cat([self._cls_tokens(x.shape[0]).to(x.dtype), x], dim=1)
+        return self._run_encoder(x), mask, ids_restore
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """The encoder on ALL patches (no masking), after the final norm: (N, 1+L, D). For probes and kNN."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x = torch.cat([self._cls_tokens(x.shape[0]).to(x.dtype), x], dim=1)
+        return self._run_encoder(x)
+
+    def encode(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """(N, D) image embedding: the cls token ("cls") or the mean of the patch tokens ("avg")."""
+        feats = self.forward_features(imgs)
+        if pool == "cls":
+            return feats[:, 0]
+        if pool == "avg":
+            return feats[:, 1:].mean(dim=1)
+        raise ValueError(f"pool must be 'cls' or 'avg', got {pool!r}")
+
+    # ------------------------------------------------------------------ decoder
+    def forward_decoder(self, x, ids_restore):
+        """Embed to decoder width, add a mask token at each masked position, unshuffle to the original
+        patch order, add the decoder's positions, run the blocks and predict p*p*C pixels per patch.
+
+        Returns (N, L, p*p*C) predictions for every patch, in the original order (no cls).
+        """
+        x = self.decoder_embed(x)
+        n, L = ids_restore.shape
+        if x.shape[1] != L + 1:  # visible tokens only: fill in mask tokens and unshuffle
+            mask_tokens = self.mask_token.to(x.dtype).expand(n, L + 1 - x.shape[1], -1)
+            x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+            x_ = _gather_tokens(x_, ids_restore)
+            x = torch.cat([x[:, :1, :], x_], dim=1)
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = x[:, 1:, :]  # drop cls before the norm and head: the same result, less work
+        return self.decoder_pred(self.decoder_norm(x))
+
+    # ------------------------------------------------------------------ loss
+    def target_patches(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the decoder learns to predict: pixels per patch, normalised per patch for ``norm_pix``."""
+        target = self.patchify(imgs).float()
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.e-6)**.5
+        return target
+
+    def forward_loss(self, imgs, pred, mask):
+        """Mean squared error per patch, averaged over masked patches (or all, with loss_on_all_patches)."""
+        target = self.target_patches(imgs)
+        loss = (pred.float() - target) ** 2
+        loss = loss.mean(dim=-1)  # [N, L], mean loss per patch
+        if self.loss_on_all_patches:
+            return loss.mean()
+        mask = mask.float()
+        return (loss * mask).sum() / mask.sum()  # mean loss on removed patches
+
+    def forward(self, imgs, mask_ratio=None, noise=None, generator=None):
+        """imgs (N, C, H, W) -> (loss, pred (N, L, p*p*C), mask (N, L), 1 = masked).
+
+        ``noise`` (N, L) makes the masking deterministic; ``generator`` draws it reproducibly instead.
+        """
+        if noise is None and generator is not None:
+            noise = make_noise(imgs.shape[0], self.num_patches, generator=generator)
+            noise = noise.to(imgs.device)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)  # [N, L, p*p*3]
+        loss = self.forward_loss(imgs, pred, mask)
+        return loss, pred, mask
+
+    def no_weight_decay(self) -> set[str]:
+        """Names the optimiser should exempt from weight decay besides norms and biases (timm convention)."""
+        names = {"cls_token", "pos_embed", "mask_token", "decoder_pos_embed"}
+        if self.mask_token_in_encoder:
+            names.add("encoder_mask_token")
+        return names

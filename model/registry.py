@@ -1,0 +1,95 @@
+"""Named MAE configurations: the official ImageNet ones and a CPU-scale family for scaling sweeps.
+
+``create_model(name, **overrides)`` builds one; any constructor keyword overrides the preset (e.g.
+``img_size=32``). All presets use LayerNorm eps 1e-6 and, unlike the official constructor default,
+per-patch normalised pixel targets (``norm_pix_loss=True``), as the paper recommends.
+
+Parameter counts (encoder / total with decoder, from ``python -m model.registry``):
+
+=============================  =====  ==========================  =======================
+name                           px/p   encoder (width/depth/heads) decoder (w/d/h)
+=============================  =====  ==========================  =======================
+mae_vit_{tiny,small,base,large,huge}_patch{16,14}   224   192/12/3, 384/12/6, 768/12/12,
+                                                          1024/24/16, 1280/32/16    512/8/16
+mae_vit_pico_patch8_64         64/8   96/4/3                      64/1/2
+mae_vit_nano_patch8_64         64/8   128/6/4                     96/2/3
+mae_vit_micro_patch8_64        64/8   192/6/3                     128/2/4
+mae_vit_mini_patch8_64         64/8   256/8/4                     128/2/4
+mae_vit_small_patch8_64        64/8   384/8/6                     192/2/6
+mae_vit_micro_patch4_32        32/4   192/6/3                     128/2/4
+=============================  =====  ==========================  =======================
+
+``mae_vit_micro_patch8_64`` is the CPU reference of DESIGN.md (64 patches, 16 visible at 75%).
+"""
+from __future__ import annotations
+
+from .mae import MaskedAutoencoderViT
+
+_DECODER = dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+_IMAGENET = {  # width, depth, heads
+    "tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
+    "large": (1024, 24, 16), "huge": (1280, 32, 16),
+}
+_CPU = {  # name: (img, patch, width, depth, heads, dec width, dec depth, dec heads)
+    "mae_vit_pico_patch8_64": (64, 8, 96, 4, 3, 64, 1, 2),
+    "mae_vit_nano_patch8_64": (64, 8, 128, 6, 4, 96, 2, 3),
+    "mae_vit_micro_patch8_64": (64, 8, 192, 6, 3, 128, 2, 4),
+    "mae_vit_mini_patch8_64": (64, 8, 256, 8, 4, 128, 2, 4),
+    "mae_vit_small_patch8_64": (64, 8, 384, 8, 6, 192, 2, 6),
+    "mae_vit_micro_patch4_32": (32, 4, 192, 6, 3, 128, 2, 4),
+}
+
+PRESETS: dict[str, dict] = {}
+for _size, (_w, _d, _h) in _IMAGENET.items():
+    for _p in (16, 14):
+        PRESETS[f"mae_vit_{_size}_patch{_p}"] = dict(
+            img_size=224, patch_size=_p, embed_dim=_w, depth=_d, num_heads=_h, **_DECODER)
+for _name, (_img, _p, _w, _d, _h, _dw, _dd, _dh) in _CPU.items():
+    PRESETS[_name] = dict(img_size=_img, patch_size=_p, embed_dim=_w, depth=_d, num_heads=_h,
+                          decoder_embed_dim=_dw, decoder_depth=_dd, decoder_num_heads=_dh)
+for _cfg in PRESETS.values():
+    _cfg.update(mlp_ratio=4.0, norm_pix_loss=True)
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``, sorted."""
+    return sorted(PRESETS)
+
+
+def model_config(name: str, **overrides) -> dict:
+    """The constructor keywords of a preset with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    cfg = dict(PRESETS[name])
+    if "target" in overrides and "norm_pix_loss" not in overrides:
+        cfg.pop("norm_pix_loss")  # let an explicit target win over the preset's alias
+    cfg.update(overrides)
+    return cfg
+
+
+def create_model(name: str, **overrides) -> MaskedAutoencoderViT:
+    """Build a named MAE; any constructor keyword overrides the preset (e.g. img_size=32, norm_pix_loss=False)."""
+    model = MaskedAutoencoderViT(**model_config(name, **overrides))
+    model.model_name = name
+    return model
+
+
+def _count(model) -> tuple[int, int]:
+    enc = sum(p.numel() for n, p in model.named_parameters()
+              if not n.startswith(("decoder", "mask_token")) and p.requires_grad)
+    return enc, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main() -> None:
+    """Print every preset with its trainable parameter counts."""
+    import argparse
+    argparse.ArgumentParser(description=main.__doc__).parse_args()
+    print(f"{'name':28s} {'img/p':>7s} {'encoder':>12s} {'total':>12s}")
+    for name in list_models():
+        cfg = PRESETS[name]
+        enc, tot = _count(create_model(name))
+        print(f"{name:28s} {cfg['img_size']:>4d}/{cfg['patch_size']:<2d} {enc / 1e6:>11.2f}M {tot / 1e6:>11.2f}M")
+
+
+if __name__ == "__main__":
+    main()
