@@ -1,0 +1,433 @@
+"""The Gradio Blocks app: Runs, Reconstructions, Live masking, Curves and Scaling tabs.
+
+Why it is shaped like this: building the UI reads nothing (the page's load event and the Refresh
+button fill it), so the server is up in seconds however many runs there are. Every handler takes run
+names from the browser, which are checked against `RunCatalog` (the listing `runstore.list_runs` made)
+before anything is read: a name is never turned into a path. Images leave as arrays (Gradio caches
+them); CSV exports are written to a private temp folder. Nothing here writes a run store.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from . import views
+from .catalog import RunCatalog, UnknownRunError
+from .live import DEFAULT_MAX_PARAMS, LiveError, ModelCache, load_image, mask_image, model_image_size, preprocess
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 10
+CURVES = ("loss", "lr", "evals", "throughput")
+SCALING = ("params", "epochs")
+
+CSS = """
+#inspector-empty {border-left: 4px solid #f59e0b; padding: 8px 12px; background: #fffbeb}
+.panel-img img {image-rendering: pixelated}
+"""
+
+
+class InspectorState:
+    """Server-side objects shared by all browser sessions: the run catalog, the model cache, caches."""
+
+    def __init__(self, runs_dir, max_params: int = DEFAULT_MAX_PARAMS):
+        self.catalog = RunCatalog(runs_dir)
+        self.models = ModelCache(max_params=max_params)
+        self.csv_dir = Path(tempfile.mkdtemp(prefix="mae-inspector-csv-"))
+        self._params: dict = {}
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- helpers
+    def run_or_error(self, name):
+        try:
+            return self.catalog.get(name)
+        except UnknownRunError:
+            raise gr.Error(f"Unknown run {name!r}. Press Refresh to re-list the runs folder.") from None
+
+    def write_csv(self, key: str, fig) -> str:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)[:80]
+        path = self.csv_dir / f"{safe}.csv"
+        path.write_text(views.figure_csv(fig))
+        return str(path)
+
+    def encoder_params(self, name: str) -> float | None:
+        """Encoder parameter count of a run's model (the paper's x axis), from its config on the meta device."""
+        cfg = self.catalog.config(name)
+        mcfg = dict(cfg.get("model") or {})
+        mcfg.update(mcfg.pop("extra", None) or {})  # the trainer keeps other constructor kwargs here
+        img = (cfg.get("data") or {}).get("image_size")
+        if img and "img_size" not in mcfg:
+            mcfg["img_size"] = img
+        key = repr(sorted((k, repr(v)) for k, v in mcfg.items()))
+        with self._lock:
+            if key in self._params:
+                return self._params[key]
+        n = None
+        try:
+            import torch
+            from model import create_model
+            model_name = mcfg.pop("name", None)
+            kwargs = {k: v for k, v in mcfg.items() if k not in ("mask_ratio",)}
+            if model_name:
+                with torch.device("meta"):
+                    try:
+                        m = create_model(model_name, **kwargs)
+                    except TypeError:
+                        m = create_model(model_name)
+                n = float(sum(p.numel() for k, p in m.named_parameters()
+                              if not k.startswith(("decoder", "mask_token"))))
+        except Exception as exc:  # unknown model names, configs from other versions
+            log.info("run %s: cannot count parameters: %s", name, exc)
+        with self._lock:
+            self._params[key] = n
+        return n
+
+
+# ===================================================================================== handlers
+def _refresh(state: InspectorState, selected, rec_name=None, live_name=None):
+    names = state.catalog.refresh()
+    msg = state.catalog.empty_message()
+    summaries = state.catalog.summaries(names)
+    for s in summaries:
+        if s.get("params") is None:
+            s["params"] = state.encoder_params(s["name"])
+    table = views.runs_table(summaries)
+    selected = state.catalog.valid(selected) or names[-1:]
+    running = any(s.get("status") == "running" for s in summaries)
+    primary = selected[0] if selected else None
+    rec_name = rec_name if rec_name in names else primary
+    live_name = live_name if live_name in names else primary
+    status = (f"{len(names)} run(s) under `{state.catalog.root}`"
+              + (" · a run is training: auto-refresh every "
+                 f"{REFRESH_SECONDS}s" if running else ""))
+    return (
+        gr.update(value=msg or "", visible=bool(msg)),
+        table,
+        gr.update(choices=names, value=selected),
+        gr.update(choices=names, value=rec_name),
+        gr.update(choices=names, value=live_name),
+        gr.Timer(active=running),
+        status,
+    )
+
+
+def _recon_epochs(state, name, split):
+    return state.catalog.reconstruction_epochs(name, split) if name else []
+
+
+def _recon_controls(state: InspectorState, name, split, epoch):
+    """Re-range the epoch slider for a run/split, keep the chosen epoch if it still exists."""
+    if not name:
+        return gr.update(minimum=0, maximum=1, value=0, interactive=False), "No run selected."
+    state.run_or_error(name)
+    epochs = _recon_epochs(state, name, split)
+    if not epochs:
+        return (gr.update(minimum=0, maximum=1, value=0, interactive=False),
+                f"Run `{name}` has no `{split}` reconstructions yet.")
+    value = epoch if epoch in epochs else epochs[-1]
+    lo, hi = epochs[0], epochs[-1]
+    if lo == hi:
+        hi = lo + 1  # a slider needs a range; values snap to logged epochs
+    steps = np.diff(epochs)
+    step = int(np.gcd.reduce(steps)) if len(steps) else 1
+    return (gr.update(minimum=lo, maximum=hi, value=value, step=max(step, 1), interactive=len(epochs) > 1),
+            f"{len(epochs)} epoch(s) with `{split}` reconstructions: {epochs[0]} ... {epochs[-1]}")
+
+
+def _recon_view(state: InspectorState, name, split, epoch):
+    if not name:
+        return None, pd.DataFrame(), "No run selected."
+    state.run_or_error(name)
+    epochs = _recon_epochs(state, name, split)
+    if not epochs:
+        return None, pd.DataFrame(), f"Run `{name}` has no `{split}` reconstructions yet."
+    e = min(epochs, key=lambda x: abs(x - float(epoch if epoch is not None else epochs[-1])))
+    recons = state.catalog.reconstructions(name, e, split)
+    if recons is None:
+        return None, pd.DataFrame(), f"Reconstructions of epoch {e} could not be read (still being written?)."
+    try:
+        grid = views.reconstruction_grid(recons, title=f"{name} · {split} · epoch {e}")
+    except ValueError as exc:
+        return None, pd.DataFrame(), f"Epoch {e}: {exc}"
+    table = views.reconstruction_losses(recons)
+    mean = pd.to_numeric(table["loss"], errors="coerce").mean()
+    return grid, table, f"Epoch **{e}** ({split}): mean loss {mean:.4f} over {len(table)} image(s)."
+
+
+def _curves(state: InspectorState, selected, x_axis, log_loss):
+    names = state.catalog.valid(selected)
+    metrics = {n: state.catalog.metrics(n) for n in names}
+    evals = {n: state.catalog.evals(n) for n in names}
+    x = x_axis or "step"
+    figs = {
+        "loss": views.loss_figure(metrics, x=x, log_y=bool(log_loss)),
+        "lr": views.lr_figure(metrics, x=x),
+        "evals": views.eval_figure(evals, ("linprobe", "linprobe_full", "knn", "finetune")),
+        "throughput": views.throughput_figure(metrics, x=x),
+    }
+    csvs = [state.write_csv(f"{k}", figs[k]) for k in CURVES]
+    return [figs[k] for k in CURVES] + csvs
+
+
+def _scaling(state: InspectorState, kinds, show_reference):
+    rows = []
+    for name in state.catalog.names():
+        s = state.catalog.summary(name)
+        params = s.get("params") or state.encoder_params(name)
+        epochs = s.get("epochs_done")
+        for point in views.final_evals(state.catalog.evals(name)):
+            rows.append({"run": name, "model": s.get("model"), "params": params,
+                         "epochs": epochs, **point})
+    table = views.scaling_table(rows)
+    kinds = kinds or ["linprobe", "knn"]
+    f1 = views.accuracy_vs_params_figure(table, kinds, bool(show_reference))
+    f2 = views.accuracy_vs_epochs_figure(table, kinds, bool(show_reference))
+    shown = table.copy()
+    if not shown.empty:
+        shown["params"] = [views.format_params(p) for p in shown["params"]]
+    return f1, f2, shown, state.write_csv("scaling_params", f1), state.write_csv("scaling_epochs", f2)
+
+
+def _ckpt_label(c: dict) -> str:
+    parts = [Path(c["path"]).name]
+    if c.get("epoch") is not None:
+        parts.append(f"epoch {c['epoch']}")
+    if c.get("step") is not None:
+        parts.append(f"step {c['step']}")
+    if c.get("tag"):
+        parts.append(str(c["tag"]))
+    return " · ".join(parts)
+
+
+def _sample_choices(state: InspectorState, name) -> list[tuple[str, str]]:
+    """Sampled images of a run's latest reconstructions: (label, "split:epoch:index")."""
+    out = []
+    for split in ("val", "train"):
+        epochs = _recon_epochs(state, name, split)
+        if not epochs:
+            continue
+        recons = state.catalog.reconstructions(name, epochs[-1], split)
+        if not recons or "original" not in recons:
+            continue
+        ids = recons.get("image_ids")
+        for i in range(len(recons["original"])):
+            label = f"{split} image {ids[i] if ids is not None and i < len(ids) else i}"
+            out.append((label, f"{split}:{epochs[-1]}:{i}"))
+    return out
+
+
+def _live_controls(state: InspectorState, name):
+    if not name:
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None), "No run selected."
+    state.run_or_error(name)
+    ckpts = state.catalog.checkpoints(name)
+    ck_choices = [(_ckpt_label(c), Path(c["path"]).name) for c in ckpts]
+    samples = _sample_choices(state, name)
+    note = "" if ckpts else f"Run `{name}` has no checkpoint files yet."
+    return (gr.update(choices=ck_choices, value=ck_choices[-1][1] if ck_choices else None),
+            gr.update(choices=samples, value=samples[0][1] if samples else None), note)
+
+
+def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sampler, seed):
+    try:
+        if not name:
+            raise LiveError("Pick a run first.")
+        state.run_or_error(name)
+        ckpts = {Path(c["path"]).name: c["path"] for c in state.catalog.checkpoints(name)}
+        if ckpt_name not in ckpts:
+            raise LiveError("Pick one of the run's checkpoints.")
+        model = state.models.get(ckpts[ckpt_name])
+        if upload is not None:
+            img = load_image(upload)
+            source = f"upload {Path(str(upload)).name}"
+        elif sample:
+            m = re.fullmatch(r"(train|val):(\d+):(\d+)", str(sample))
+            if not m:
+                raise LiveError("Unknown sample image; press Refresh.")
+            split, epoch, idx = m.group(1), int(m.group(2)), int(m.group(3))
+            recons = state.catalog.reconstructions(name, epoch, split)
+            if recons is None or idx >= len(recons["original"]):
+                raise LiveError("That sampled image is no longer available; press Refresh.")
+            img = load_image(views._to_uint8_hwc(recons["original"][idx]))
+            source = f"{split} image {idx} of epoch {epoch}"
+        else:
+            raise LiveError("Upload an image or pick a sampled one.")
+        x = preprocess(img, model_image_size(model))
+        res = mask_image(model, x, float(ratio_pct) / 100.0, sampler or "random", int(seed or 0))
+    except LiveError as exc:
+        raise gr.Error(str(exc)) from None
+    p = res.panels
+    return p["original"], p["masked"], p["reconstruction"], p["pasted"], f"{source} · {res.caption()}"
+
+
+# ===================================================================================== layout
+def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Blocks:
+    """The Blocks app for one runs folder. Reads nothing until a browser loads the page."""
+    state = InspectorState(runs_dir, max_params=max_params)
+
+    with gr.Blocks(title="MAE inspector", analytics_enabled=False) as demo:
+        demo.inspector_state = state  # for tests and callers that want the catalog
+        with gr.Row(equal_height=True):
+            gr.Markdown("## MAE inspector\nRuns, reconstructions, live masking, curves and scaling "
+                        "from the run stores (read-only).")
+            refresh = gr.Button("Refresh", variant="primary", scale=0, min_width=120, elem_id="refresh")
+        status = gr.Markdown(elem_id="status")
+        empty = gr.Markdown(visible=False, elem_id="inspector-empty")
+        timer = gr.Timer(REFRESH_SECONDS, active=False)
+
+        with gr.Tabs():
+            with gr.Tab("Runs", id="runs"):
+                runs_table = gr.Dataframe(label="Runs (status from each store's last write)",
+                                          interactive=False, wrap=True, elem_id="runs-table")
+                selected = gr.CheckboxGroup(label="Show / overlay these runs in Curves",
+                                            elem_id="run-select")
+            with gr.Tab("Reconstructions", id="recons"):
+                with gr.Row():
+                    rec_run = gr.Dropdown(label="Run", elem_id="rec-run")
+                    rec_split = gr.Radio(["val", "train"], value="val", label="Split", elem_id="rec-split")
+                    rec_epoch = gr.Slider(0, 1, value=0, step=1, label="Epoch", elem_id="rec-epoch")
+                rec_note = gr.Markdown(elem_id="rec-note")
+                rec_img = gr.Image(label="original | masked | reconstruction | reconstruction + visible",
+                                   type="numpy", format="png", interactive=False, elem_id="rec-grid",
+                                   elem_classes="panel-img")
+                rec_loss = gr.Dataframe(label="Per-image loss", interactive=False, elem_id="rec-loss")
+            with gr.Tab("Live masking", id="live"):
+                with gr.Row():
+                    live_run = gr.Dropdown(label="Run", elem_id="live-run")
+                    live_ckpt = gr.Dropdown(label="Checkpoint", elem_id="live-ckpt")
+                    live_sample = gr.Dropdown(label="Sampled image", elem_id="live-sample")
+                with gr.Row():
+                    live_upload = gr.File(label="...or upload an image (JPEG/PNG, max 20 MiB)",
+                                          file_types=["image"], type="filepath", elem_id="live-upload")
+                    with gr.Column():
+                        live_ratio = gr.Slider(10, 90, value=75, step=5, label="Mask ratio (%)",
+                                               elem_id="live-ratio")
+                        live_sampler = gr.Radio(["random", "block", "grid"], value="random",
+                                                label="Sampler", elem_id="live-sampler")
+                        live_seed = gr.Number(0, precision=0, label="Seed", elem_id="live-seed")
+                        live_go = gr.Button("Mask and reconstruct", variant="primary", elem_id="live-go")
+                live_note = gr.Markdown(elem_id="live-note")
+                with gr.Row():
+                    outs = [gr.Image(label=lbl, type="numpy", format="png", interactive=False,
+                                     elem_id=f"live-{key}", elem_classes="panel-img")
+                            for key, lbl in (("original", "original"), ("masked", "masked input"),
+                                             ("reconstruction", "reconstruction"),
+                                             ("pasted", "reconstruction + visible"))]
+            with gr.Tab("Curves", id="curves"):
+                with gr.Row():
+                    x_axis = gr.Radio(["step", "epoch"], value="step", label="x axis", elem_id="x-axis")
+                    log_loss = gr.Checkbox(False, label="log-scale loss")
+                plots, downloads = {}, {}
+                for key, label in (("loss", "Loss"), ("lr", "Learning rate"),
+                                   ("evals", "Linear probe / kNN vs epoch"), ("throughput", "Images/s and data wait")):
+                    plots[key] = gr.Plot(label=label, elem_id=f"plot-{key}")
+                    downloads[key] = gr.DownloadButton(f"Download {label} CSV", size="sm",
+                                                       elem_id=f"csv-{key}")
+            with gr.Tab("Scaling", id="scaling"):
+                with gr.Row():
+                    sc_kinds = gr.CheckboxGroup(["linprobe", "linprobe_full", "knn", "finetune"],
+                                                value=["linprobe", "knn", "finetune"],
+                                                label="Evaluations", elem_id="sc-kinds")
+                    sc_ref = gr.Checkbox(False, label="Show the MAE paper's ImageNet reference points "
+                                                      "(ViT-B/L/H)", elem_id="sc-ref")
+                sc_params = gr.Plot(label="Accuracy vs parameters", elem_id="plot-sc-params")
+                sc_epochs = gr.Plot(label="Accuracy vs epochs", elem_id="plot-sc-epochs")
+                sc_table = gr.Dataframe(label="Sweep points (last evaluation of each run)",
+                                        interactive=False, elem_id="sc-table")
+                with gr.Row():
+                    sc_dl1 = gr.DownloadButton("Download accuracy-vs-params CSV", size="sm")
+                    sc_dl2 = gr.DownloadButton("Download accuracy-vs-epochs CSV", size="sm")
+
+        # ------------------------------------------------------------------ wiring
+        refresh_outs = [empty, runs_table, selected, rec_run, live_run, timer, status]
+        curve_ins = [selected, x_axis, log_loss]
+        curve_outs = [plots[k] for k in CURVES] + [downloads[k] for k in CURVES]
+        scaling_ins, scaling_outs = [sc_kinds, sc_ref], [sc_params, sc_epochs, sc_table, sc_dl1, sc_dl2]
+        rec_ins = [rec_run, rec_split, rec_epoch]
+
+        def do_refresh(sel, rec_name, live_name):
+            return _refresh(state, sel, rec_name, live_name)
+
+        def do_curves(sel, xa, lg):
+            return _curves(state, sel, xa, lg)
+
+        def do_scaling(kinds, ref):
+            return _scaling(state, kinds, ref)
+
+        def do_recon_controls(name, split, epoch):
+            return _recon_controls(state, name, split, epoch)
+
+        def do_recon(name, split, epoch):
+            return _recon_view(state, name, split, epoch)
+
+        def do_live_controls(name):
+            return _live_controls(state, name)
+
+        def do_live(*args):
+            return _live(state, *args)
+
+        for trigger in (demo.load, refresh.click, timer.tick):
+            (trigger(do_refresh, [selected, rec_run, live_run], refresh_outs, show_progress="hidden")
+             .then(do_curves, curve_ins, curve_outs, show_progress="hidden")
+             .then(do_scaling, scaling_ins, scaling_outs, show_progress="hidden")
+             .then(do_recon_controls, rec_ins, [rec_epoch, rec_note], show_progress="hidden")
+             .then(do_recon, rec_ins, [rec_img, rec_loss, rec_note], show_progress="hidden"))
+        gr.on([selected.input, x_axis.change, log_loss.change], do_curves, curve_ins, curve_outs)
+        gr.on([sc_kinds.change, sc_ref.change], do_scaling, scaling_ins, scaling_outs)
+        gr.on([rec_run.input, rec_split.input], do_recon_controls, rec_ins, [rec_epoch, rec_note]).then(
+            do_recon, rec_ins, [rec_img, rec_loss, rec_note])
+        # input: while dragging (only the last pending one runs); release: pointer up or number typed
+        gr.on([rec_epoch.input, rec_epoch.release], do_recon, rec_ins, [rec_img, rec_loss, rec_note],
+              trigger_mode="always_last", show_progress="minimal")
+        live_run.change(do_live_controls, [live_run], [live_ckpt, live_sample, live_note])
+        live_ins = [live_run, live_ckpt, live_upload, live_sample, live_ratio, live_sampler, live_seed]
+        gr.on([live_go.click, live_ratio.release, live_sampler.input, live_seed.submit], do_live, live_ins,
+              outs + [live_note])
+    return demo
+
+
+# ===================================================================================== launch
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, open_browser: bool = False,
+           *, block: bool = True, max_params: int = DEFAULT_MAX_PARAMS, quiet: bool = False):
+    """Serve the inspector for `runs_dir` on host:port and print its URL.
+
+    `block=False` returns at once with the server running in a thread (tests, notebooks, demos);
+    returns (demo, url). Binding anything but localhost prints a warning: the app has no login.
+    """
+    import os
+    import warnings
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if host not in LOCAL_HOSTS:
+        msg = (f"binding the inspector to {host}: anyone who can reach this machine on port "
+               f"{port or 7860} can browse your runs (there is no login). Use --host 127.0.0.1 to keep it local.")
+        warnings.warn(msg, stacklevel=2)
+        log.warning(msg)
+    demo = build_app(runs_dir, max_params=max_params)
+    demo.queue(default_concurrency_limit=2)
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, inbrowser=open_browser, share=False,
+        prevent_thread_lock=True, quiet=True, show_error=True, ssr_mode=False,
+        max_file_size="20mb", footer_links=[], theme=gr.themes.Default(), css=CSS,
+        enable_monitoring=False, mcp_server=False, pwa=False)
+    url = url or f"http://{host}:{demo.server_port}/"
+    if not quiet:
+        print(f"MAE inspector for {Path(runs_dir).resolve()} at {url}", flush=True)
+    if block:
+        try:
+            demo.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            demo.close()
+    return demo, url

@@ -1,0 +1,266 @@
+"""The inspector's only door to run stores: find runs, open them lazily, read them defensively.
+
+Why a separate module: the app must (a) start in seconds on a folder with many runs, so nothing is
+read until a run is shown, (b) never turn a user-supplied name into a path, so every name is looked up
+in the list `runstore.list_runs` returned, and (c) keep working on half-written or crashed runs, so
+every read is wrapped and degrades to an empty table plus a note. All reading goes through `runstore`;
+this module never touches zarr itself and never writes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+import runstore
+
+log = logging.getLogger(__name__)
+
+# Column order of the runs table (the first thing a user sees).
+SUMMARY_COLUMNS = [
+    "name", "status", "model", "dataset", "epochs", "last_loss",
+    "best_linprobe", "best_knn", "images_per_s", "params",
+]
+
+
+class UnknownRunError(KeyError):
+    """A run name that is not one of the runs found under the runs root."""
+
+
+def as_frame(data: Any) -> pd.DataFrame:
+    """Turn whatever a runstore reader returned (DataFrame, dict of columns, list of rows) into a frame."""
+    if data is None:
+        return pd.DataFrame()
+    if isinstance(data, pd.DataFrame):
+        return data
+    try:
+        return pd.DataFrame(data)
+    except (ValueError, TypeError):
+        # dict of scalars or ragged columns: treat as one row
+        return pd.DataFrame([data]) if isinstance(data, dict) else pd.DataFrame()
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+class RunCatalog:
+    """Runs under one root, opened on demand and re-listed on refresh.
+
+    `names()` is cheap after the first listing; `get(name)` only accepts names from that listing.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self._runs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self.refresh()
+
+    # ------------------------------------------------------------------ listing
+    def refresh(self) -> list[str]:
+        """Re-list the runs root (new runs appear, deleted ones go). Never raises."""
+        runs: dict[str, Any] = {}
+        self.error = None
+        if self.root.is_dir():
+            try:
+                found = runstore.list_runs(self.root)
+            except Exception as exc:  # a broken store must not take the app down
+                log.exception("listing runs under %s failed", self.root)
+                self.error = f"Could not list runs under {self.root}: {exc}"
+                found = []
+            for run in found:
+                name = str(getattr(run, "name", "") or Path(getattr(run, "path", "")).name)
+                if name:
+                    runs[name] = run
+        with self._lock:
+            self._runs = runs
+        return self.names()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._runs)
+
+    def empty_message(self) -> str | None:
+        """A helpful note when there is nothing to show, else None."""
+        if self.error:
+            return self.error
+        if not self.root.exists():
+            return (f"The runs folder `{self.root}` does not exist yet. Train a run first, e.g. "
+                    "`python -m trainer.pretrain --config configs/demo.yaml`, or point the inspector at "
+                    "another folder with `--runs DIR`.")
+        if not self.root.is_dir():
+            return f"`{self.root}` is not a folder. Pass the folder that holds your runs with `--runs DIR`."
+        if not self.names():
+            return (f"No runs found under `{self.root}` yet. A run is a folder with `config.yaml` and its "
+                    "zarr stores; start one with `python -m trainer.pretrain --config configs/demo.yaml` "
+                    "and press Refresh.")
+        return None
+
+    def get(self, name: str):
+        """The Run for a listed name. Raises UnknownRunError for anything else (no path joining)."""
+        with self._lock:
+            run = self._runs.get(name)
+        if run is None:
+            raise UnknownRunError(f"no run named {name!r} under {self.root}")
+        return run
+
+    def valid(self, names: Iterable[str] | str | None) -> list[str]:
+        """Keep only listed names, in the given order (used for every UI selection)."""
+        if names is None:
+            return []
+        if isinstance(names, str):
+            names = [names]
+        known = set(self.names())
+        return [n for n in names if isinstance(n, str) and n in known]
+
+    # ------------------------------------------------------------------ reads
+    def _read(self, name: str, what: str, *args):
+        run = self.get(name)
+        fn = getattr(run, what, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args) if callable(fn) else fn
+        except Exception as exc:  # half-written stores: show what is there
+            log.warning("run %s: %s%s failed: %s", name, what, args, exc)
+            return None
+
+    def config(self, name: str) -> dict:
+        cfg = self._read(name, "config")
+        return cfg if isinstance(cfg, dict) else {}
+
+    def status(self, name: str) -> str:
+        status = self._read(name, "status")
+        if isinstance(status, dict):
+            status = status.get("status")
+        return str(status) if status else "unknown"
+
+    def metrics(self, name: str) -> pd.DataFrame:
+        return as_frame(self._read(name, "metrics"))
+
+    def evals(self, name: str) -> pd.DataFrame:
+        return as_frame(self._read(name, "evals"))
+
+    def checkpoints(self, name: str) -> list[dict]:
+        """Checkpoints of a run whose files exist inside the run's folder (others are not offered)."""
+        raw = self._read(name, "checkpoints")
+        rows = as_frame(raw).to_dict("records") if raw is not None else []
+        run_dir = self.run_dir(name)
+        out = []
+        for row in rows:
+            path = row.get("path")
+            if not path:
+                continue
+            p = Path(path)
+            if not p.is_absolute() and run_dir is not None:
+                p = run_dir / p
+            if run_dir is not None and not _is_within(p, run_dir):
+                log.warning("run %s: checkpoint %s lies outside the run folder; ignored", name, p)
+                continue
+            if p.is_file():
+                out.append({**row, "path": str(p)})
+        return out
+
+    def run_dir(self, name: str) -> Path | None:
+        run = self.get(name)
+        for attr in ("path", "run_dir", "dir", "root"):
+            p = getattr(run, attr, None)
+            if p:
+                return Path(p)
+        return None
+
+    def reconstruction_epochs(self, name: str, split: str) -> list[int]:
+        epochs = self._read(name, "reconstruction_epochs", split)
+        try:
+            return sorted(int(e) for e in (epochs if epochs is not None else []))
+        except (TypeError, ValueError):
+            return []
+
+    def reconstructions(self, name: str, epoch: int, split: str) -> dict | None:
+        rec = self._read(name, "reconstructions", int(epoch), split)
+        return rec if isinstance(rec, dict) and rec else None
+
+    def summary(self, name: str) -> dict:
+        """One row of the runs table. Uses Run.summary() where the store offers it, else derives it."""
+        cfg = self.config(name)
+        s = self._read(name, "summary")
+        s = dict(s) if isinstance(s, dict) else {}
+        metrics = evals = None
+        if not {"last_loss", "epochs_done"} <= s.keys():
+            metrics = self.metrics(name)
+        if not {"best_linprobe", "best_knn"} <= s.keys():
+            evals = self.evals(name)
+        return summarize(name, cfg, self.status(name), s, metrics, evals)
+
+    def summaries(self, names: Iterable[str] | None = None) -> list[dict]:
+        return [self.summary(n) for n in (self.valid(names) if names is not None else self.names())]
+
+
+# ---------------------------------------------------------------------------------------------
+def _num(x) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _best(evals: pd.DataFrame | None, kinds: tuple[str, ...]) -> float | None:
+    if evals is None or evals.empty or "kind" not in evals or "top1" not in evals:
+        return None
+    sel = evals[evals["kind"].isin(kinds)]["top1"]
+    sel = pd.to_numeric(sel, errors="coerce").dropna()
+    return float(sel.max()) if len(sel) else None
+
+
+def summarize(name: str, cfg: dict, status: str, s: dict, metrics: pd.DataFrame | None,
+              evals: pd.DataFrame | None) -> dict:
+    """Merge a store's own summary with what can be derived from config, metrics and evals."""
+    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    dataset = s.get("dataset") or data_cfg.get("name") or data_cfg.get("dataset")
+    if not dataset and data_cfg.get("train_path"):
+        tp = Path(str(data_cfg["train_path"]))
+        dataset = tp.parent.name if tp.suffix else tp.name
+    planned = s.get("epochs_planned", cfg.get("epochs"))
+    done = s.get("epochs_done")
+    last_loss = s.get("last_loss")
+    ips = s.get("images_per_s")
+    if metrics is not None and not metrics.empty:
+        if done is None and "epoch" in metrics:
+            e = pd.to_numeric(metrics["epoch"], errors="coerce").dropna()
+            # the trainer logs fractional epochs, 1.0 at the end of the first one
+            done = int(math.floor(e.max() + 1e-6)) if len(e) else None
+        if last_loss is None and "loss" in metrics:
+            l = pd.to_numeric(metrics["loss"], errors="coerce").dropna()
+            last_loss = float(l.iloc[-1]) if len(l) else None
+        if ips is None and "images_per_s" in metrics:
+            v = pd.to_numeric(metrics["images_per_s"], errors="coerce").dropna()
+            ips = float(v.tail(50).median()) if len(v) else None
+    best_lp = s.get("best_linprobe", _best(evals, ("linprobe", "linprobe_full")))
+    best_knn = s.get("best_knn", _best(evals, ("knn",)))
+    epochs = f"{done if done is not None else 0}/{planned if planned is not None else '?'}"
+    return {
+        "name": name,
+        "status": s.get("status") or status,
+        "model": s.get("model") or model_cfg.get("name") or cfg.get("model_name") or "?",
+        "dataset": dataset or "?",
+        "epochs": epochs,
+        "epochs_done": done,
+        "epochs_planned": planned,
+        "last_loss": _num(last_loss),
+        "best_linprobe": _num(best_lp),
+        "best_knn": _num(best_knn),
+        "images_per_s": _num(ips),
+        "params": _num(s.get("params") or s.get("num_params")),
+    }

@@ -1,0 +1,202 @@
+"""Live re-masking: load a run's checkpoint, mask an image now (CPU), show the four panels.
+
+Why its own module: it is the only part of the inspector that runs a model, so it owns the guards
+that keep the app responsive and safe: a parameter-count limit checked *before* building the model
+(a ViT-H would take seconds per image and gigabytes of memory on a laptop), size and pixel limits on
+uploads checked before decoding (decompression bombs), and a small cache so moving a slider does
+not reload the checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PARAMS = 150_000_000      # ViT-B MAE (112M with decoder) is fine on CPU; ViT-L/H are not
+DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000       # ~ 8000 x 5000
+SAMPLERS = ("random", "block", "grid")
+_FALLBACK_MEAN = (0.485, 0.456, 0.406)
+_FALLBACK_STD = (0.229, 0.224, 0.225)
+
+
+class LiveError(ValueError):
+    """A problem the user can fix (bad upload, model too large, bad setting): shown as a message."""
+
+
+def imagenet_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
+    import model as model_pkg
+    mean = getattr(model_pkg, "IMAGENET_MEAN", _FALLBACK_MEAN)
+    std = getattr(model_pkg, "IMAGENET_STD", _FALLBACK_STD)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+# ---------------------------------------------------------------------------------------- images
+def load_image(source, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An RGB PIL image from an uploaded file path or an array, or LiveError saying what is wrong."""
+    if source is None:
+        raise LiveError("No image: upload one or pick a sampled image.")
+    if isinstance(source, np.ndarray):
+        a = source
+        if a.ndim == 2:
+            a = np.repeat(a[..., None], 3, axis=2)
+        if a.ndim != 3 or a.shape[-1] not in (3, 4):
+            raise LiveError(f"expected an H x W x 3 image array, got shape {a.shape}")
+        if a.shape[0] * a.shape[1] > max_pixels:
+            raise LiveError(f"image has {a.shape[0] * a.shape[1]:,} pixels; the limit is {max_pixels:,}")
+        return Image.fromarray(a[..., :3].astype(np.uint8))
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    path = Path(getattr(source, "name", source))
+    name = path.name
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise LiveError(f"cannot read the upload {name}: {exc.strerror or exc}") from None
+    if size > max_bytes:
+        raise LiveError(f"{name} is {size / 2**20:.1f} MiB; uploads are limited to "
+                        f"{max_bytes / 2**20:.0f} MiB. Resize it first.")
+    if size == 0:
+        raise LiveError(f"{name} is empty.")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size  # read from the header, before any pixel is decoded
+            if w * h > max_pixels:
+                raise LiveError(f"{name} is {w} x {h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
+            im = ImageOps.exif_transpose(im)
+            return im.convert("RGB")
+    except LiveError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise LiveError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, ...).") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise LiveError(f"{name} could not be decoded as an image: {exc}") from None
+
+
+def preprocess(img: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side to `size` (bicubic), centre-crop, normalise -> 1 x 3 x size x size."""
+    from torchvision.transforms import functional as TF
+    img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    img = TF.center_crop(img, [size, size])
+    mean, std = imagenet_stats()
+    return TF.normalize(TF.to_tensor(img), mean, std).unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------- models
+def _read_checkpoint(path: Path) -> dict:
+    try:  # mmap: counting parameters of a huge checkpoint must not read it all into memory
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except RuntimeError:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _state_dict(ckpt) -> dict:
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict", "model_state"):
+            if isinstance(ckpt.get(key), dict):
+                return ckpt[key]
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def count_params(state_dict: dict) -> int:
+    return int(sum(v.numel() for v in state_dict.values() if isinstance(v, torch.Tensor)))
+
+
+class ModelCache:
+    """Checkpoint path -> loaded model in eval mode, least recently used first out.
+
+    The key includes the file's mtime and size so a checkpoint overwritten by a running trainer is
+    reloaded. Models over `max_params` are refused with a LiveError before they are built.
+    """
+
+    def __init__(self, max_params: int = DEFAULT_MAX_PARAMS, capacity: int = 2):
+        self.max_params = int(max_params)
+        self.capacity = capacity
+        self._models: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a checkpoint was actually read (tests check the cache)
+
+    def get(self, path: str | os.PathLike):
+        path = Path(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise LiveError(f"checkpoint {path.name} cannot be read: {exc.strerror or exc}") from None
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            ckpt = _read_checkpoint(path)
+            n = count_params(_state_dict(ckpt))
+            if n > self.max_params:
+                raise LiveError(
+                    f"{path.name} holds a model with {n / 1e6:.0f}M parameters; live masking on CPU is "
+                    f"limited to {self.max_params / 1e6:.0f}M so it stays interactive. Start the inspector "
+                    f"with --live-max-params {int(n * 1.01)} to allow it anyway.")
+            from model import load_checkpoint
+            model = load_checkpoint(ckpt, map_location="cpu").eval()
+            self.loads += 1
+            self._models[key] = model
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)
+            return model
+
+
+# ---------------------------------------------------------------------------------------- masking
+@dataclass
+class LiveResult:
+    panels: dict          # original, masked, reconstruction, pasted: H x W x 3 uint8
+    loss: float           # MSE on the masked patches of this image
+    visible: int          # patches the encoder saw
+    total: int            # patches in the image
+    seconds: float
+
+    def caption(self) -> str:
+        return (f"loss {self.loss:.4f} on masked patches · encoder saw {self.visible}/{self.total} patches "
+                f"· {self.seconds * 1000:.0f} ms on CPU")
+
+
+_forward_lock = threading.Lock()
+
+
+def mask_image(model, image: torch.Tensor, mask_ratio: float, sampler: str = "random",
+               seed: int = 0) -> LiveResult:
+    """Mask one normalised image (1 x 3 x H x W) with `sampler` at `mask_ratio`, reconstruct it now."""
+    import time
+    from model.visualize import reconstruction_panels
+
+    if sampler not in SAMPLERS:
+        raise LiveError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if not 0.0 < float(mask_ratio) < 1.0:
+        raise LiveError(f"mask ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
+    L = int(getattr(model, "num_patches", 0) or model.patch_embed.num_patches)
+    gen = torch.Generator().manual_seed(int(seed))
+    noise = torch.rand(image.shape[0], L, generator=gen)
+    t0 = time.perf_counter()
+    # the sampler is a model attribute; the lock keeps concurrent requests from seeing each other's
+    with _forward_lock, torch.inference_mode():
+        old = model.mask_sampler
+        model.mask_sampler = sampler
+        try:
+            loss, pred, mask = model(image, mask_ratio=float(mask_ratio), noise=noise)
+        finally:
+            model.mask_sampler = old
+    mean, std = imagenet_stats()
+    panels = reconstruction_panels(model, image, pred, mask, mean, std)
+    seconds = time.perf_counter() - t0
+    panels = {k: np.asarray(v)[0] for k, v in panels.items()}
+    visible = int((mask[0] == 0).sum())
+    return LiveResult(panels=panels, loss=float(loss), visible=visible, total=L, seconds=seconds)
+
+
+def model_image_size(model) -> int:
+    size = model.patch_embed.img_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
