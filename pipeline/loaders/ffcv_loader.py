@@ -1,0 +1,156 @@
+"""FFCV back end: reads a ``.beton`` written by ``python -m pipeline.build_ffcv``.
+
+The pipeline, declared as a list of stages like FFCV's own examples:
+
+    image: RandomResizedCropRGBImageDecoder | CenterCropRGBImageDecoder -> RandomHorizontalFlip
+           -> ToTensor -> ToDevice(non_blocking) -> ToTorchImage          (uint8, N x 3 x S x S)
+    label: IntDecoder -> ToTensor -> Squeeze -> ToDevice(non_blocking)
+
+Notes on the choices (see also "Known traps" in the issue):
+
+* Normalisation is done in torch after the batch arrives (:func:`transforms.finish_batch`), not
+  with FFCV's ``NormalizeImage``: placed after ``ToTensor`` it makes FFCV 1.0.2 hang while building
+  the Loader on a GPU-less machine, and its GPU mode needs cupy.
+* Resampling: FFCV's crop decoders resize with OpenCV ``INTER_AREA`` (no bicubic option). For the
+  downscaling that dominates RandomResizedCrop this is the closest antialiased filter; upscaled
+  small crops come out a little softer than torch's bicubic. Statistics agree (tested).
+* Order: by default FFCV is handed the shared epoch order of :mod:`pipeline.loaders.base`
+  (a ``TraversalOrder`` returning our indices), so the three back ends see the same samples in
+  the same order, ``start_batch`` skips without decoding, and sharding is ours (``distributed``
+  is still set under torchrun for the record). ``order="random" | "quasi_random"`` switches to
+  FFCV's own seeded orders instead (``quasi_random`` with ``os_cache=False`` for datasets larger
+  than RAM; FFCV forbids it with ``distributed=True``); those need ``torch.distributed`` to be
+  initialised when ``world_size > 1`` and cannot resume mid-epoch.
+* FFCV's crop and flip draw from numba's per-thread RNG, which FFCV does not seed: the order is
+  reproducible, the augmentation is not bit-exact (use the torch back end for bit-exact tests).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import base, transforms
+from .files import read_class_names
+
+_FFCV_ORDERS = ("shared", "random", "quasi_random", "sequential")
+
+
+def _check_beton(path: Path) -> None:
+    """Use pipeline.beton.check_beton (the build_ffcv side's validator) when it is available."""
+    try:
+        from pipeline.beton import check_beton
+    except ImportError:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such .beton file")
+        return
+    check_beton(path)
+
+
+class FFCVLoader(base.EpochState):
+    """Loader over a .beton; see module docstring. Build it with :func:`pipeline.make_loader`."""
+
+    backend = "ffcv"
+
+    def __init__(self, path, batch_size=128, image_size=224, train=True, num_workers=2, device="cpu",
+                 dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
+                 drop_last=True, shuffle=True, order="shared", os_cache=True, batches_ahead=3):
+        from ffcv.fields import IntField, RGBImageField
+        from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder,
+                                          RandomResizedCropRGBImageDecoder)
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.reader import Reader
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        path = Path(path)
+        _check_beton(path)
+        if order not in _FFCV_ORDERS:
+            raise ValueError(f"order must be one of {_FFCV_ORDERS}, got {order!r}")
+        if order == "quasi_random" and world_size > 1:
+            raise ValueError("FFCV's QUASI_RANDOM order does not support distributed=True; "
+                             "use order='shared' or 'random' with world_size > 1")
+        try:
+            reader = Reader(str(path))
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable .beton ({type(e).__name__}: {e})") from e
+        image_field = next((n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)), None)
+        label_field = next((n for n, h in reader.handlers.items() if isinstance(h, IntField)), None)
+        if image_field is None or label_field is None:
+            raise ValueError(f"{path}: needs an RGBImageField and an IntField, has "
+                             f"{ {n: type(h).__name__ for n, h in reader.handlers.items()} }")
+        super().__init__(reader.num_samples, batch_size, seed, rank, world_size, drop_last, shuffle)
+        self.path, self.image_size, self.train = path, image_size, train
+        self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
+        self.order_mode = order
+        labels = np.asarray(reader.metadata[f"f{list(reader.handlers).index(label_field)}"])
+        self.classes = read_class_names(path.parent) or [str(i) for i in range(int(labels.max()) + 1)]
+        self.num_classes = len(self.classes)
+
+        size = (image_size, image_size)
+        if train:
+            decoder = RandomResizedCropRGBImageDecoder(size, scale=transforms.RRC_SCALE,
+                                                       ratio=transforms.RRC_RATIO)
+            image_ops = [decoder, RandomHorizontalFlip()]
+        else:
+            image_ops = [CenterCropRGBImageDecoder(size, ratio=image_size / transforms.eval_resize_size(image_size))]
+        image_ops.append(ToTensor())
+        label_ops = [IntDecoder(), ToTensor(), Squeeze()]
+        if self.device.type == "cuda":
+            image_ops.append(ToDevice(self.device, non_blocking=True))
+            label_ops.append(ToDevice(self.device, non_blocking=True))
+        image_ops.append(ToTorchImage(channels_last=True))
+
+        common = dict(batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
+                      distributed=world_size > 1, batches_ahead=batches_ahead,
+                      pipelines={image_field: image_ops, label_field: label_ops})
+        if order == "shared":
+            self._next_order = self.order(consume=False)
+            self._ffcv = Loader(str(path), order=_SharedOrder(self), drop_last=False, **common)
+        else:
+            ffcv_order = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
+                          "sequential": OrderOption.SEQUENTIAL}[order]
+            self._ffcv = Loader(str(path), order=ffcv_order, seed=seed, drop_last=drop_last, **common)
+
+    def __len__(self) -> int:
+        return super().__len__() if self.order_mode == "shared" else len(self._ffcv)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.order_mode == "shared":
+            self._next_order = self.order()
+            if len(self._next_order) == 0:
+                return
+        else:
+            if self.start_batch:
+                raise NotImplementedError(f"start_batch needs order='shared' (FFCV order={self.order_mode!r})")
+            self._ffcv.next_epoch = self.epoch
+        for images, labels in self._ffcv:
+            # FFCV reuses its batch buffers: finish_batch makes new image tensors, labels are cloned.
+            yield transforms.finish_batch(images, labels.clone(), self.device, self.dtype,
+                                          self.channels_last)
+
+
+def _shared_order_class():
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class SharedOrder(TraversalOrder):
+        """Hands FFCV the indices computed by pipeline.loaders.base for the current epoch."""
+
+        def __init__(self, owner: FFCVLoader):  # noqa: D401 - FFCV calls order(loader) on instances
+            self.owner = owner
+
+        def __call__(self, loader):
+            self.loader = loader
+            self.indices = loader.indices
+            self.seed, self.distributed, self.sampler = loader.seed, loader.distributed, None
+            return self
+
+        def sample_order(self, epoch: int):
+            return self.owner._next_order.astype(np.uint64)
+
+    return SharedOrder
+
+
+def _SharedOrder(owner):
+    return _shared_order_class()(owner)

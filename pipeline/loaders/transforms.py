@@ -1,0 +1,133 @@
+"""MAE's augmentation, written once for the torch back end, and the batch finishing step for all.
+
+Train: RandomResizedCrop(size, scale=(0.2, 1), ratio=(3/4, 4/3), bicubic) + horizontal flip.
+Eval: resize the shorter side to ``round(size * 256 / 224)``, centre-crop ``size``.
+
+The crop box and flip of a sample come from a ``torch.Generator`` seeded by (seed, epoch, sample
+index) only, never the global RNG or the worker id: a batch is bit-identical whatever
+``num_workers`` and after a mid-epoch resume, and the trainer's own RNG stream is left alone.
+The box sampling follows torchvision's ``RandomResizedCrop`` algorithm (10 tries, then the centre
+crop clamped to the ratio range); the pixels are cropped and resized by
+``torchvision.transforms.v2.functional`` (PIL bicubic with antialiasing on CPU).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RRC_SCALE = (0.2, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def eval_resize_size(image_size: int) -> int:
+    """Shorter side before the eval centre crop: 256 for 224, scaled for other sizes."""
+    return int(round(image_size * 256 / 224))
+
+
+@dataclass(frozen=True)
+class CropParams:
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+
+def sample_rrc_params(height: int, width: int, gen: torch.Generator, scale=RRC_SCALE,
+                      ratio=RRC_RATIO) -> CropParams:
+    """A RandomResizedCrop box + flip decision drawn from ``gen`` (torchvision's algorithm)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(2, generator=gen, dtype=torch.float64).tolist()
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[1])
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            j = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            break
+    else:  # fall back to the largest centred crop within the ratio range
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            h, w = height, int(round(height * max(ratio)))
+        else:
+            w, h = width, height
+        i, j = (height - h) // 2, (width - w) // 2
+    flip = bool(torch.rand(1, generator=gen) < 0.5)
+    return CropParams(i, j, h, w, flip)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def augment_pil(img: Image.Image, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+    """PIL RGB image -> uint8 tensor 3 x size x size (train: RRC + flip from ``gen``; eval: centre)."""
+    if train:
+        p = sample_rrc_params(img.height, img.width, gen)
+        img = F.resized_crop(img, p.top, p.left, p.height, p.width, [image_size, image_size],
+                             interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if p.flip:
+            img = F.horizontal_flip(img)
+    else:
+        img = F.resize(img, [eval_resize_size(image_size)], interpolation=InterpolationMode.BICUBIC,
+                       antialias=True)
+        img = F.center_crop(img, [image_size, image_size])
+    return F.pil_to_tensor(img)
+
+
+def augment_tensor(img: torch.Tensor, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+    """The same as :func:`augment_pil` for a decoded uint8 3 x H x W tensor (any device).
+
+    Used by the batched nvJPEG path; the same generator draws give the same box as the PIL path,
+    the pixels differ only by the resize kernel's implementation (tensor bicubic vs PIL's).
+    """
+    if train:
+        p = sample_rrc_params(img.shape[-2], img.shape[-1], gen)
+        img = F.resized_crop(img, p.top, p.left, p.height, p.width, [image_size, image_size],
+                             interpolation=InterpolationMode.BICUBIC, antialias=True)
+        if p.flip:
+            img = F.horizontal_flip(img)
+    else:
+        img = F.resize(img, [eval_resize_size(image_size)], interpolation=InterpolationMode.BICUBIC,
+                       antialias=True)
+        img = F.center_crop(img, [image_size, image_size])
+    return img
+
+
+def finish_batch(images: torch.Tensor, labels: torch.Tensor, device, dtype: torch.dtype,
+                 channels_last: bool, layout: str = "NCHW", normalized: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (or already normalised float) batch -> normalised ``dtype`` N x 3 x H x W on ``device``.
+
+    Moving uint8 before converting sends 4x fewer bytes to the GPU. Normalisation happens in torch
+    (not in FFCV's NormalizeImage, which hangs Loader construction on GPU-less machines when placed
+    after ToTensor, and needs cupy on GPU).
+    """
+    device = torch.device(device)
+    non_blocking = device.type == "cuda"
+    images = images.to(device, non_blocking=non_blocking)
+    labels = labels.to(device=device, dtype=torch.int64, non_blocking=non_blocking)
+    if layout == "NHWC":
+        images = images.permute(0, 3, 1, 2)
+    if not normalized:
+        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        images = (images.float() - mean) / std
+    images = images.to(dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.contiguous(memory_format=memory_format)
+    return images, labels
