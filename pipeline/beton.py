@@ -133,6 +133,39 @@ def check_beton(path) -> dict:
                 page_size=page_size, size_bytes=size)
 
 
+def read_samples(path, indices=None):
+    """Yield ``(index, image H x W x 3 uint8 RGB, label int)`` from a checked .beton, without a Loader.
+
+    Why: audits and tests need the stored pixels exactly as written (no crop, no resize, any image
+    size), and FFCV's ``Loader`` needs same-sized images per batch and a JIT warm-up. Uses FFCV's
+    ``Reader`` for the tables and OpenCV (what FFCV itself uses) to decode the stored JPEGs.
+    Expects fields named ``image`` (RGBImageField) and ``label`` (IntField), as ``build_ffcv`` writes.
+    """
+    import cv2
+    from ffcv.reader import Reader
+
+    info = check_beton(path)
+    if info["fields"].get("image") != "RGBImageField" or info["fields"].get("label") != "IntField":
+        raise BetonError(f"{path}: expected fields image (RGBImageField) and label (IntField), "
+                         f"found {info['fields']}")
+    r = Reader(str(path))
+    table = r.alloc_table
+    ptr_size = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    with open(path, "rb") as f:
+        for i in (range(r.num_samples) if indices is None else indices):
+            meta = r.metadata[i]
+            img_meta, label = meta["f0"], int(meta["f1"])
+            ptr = int(img_meta["data_ptr"])
+            f.seek(ptr)
+            buf = np.frombuffer(f.read(ptr_size[ptr]), np.uint8)
+            h, w = int(img_meta["height"]), int(img_meta["width"])
+            if int(img_meta["mode"]) == 0:  # jpg
+                img = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            else:  # raw
+                img = buf[: h * w * 3].reshape(h, w, 3)
+            yield i, img, label
+
+
 def main(argv=None) -> int:
     """``python -m pipeline.beton FILE...``: check each file, print its summary or the problem."""
     import argparse
