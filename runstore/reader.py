@@ -1,0 +1,219 @@
+"""Reading runs: `runstore.open(run_dir) -> Run` and `runstore.list_runs(root)`.
+
+Everything a reader returns is plain pandas / numpy / dicts, so callers (the inspector, evals,
+reports) never touch zarr. Every call re-reads the committed state from disk, so a Run kept open
+by a long-lived app follows a trainer that is still writing.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import recons as _recons
+from ._files import finite_or_none, load_json, load_yaml
+from .status import STALE_AFTER_S, describe, effective_state, read_status
+from .table import read_table
+from .writer import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
+
+CHECKPOINT_COLUMNS = ["path", "epoch", "step", "tag", "time", "bytes", "exists"]
+STORES = ("metrics.zarr", "evals.zarr", "recons.zarr", "status.json")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and any((path / s).exists() for s in STORES)
+
+
+def latest_attempt(steps: np.ndarray) -> np.ndarray:
+    """Mask of rows to keep so that steps increase: a row is dropped when a later-written row has
+    a step <= its own (a resumed trainer rewrote that part of the curve; keep the last written)."""
+    if len(steps) == 0:
+        return np.zeros(0, dtype=bool)
+    suffix_min = np.minimum.accumulate(steps[::-1])[::-1]
+    next_min = np.append(suffix_min[1:], np.iinfo(np.int64).max)
+    return steps < next_min
+
+
+class Run:
+    """Read-only view of one run directory (works while a writer appends)."""
+
+    def __init__(self, run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S):
+        self.path = Path(run_dir).absolute()
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: no such run directory")
+        if not (self.path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{self.path}: not a run directory (no config.yaml)")
+        self.name = self.path.name
+        self.stale_after = float(stale_after)
+        self._config_key: tuple | None = None
+        self._config: dict = {}
+
+    # ------------------------------------------------------------------ config and status
+    @property
+    def config(self) -> dict:
+        """The run's config.yaml (re-read when the file changes, e.g. after a resume)."""
+        p = self.path / "config.yaml"
+        st = p.stat()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != self._config_key:
+            self._config = load_yaml(p) or {}
+            self._config_key = key
+        return self._config
+
+    @property
+    def status(self) -> str:
+        """"created" | "running" | "finished" | "crashed" | "preempted" | "stale" (running by the
+        file, but no heartbeat for `stale_after` s or its process is gone) | "unknown"."""
+        return effective_state(read_status(self.path), self.stale_after)
+
+    def status_info(self) -> dict:
+        """status.json as stored, plus `status` (as above) and `heartbeat_age_s`."""
+        return describe(read_status(self.path), self.stale_after)
+
+    # ------------------------------------------------------------------ tables
+    def metrics(self, raw: bool = False) -> pd.DataFrame:
+        """Per-step metrics, one row per step, steps increasing (rows superseded by a resumed
+        trainer removed). Columns: step (int64), epoch, loss, lr, images_per_s, data_wait, time
+        (float64, unix seconds), then any extra columns. raw=True: every committed row in write order."""
+        df = read_table(self.path / "metrics.zarr", METRIC_COLUMNS)
+        if raw:
+            return df
+        keep = latest_attempt(df["step"].to_numpy(dtype=np.int64))
+        return df[keep].reset_index(drop=True)
+
+    def evals(self, kind: str | None = None, raw: bool = False) -> pd.DataFrame:
+        """Evaluation records sorted by epoch. Columns: epoch (int64), kind (str), top1, top5, loss,
+        seconds, settings (JSON str), time, then extras. For the same (epoch, kind, settings) only
+        the last written is kept unless raw=True."""
+        df = read_table(self.path / "evals.zarr", EVAL_COLUMNS)
+        if not raw and len(df):
+            df = df.drop_duplicates(subset=["epoch", "kind", "settings"], keep="last")
+            df = df.sort_values("epoch", kind="stable").reset_index(drop=True)
+        if kind is not None:
+            df = df[df["kind"] == kind].reset_index(drop=True)
+        return df
+
+    def checkpoints(self) -> pd.DataFrame:
+        """Recorded checkpoints sorted by step: path (absolute str), epoch, step, tag, time, bytes,
+        exists (the file is still there: old ones are pruned by the trainer)."""
+        entries = load_json(self.path / CHECKPOINT_INDEX, default=[]) or []
+        rows = []
+        for e in entries:
+            p = Path(e["path"])
+            p = p if p.is_absolute() else self.path / p
+            rows.append({"path": str(p), "epoch": int(e.get("epoch", -1)), "step": int(e.get("step", -1)),
+                         "tag": e.get("tag"), "time": float(e.get("time") or math.nan),
+                         "bytes": float(e["bytes"]) if e.get("bytes") is not None else math.nan,
+                         "exists": p.exists()})
+        df = pd.DataFrame(rows, columns=CHECKPOINT_COLUMNS)
+        if not rows:
+            return df.astype({"path": "str", "epoch": "int64", "step": "int64", "tag": "object",
+                              "time": "float64", "bytes": "float64", "exists": "bool"})
+        return df.sort_values(["step", "time"], kind="stable").reset_index(drop=True)
+
+    def latest_checkpoint(self, tag: str | None = None) -> Path | None:
+        """The existing checkpoint with the highest step (optionally with this tag), or None."""
+        df = self.checkpoints()
+        df = df[df["exists"]]
+        if tag is not None:
+            df = df[df["tag"] == tag]
+        return Path(df["path"].iloc[-1]) if len(df) else None
+
+    # ------------------------------------------------------------------ reconstructions
+    def reconstruction_splits(self) -> list[str]:
+        return _recons.splits(self.path / "recons.zarr")
+
+    def reconstruction_epochs(self, split: str = "val") -> list[int]:
+        """Epochs with stored reconstructions for `split`, ascending."""
+        return _recons.epochs(self.path / "recons.zarr", split)
+
+    def reconstructions(self, epoch: int, split: str = "val") -> dict[str, Any]:
+        """dict: image_ids (N), original / masked / reconstruction / pasted (uint8 N x H x W x 3),
+        mask (uint8 N x L, 1 = masked), loss (float32 N), epoch, split, attrs. KeyError if absent."""
+        return _recons.read(self.path / "recons.zarr", epoch, split)
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """One row for a runs table: name, path, status, model, dataset, epochs_done, epochs_planned,
+        step, last_loss, best_linprobe, best_knn, images_per_s, params, updated."""
+        cfg = self.config
+        info = self.status_info()
+        m = self.metrics()
+        ev = self.evals()
+        model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+        data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+        done = info.get("epochs_done")
+        if done is None and len(m):
+            e = m["epoch"].dropna()
+            done = int(math.floor(e.max())) + 1 if len(e) else None
+        loss = m["loss"].dropna()
+        ips = m["images_per_s"].dropna()
+
+        def best(kinds):
+            sel = ev[ev["kind"].isin(kinds)]["top1"].dropna()
+            return float(sel.max()) if len(sel) else None
+
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "status": info["status"],
+            "model": model_cfg.get("name") or cfg.get("model_name"),
+            "dataset": data_cfg.get("name") or _dataset_name(data_cfg.get("train_path")),
+            "epochs_done": done,
+            "epochs_planned": cfg.get("epochs"),
+            "step": int(m["step"].iloc[-1]) if len(m) else None,
+            "last_loss": finite_or_none(loss.iloc[-1]) if len(loss) else None,
+            "best_linprobe": best(("linprobe", "linprobe_full")),
+            "best_knn": best(("knn",)),
+            "images_per_s": float(ips.tail(50).median()) if len(ips) else None,
+            "params": info.get("params") or info.get("num_params"),
+            "updated": info.get("heartbeat"),
+        }
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
+def _dataset_name(train_path: Any) -> str | None:
+    """'data/imagenette_ffcv/train.beton' -> 'imagenette_ffcv'; '.../imagenette/train' -> 'imagenette'."""
+    if not train_path:
+        return None
+    p = Path(str(train_path))
+    while p.name and (p.suffix or p.name.lower() in ("train", "training", "val", "images")):
+        p = p.parent
+    return p.name or None
+
+
+def open(run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S) -> Run:  # noqa: A001
+    """Open a run read-only (safe while its trainer writes)."""
+    return Run(run_dir, stale_after=stale_after)
+
+
+def list_runs(root: str | os.PathLike, max_depth: int = 4) -> list[Run]:
+    """Runs under `root` (a directory with config.yaml and a store), sorted by path; searched up to
+    `max_depth` levels down, not descending into runs or hidden folders. `root` may itself be a run."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found: list[Path] = []
+
+    def walk(d: Path, depth: int) -> None:
+        if is_run_dir(d):
+            found.append(d)
+            return
+        if depth >= max_depth:
+            return
+        try:
+            children = sorted(c for c in d.iterdir() if c.is_dir())
+        except OSError:
+            return
+        for c in children:
+            if not c.name.startswith(".") and not c.name.endswith(".zarr") and c.name != "checkpoints":
+                walk(c, depth + 1)
+
+    walk(root, 0)
+    return [Run(p) for p in sorted(found)]

@@ -1,0 +1,220 @@
+"""Append-only columnar tables in a zarr v3 group that stay readable while written and after a kill.
+
+Layout of one table (e.g. `metrics.zarr`): one 1-D zarr array per column, all the same length, and
+the group attribute `runstore_table = {"format": 1, "rows": N, "columns": [[name, kind], ...]}`.
+
+Why it is crash-safe: an append first grows and writes every column array, and only then commits
+the new row count and schema in the group's `zarr.json`. zarr's LocalStore writes every file
+(chunk or metadata) to a temporary name and renames it into place, so each file is always either
+the old or the new version. Readers trust only the committed count: rows a killed writer wrote but
+did not commit are invisible, and the next writer trims them. Appends from several processes are
+serialised by a short advisory file lock beside the store.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from ._files import file_lock
+
+ATTR = "runstore_table"
+FORMAT = 1
+KINDS = ("int64", "float64", "str")
+_FILL = {"int64": 0, "float64": math.nan, "str": ""}
+_DTYPE = {"int64": np.int64, "float64": np.float64, "str": str}
+
+
+class StoreFormatError(ValueError):
+    """A zarr store that runstore did not write (or a newer format)."""
+
+
+def check_column_name(name: Any, where: str) -> str:
+    """Column names become zarr node names: no '/', not empty, not '__'-prefixed."""
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("__") or name in (".", ".."):
+        raise ValueError(f"{where}: invalid column name {name!r} (use letters, digits, '_', '.', '-'; no '/')")
+    return name
+
+
+def lock_path(store: Path) -> Path:
+    return store.with_name(f".{store.name}.lock")
+
+
+def _meta(group, where: Path) -> dict | None:
+    meta = group.attrs.get(ATTR)
+    if meta is None:
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise StoreFormatError(f"{where}: unknown table format {meta!r} (runstore writes format {FORMAT})")
+    return meta
+
+
+# ----------------------------------------------------------------------------- value coercion
+def _scalar(v: Any) -> Any:
+    """numpy / torch 0-d values -> Python scalars (tensors must already be on the CPU side)."""
+    if hasattr(v, "item") and getattr(v, "ndim", 0) == 0 and not isinstance(v, (str, bytes)):
+        return v.item()
+    return v
+
+
+def infer_kind(values: Iterable[Any]) -> str:
+    """Kind of a new column from its first non-missing value: text -> 'str', anything numeric -> 'float64'."""
+    for v in values:
+        v = _scalar(v)
+        if v is None:
+            continue
+        return "str" if isinstance(v, str) else "float64"
+    return "float64"
+
+
+def coerce_column(values: list[Any], kind: str, name: str, where: str, required: bool = False) -> np.ndarray:
+    """A list of row values -> one numpy column of `kind`, with clear errors naming row and column."""
+    out = []
+    for i, v in enumerate(values):
+        v = _scalar(v)
+        if v is None or (kind == "int64" and isinstance(v, float) and math.isnan(v)):
+            if required:
+                raise ValueError(f"{where}: row {i} has no value for required column {name!r}")
+            out.append(_FILL[kind])
+            continue
+        if kind == "str":
+            if not isinstance(v, str):
+                raise TypeError(f"{where}: column {name!r} holds text, row {i} has {type(v).__name__} {v!r}")
+            out.append(v)
+        elif kind == "int64":
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or float(v) != int(v):
+                raise TypeError(f"{where}: column {name!r} holds integers, row {i} has {v!r}")
+            out.append(int(v))
+        else:
+            if not isinstance(v, numbers.Real):
+                raise TypeError(f"{where}: column {name!r} holds numbers, row {i} has {type(v).__name__} {v!r}")
+            out.append(float(v))
+    if kind == "str":
+        return np.array(out, dtype=object) if out else np.zeros(0, dtype=object)
+    return np.asarray(out, dtype=_DTYPE[kind])
+
+
+# ----------------------------------------------------------------------------- writer
+class TableWriter:
+    """Appends rows to one table. Cheap to keep open; every append re-checks the committed
+    state under the lock, so another process's appends are never overwritten."""
+
+    def __init__(self, path: Path, base: Mapping[str, str], required: Iterable[str] = (),
+                 chunk_rows: int = 8192):
+        self.path = Path(path)
+        self.base = dict(base)
+        self.required = set(required)
+        self.chunk_rows = int(chunk_rows)
+        self.rows = 0
+        self.columns: dict[str, str] = {}
+        self._arrays: dict[str, Any] = {}
+        with file_lock(lock_path(self.path)):
+            self._load()
+            self._remove_partials()
+
+    def _load(self) -> None:
+        """(Re)open the store: committed schema, arrays trimmed to the committed row count."""
+        self.group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        meta = _meta(self.group, self.path)
+        self.rows = int(meta["rows"]) if meta else 0
+        self.columns = {str(n): str(k) for n, k in meta["columns"]} if meta else {}
+        self._arrays = {}
+        for name in self.columns:
+            arr = self.group[name]
+            if arr.shape[0] != self.rows:  # a killed writer's uncommitted tail
+                arr.resize((self.rows,))
+            self._arrays[name] = arr
+        missing = {n: k for n, k in self.base.items() if n not in self.columns}
+        for name, kind in missing.items():
+            self._add_column(name, kind)
+        if meta is None or missing:
+            self._commit()
+
+    def _remove_partials(self) -> None:
+        """Temporary files of writes interrupted by a kill (zarr's `*.partial`)."""
+        for p in self.path.rglob("*.partial"):
+            p.unlink(missing_ok=True)
+
+    def _add_column(self, name: str, kind: str) -> None:
+        check_column_name(name, str(self.path))
+        if kind not in KINDS:
+            raise ValueError(f"{self.path}: unknown column kind {kind!r}")
+        # Existing rows read as the fill value (NaN / ""), so a column may appear mid-run.
+        arr = self.group.create_array(name, shape=(self.rows,), dtype=_DTYPE[kind],
+                                      chunks=(self.chunk_rows,), fill_value=_FILL[kind], overwrite=True)
+        self._arrays[name] = arr
+        self.columns[name] = kind
+
+    def _commit(self) -> None:
+        self.group.attrs[ATTR] = {"format": FORMAT, "rows": int(self.rows),
+                                  "columns": [[n, k] for n, k in self.columns.items()]}
+
+    def append_rows(self, rows: list[Mapping[str, Any]]) -> int:
+        """Append `rows` (dicts; missing keys read as NaN/"") and commit. Returns the new row count."""
+        if not rows:
+            return self.rows
+        where = str(self.path)
+        names: dict[str, None] = {}
+        for row in rows:
+            for key in row:
+                names.setdefault(key, None)
+        for key in self.required:
+            names.setdefault(key, None)
+        with file_lock(lock_path(self.path)):
+            fresh = _meta(zarr.open_group(str(self.path), mode="r"), self.path)
+            if fresh is None or int(fresh["rows"]) != self.rows or len(fresh["columns"]) != len(self.columns):
+                self._load()  # another process appended since we last looked
+            cols = {}
+            for name in names:
+                values = [row.get(name) for row in rows]
+                kind = self.columns.get(name) or infer_kind(values)
+                check_column_name(name, where)
+                cols[name] = (kind, coerce_column(values, kind, name, where, name in self.required))
+            for name, (kind, _) in cols.items():
+                if name not in self.columns:
+                    self._add_column(name, kind)
+            n = len(rows)
+            for name, kind in self.columns.items():
+                data = cols[name][1] if name in cols else np.full(n, _FILL[kind], dtype=_DTYPE[kind])
+                self._arrays[name].append(data)
+            self.rows += n
+            self._commit()  # readers see the new rows only from here on
+        return self.rows
+
+
+# ----------------------------------------------------------------------------- reader
+def empty_frame(base: Mapping[str, str]) -> pd.DataFrame:
+    return pd.DataFrame({n: _series(np.zeros(0, dtype=object if k == "str" else _DTYPE[k]), k)
+                         for n, k in base.items()})
+
+
+def _series(values: np.ndarray, kind: str) -> pd.Series:
+    if kind == "str":
+        return pd.Series(np.asarray(values, dtype=object)).astype("str")
+    return pd.Series(np.asarray(values, dtype=_DTYPE[kind]))
+
+
+def read_table(path: Path, base: Mapping[str, str]) -> pd.DataFrame:
+    """Committed rows of a table as a DataFrame (in write order); empty with `base` columns if none."""
+    path = Path(path)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except FileNotFoundError:
+        return empty_frame(base)
+    meta = _meta(group, path)
+    if meta is None:
+        return empty_frame(base)
+    n = int(meta["rows"])
+    data = {}
+    for name, kind in meta["columns"]:
+        data[name] = _series(group[name][:n], kind)
+    for name, kind in base.items():  # a store written before a base column existed
+        if name not in data:
+            data[name] = _series(np.full(n, _FILL[kind], dtype=object if kind == "str" else _DTYPE[kind]), kind)
+    order = list(base) + [c for c in data if c not in base]
+    return pd.DataFrame(data)[order]
