@@ -51,9 +51,9 @@ def _from_folder(root: Path) -> FileSplit:
     paths, labels = [], []
     for label, name in enumerate(classes):
         for dirpath, dirnames, files in os.walk(root / name, followlinks=True):
-            dirnames.sort()
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(files):  # hidden files are skipped, as pipeline.build_ffcv does
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     paths.append(os.path.join(dirpath, f))
                     labels.append(label)
     return FileSplit(root, paths, labels, classes)

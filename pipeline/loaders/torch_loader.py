@@ -15,6 +15,7 @@ Why it looks the way it does:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -108,8 +109,10 @@ class TorchLoader(base.EpochState):
     def _decode_batch(self, data, labels, indices, epochs):
         """Decode a list of encoded files on ``self.device`` at once, then crop each image."""
         try:
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
-                                  apply_exif_orientation=True)
+            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
+                                      apply_exif_orientation=True)
         except RuntimeError:  # a PNG or odd JPEG in the batch: decode one by one on the CPU
             decoded = [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
         out = []
