@@ -1,0 +1,80 @@
+"""Config loading: presets validate, overrides convert, mistakes give errors that name the key."""
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError, diff_configs, load_config, from_dict
+from trainer.pretrain import main
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+REQUIRED = {"demo", "imagenette_cpu", "imagenet_vit_b16_800", "imagenet_vit_b16_1600", "imagenet_vit_l16_800",
+            "imagenet_vit_l16_1600", "imagenet_vit_h14_1600"}
+
+
+def test_all_presets_exist():
+    assert REQUIRED <= {p.stem for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem in REQUIRED], ids=lambda p: p.stem)
+def test_presets_validate(path):
+    cfg = load_config(path)
+    from model import list_models
+    assert cfg.model.name in list_models()
+    if path.stem.startswith("imagenet_"):
+        # the paper recipe: 4096 effective on 8 GPUs, blr 1.5e-4, 40 warm-up epochs, AdamW (0.9, 0.95)
+        assert cfg.data.batch_size * cfg.optim.accum_steps * 8 == 4096
+        assert (cfg.optim.blr, cfg.optim.warmup_epochs, cfg.optim.betas) == (1.5e-4, 40, [0.9, 0.95])
+        assert cfg.precision == "bf16" and cfg.data.image_size == 224
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["optim.blr=3e-4", "data.batch_size=64", "checkpoint.milestones=[800,400]",
+                             "compile=true", "model.mask_sampler=block", "optim.betas=[0.9,0.999]"])
+    assert cfg.optim.blr == pytest.approx(3e-4) and isinstance(cfg.optim.blr, float)
+    assert cfg.data.batch_size == 64 and cfg.compile is True
+    assert cfg.checkpoint.milestones == [400, 800]
+    assert cfg.model.extra == {"mask_sampler": "block"}
+    assert cfg.to_dict()["model"]["mask_sampler"] == "block"
+    assert from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()  # round trip via the saved form
+
+
+@pytest.mark.parametrize("override, words", [
+    ("optim.lrr=1", ["optim.lrr", "did you mean 'optim.lr'", "valid keys in optim", "blr"]),
+    ("bogus=1", ["bogus", "valid keys", "run_dir"]),
+    ("data.batch_size=abc", ["data.batch_size", "integer"]),
+    ("data.batch_size=0", ["data.batch_size", "> 0"]),
+    ("precision=fp8", ["precision", "bf16"]),
+    ("data.backend=tf", ["data.backend", "ffcv"]),
+    ("model.depht=3", ["model.depht", "depth"]),
+    ("model.img_size=32", ["data.image_size"]),
+    ("optim.betas=[0.9]", ["optim.betas"]),
+    ("noequals", ["key=value"]),
+])
+def test_bad_overrides_name_the_key(override, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_bad_file_errors_name_the_file(tmp_path):
+    p = tmp_path / "x.yaml"
+    p.write_text("optim:\n  blr: fast\n")
+    with pytest.raises(ConfigError, match=r"x.yaml.*optim.blr.*number"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["--config", "configs/demo.yaml", "optim.blrr=1"]) == 2
+    assert "optim.blrr" in capsys.readouterr().err
+    assert main(["--config", "configs/demo.yaml", "--print-config", "epochs=7"]) == 0
+    assert "epochs: 7" in capsys.readouterr().out
+
+
+def test_diff_configs_flags_harmless_keys():
+    a = load_config(None).to_dict()
+    b = load_config(None, ["evals.every=5", "epochs=20", "optim.blr=1e-3"]).to_dict()
+    d = {c["key"]: c["harmless"] for c in diff_configs(a, b)}
+    assert d == {"evals.every": True, "epochs": True, "optim.blr": False}

@@ -1,0 +1,491 @@
+"""MAE pretraining: one loop, readable top to bottom.
+
+    python -m trainer.pretrain --config configs/demo.yaml [key=value ...] [--resume [CKPT]] [--run-dir DIR]
+    torchrun --nproc_per_node=8 -m trainer.pretrain --config configs/imagenet_vit_b16_800.yaml
+
+Exit codes (for schedulers):
+    0   finished (or already finished)
+    1   crashed (an exception; traceback printed, run status "crashed")
+    2   bad configuration or command line
+    3   non-finite loss (message names step and epoch; the last good checkpoint is kept)
+    4   cannot resume (no usable checkpoint for --resume CKPT, or the model shape changed)
+    75  preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved, status is "preempted".
+        75 is EX_TEMPFAIL from sysexits.h; requeue the job and it resumes where it stopped
+        (e.g. Slurm: ``#SBATCH --signal=B:TERM@120`` and ``scontrol requeue`` on exit 75).
+
+A run resumes automatically when ``RUN/checkpoints`` holds checkpoints (``--resume`` only makes that
+explicit, or names a file). On CPU with ``deterministic: true`` the resumed run is bit-identical to
+an uninterrupted one: the loader order and augmentation are functions of (seed, epoch, index), the
+masking noise a function of (seed, step) (see ``trainer.noise``), and the checkpoint carries the
+model, optimizer, scaler, position in the epoch and the RNG states of every rank.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import signal
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import distributed, noise as masking_noise, recons
+from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, from_dict, load_config
+from .optim import build_optimizer, effective_batch, scaled_lr
+from .schedule import lr_at, set_lr
+
+EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_NONFINITE, EXIT_RESUME, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 75
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class ResumeError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+class _Stop:
+    """Set by SIGTERM / SIGUSR1; the loop finishes the current step, saves, and exits 75."""
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self, signum, frame):
+        self.signum = signum
+
+    def install(self):
+        for s in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(s, self)
+
+
+def _say(info, msg: str) -> None:
+    if info.is_main:
+        from tqdm import tqdm
+        tqdm.write(msg, file=sys.stderr)
+
+
+def _setup_runtime(cfg, device: torch.device) -> None:
+    """Threads, determinism and fast-math switches, before any model is built."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def _amp(cfg, device: torch.device):
+    """(autocast context factory, dtype or None, GradScaler) for the chosen precision."""
+    prec = cfg.precision
+    if prec == "auto":
+        prec = "bf16" if device.type == "cuda" else "fp32"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[prec]
+    scaler = torch.amp.GradScaler(device.type, enabled=prec == "fp16")
+    if dtype is None:
+        return contextlib.nullcontext, None, scaler
+    return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), dtype, scaler
+
+
+def build_model(cfg, device: torch.device):
+    from model import create_model
+
+    kwargs = dict(cfg.model.extra)
+    kwargs.setdefault("mask_ratio", cfg.model.mask_ratio)
+    if "target" not in kwargs:
+        kwargs["norm_pix_loss"] = cfg.model.norm_pix_loss
+    model = create_model(cfg.model.name, img_size=cfg.data.image_size, **kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_loader(cfg, info, train: bool = True):
+    from pipeline import make_loader
+
+    return make_loader(cfg.data.backend, cfg.data.train_path, batch_size=cfg.data.batch_size,
+                       image_size=cfg.data.image_size, train=train, num_workers=cfg.data.num_workers,
+                       device=str(info.device), channels_last=cfg.channels_last, seed=cfg.seed,
+                       rank=info.rank, world_size=info.world_size, **cfg.data.options)
+
+
+def _check_same_shape(saved: dict, model, path) -> None:
+    """Refuse to resume into a model whose parameter shapes differ from the checkpoint's."""
+    own = model.state_dict()
+    theirs = saved["model"]
+    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in theirs.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    problems += [f"{k}: only in checkpoint" for k in theirs if k not in own]
+    problems += [f"{k}: only in model" for k in own if k not in theirs]
+    if problems:
+        old = flatten(saved.get("config", {}))
+        changed = [k for k in SHAPE_KEYS if k in old and old.get(k) != flatten(saved["_new_config"]).get(k)]
+        raise ResumeError(
+            f"cannot resume from {path}: the model shape changed"
+            + (f" (config keys {', '.join(changed)})" if changed else "")
+            + ". Differences: " + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
+            + ". Start a new run directory, or restore the original model settings.")
+
+
+# ----------------------------------------------------------------------------- the run
+
+def train(cfg, resume: str | bool = False) -> int:
+    """Run (or resume) one training run; returns the exit code. Process-global switches it sets
+    (threads, deterministic algorithms, signal handlers) are restored on return, so that it can
+    also be called in-process (tests, notebooks)."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)})
+    try:
+        return _train(cfg, resume)
+    finally:
+        torch.set_num_threads(saved[0])
+        torch.use_deterministic_algorithms(saved[1])
+        for s, h in saved[2].items():
+            signal.signal(s, h)
+
+
+def _train(cfg, resume: str | bool = False) -> int:
+    info = distributed.init(cfg.device, cfg.dist_timeout_minutes)
+    device = info.device
+    _setup_runtime(cfg, device)
+    torch.manual_seed(cfg.seed + info.rank)
+    np.random.seed((cfg.seed + info.rank) % 2**32)
+    random.seed(cfg.seed + info.rank)
+    amp_ctx, amp_dtype, scaler = _amp(cfg, device)
+
+    # -- model, data, optimiser ----------------------------------------------------------------
+    model = build_model(cfg, device)
+    loader = build_loader(cfg, info)
+    A, B, W = cfg.optim.accum_steps, cfg.data.batch_size, info.world_size
+    steps_per_epoch = len(loader) // A
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{cfg.data.train_path}: {len(loader)} batches of {B} per rank is less than one "
+                          f"optimizer step (accum_steps={A}); lower data.batch_size or accum_steps")
+    eff_batch = effective_batch(B, A, W)
+    base_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, eff_batch)
+    optimizer = build_optimizer(model, cfg.optim, base_lr, device)
+
+    # -- resume ---------------------------------------------------------------------------------
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    epoch, step, batch_in_epoch, skips, changes = 0, 0, 0, 0, []
+    loaded = None
+    if isinstance(resume, str):
+        loaded = (ckpt.load_file(resume), Path(resume))
+    elif ckpt.list_checkpoints(ckpt_dir):
+        loaded = ckpt.load_latest(ckpt_dir)
+        if loaded is None:
+            raise ResumeError(f"{ckpt_dir}: checkpoints exist but none is readable (see warnings above)")
+    elif resume:
+        _say(info, f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
+    if loaded is not None:
+        state, path = loaded
+        state["_new_config"] = cfg.to_dict()
+        _check_same_shape(state, model, path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_lr(optimizer, base_lr)  # the schedule rewrites it every step anyway
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        epoch, step, skips = state["epoch"], state["step"], state.get("nonfinite_skips", 0)
+        batch_in_epoch = state.get("batch_in_epoch", 0)
+        if batch_in_epoch and state.get("effective_batch") != eff_batch // A * A or state.get("world_size") != W:
+            samples = state.get("samples_in_epoch", 0)
+            batch_in_epoch = (samples // (B * W)) // A * A
+            _say(info, f"warning: batch layout changed since {path.name}; continuing at batch "
+                       f"{batch_in_epoch} of epoch {epoch} (not bit-exact)")
+        rngs = state.get("rng", [])
+        if len(rngs) == W:
+            ckpt.set_rng_state(rngs[info.rank], device)
+        else:
+            _say(info, f"warning: checkpoint has RNG states for {len(rngs)} ranks, running {W}; reseeding")
+        changes = list(state.get("config_changes", []))
+        new = [dict(c, at_step=step) for c in diff_configs(state.get("config", {}), cfg.to_dict())]
+        for c in new:
+            _say(info, f"resume: config '{c['key']}' changed {c['old']!r} -> {c['new']!r}"
+                       + ("" if c["harmless"] else "  (affects the training trajectory)"))
+        changes += new
+        _say(info, f"resumed from {path} at epoch {epoch}, step {step}, batch {batch_in_epoch}/{len(loader)}")
+        del state
+
+    writer = None
+    if info.is_main:
+        import runstore
+        try:
+            writer = runstore.create(cfg.run_dir, cfg.to_dict(), resume=loaded is not None or bool(resume),
+                                     flush_rows=cfg.log.flush_every)
+        except runstore.RunExistsError as e:
+            raise ConfigError(f"{e} (or pass --resume)") from None
+        writer.set_status("running", epoch=epoch, step=step)
+
+    # -- wrappers: compile, DDP ------------------------------------------------------------------
+    raw_model = model  # what we save, evaluate and visualise
+    if cfg.compile:
+        model = torch.compile(model)
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    recon_sets = recons.prepare(cfg, raw_model.num_patches) if info.is_main and cfg.recons.every else []
+    stop = _Stop()
+    stop.install()
+    last_save_time = time.monotonic()
+    last_saved_step = step if loaded is not None else -1
+
+    def flush_metrics():
+        if writer is not None:
+            writer.flush()
+
+    def save(tag: str | None = None) -> None:
+        """Collective: gathers every rank's RNG state; rank 0 writes, prunes and records."""
+        nonlocal last_save_time, last_saved_step
+        rng = distributed.gather_objects(info, ckpt.rng_state(device))
+        if info.is_main:
+            flush_metrics()
+            state = {
+                "model": raw_model.state_dict(), "model_config": raw_model.config,
+                "model_name": cfg.model.name, "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
+                "batch_in_epoch": batch_in_epoch, "samples_in_epoch": batch_in_epoch * B * W,
+                "batches_per_epoch": len(loader), "rng": rng, "config": cfg.to_dict(),
+                "config_changes": changes, "world_size": W, "effective_batch": eff_batch,
+                "nonfinite_skips": skips, "format_version": ckpt.FORMAT_VERSION,
+            }
+            path = ckpt.save_atomic(state, ckpt_dir / ckpt.checkpoint_name(epoch, step))
+            writer.add_checkpoint(str(path), epoch=epoch, step=step, tag=tag)
+            if tag == "milestone":
+                ckpt.add_milestone(path, epoch, step)
+            if tag == "final":
+                ckpt.link_as(path, "final.pth")
+            ckpt.prune(ckpt_dir, cfg.checkpoint.keep_last)
+        distributed.barrier(info)
+        last_save_time, last_saved_step = time.monotonic(), step
+
+    def epoch_end_work(done_epochs: int) -> None:
+        """Reconstructions and online evals after ``done_epochs`` complete epochs (rank 0)."""
+        if info.is_main and recon_sets and cfg.recons.every and done_epochs % cfg.recons.every == 0:
+            recons.log(raw_model, recon_sets, writer, done_epochs, cfg.model.mask_ratio, device, amp_ctx)
+        if info.is_main and cfg.evals.every and done_epochs % cfg.evals.every == 0:
+            try:
+                from evals.online import epoch_evals
+            except ImportError as e:
+                _say(info, f"online evals skipped (evals.online not importable: {e})")
+            else:
+                t0 = time.perf_counter()
+                raw_model.eval()
+                cfg_dict = cfg.to_dict()
+                for rec in epoch_evals(raw_model, cfg_dict["evals"], cfg_dict["data"], device):
+                    rec = dict(rec)
+                    rec.pop("epoch", None)
+                    writer.log_eval(epoch=done_epochs, **rec)
+                    _say(info, f"eval epoch {done_epochs}: " + ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+                raw_model.train()
+                writer.flush()
+                _say(info, f"evals took {time.perf_counter() - t0:.1f}s")
+        distributed.barrier(info)
+
+    if loaded is None and info.is_main and recon_sets:
+        recons.log(raw_model, recon_sets, writer, 0, cfg.model.mask_ratio, device, amp_ctx)
+
+    _say(info, f"run {cfg.run_dir}: {cfg.model.name}, {sum(p.numel() for p in raw_model.parameters() if p.requires_grad)/1e6:.2f}M "
+               f"params, {W} process(es) on {device.type}, precision {amp_dtype or torch.float32}, "
+               f"effective batch {eff_batch} ({B} x {A} accum x {W}), lr {base_lr:.3g}, "
+               f"{steps_per_epoch} steps/epoch, epochs {epoch}->{cfg.epochs}")
+
+    # -- the loop ---------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    L = raw_model.num_patches
+    model.train()
+    try:
+        while epoch < cfg.epochs:
+            loader.set_epoch(epoch, start_batch=batch_in_epoch)
+            batches = iter(loader)
+            it = batch_in_epoch // A
+            bar = tqdm(total=steps_per_epoch, initial=it, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                       disable=not (info.is_main and cfg.log.progress), dynamic_ncols=True, leave=False)
+            ep_t0, ep_loss, ep_steps, ep_wait = time.perf_counter(), 0.0, 0, 0.0
+            stop_after_epoch = False
+            while it < steps_per_epoch:
+                t0 = time.perf_counter()
+                lr = lr_at(epoch + it / steps_per_epoch, lr=base_lr, min_lr=cfg.optim.min_lr,
+                           warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.epochs)
+                set_lr(optimizer, lr)
+                noise = masking_noise.step_noise(cfg.seed, step, A * W * B, L, device)
+                wait, loss_sum = 0.0, torch.zeros((), device=device)
+                for m in range(A):
+                    tw = time.perf_counter()
+                    images, _ = next(batches)
+                    wait += time.perf_counter() - tw
+                    rows = masking_noise.micro_batch_rows(noise, m, A, info.rank, W, images.shape[0])
+                    # Only the last micro-batch all-reduces gradients across ranks.
+                    sync = contextlib.nullcontext() if (m == A - 1 or not info.enabled) else model.no_sync()
+                    with sync:
+                        with amp_ctx():
+                            loss, _, _ = model(images, mask_ratio=cfg.model.mask_ratio, noise=rows)
+                        scaler.scale(loss / A).backward()
+                    loss_sum += loss.detach().float()
+                batch_in_epoch += A
+                loss_value = distributed.mean_scalar(info, loss_sum / A).item()
+                if not math.isfinite(loss_value):
+                    optimizer.zero_grad(set_to_none=True)
+                    if not cfg.skip_nonfinite:
+                        raise NonFiniteLoss(f"non-finite loss ({loss_value}) at step {step + 1}, epoch {epoch + 1} "
+                                            f"(batch {batch_in_epoch}/{len(loader)}); stopping. The last good "
+                                            f"checkpoint is kept in {ckpt_dir}. Lower optim.blr, set clip_grad, "
+                                            f"or set skip_nonfinite: true")
+                    skips += 1
+                    _say(info, f"warning: non-finite loss at step {step + 1}, epoch {epoch + 1}: step skipped "
+                               f"({skips} so far)")
+                else:
+                    if cfg.clip_grad:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                step += 1
+                it += 1
+
+                dt = time.perf_counter() - t0
+                ips = eff_batch / dt
+                ep_loss, ep_steps, ep_wait = ep_loss + (loss_value if math.isfinite(loss_value) else 0.0), ep_steps + 1, ep_wait + wait
+                if info.is_main:
+                    writer.log_metrics({"step": step, "epoch": epoch + it / steps_per_epoch, "loss": loss_value,
+                                        "lr": lr, "images_per_s": ips, "data_wait": wait / dt})
+                    bar.set_postfix_str(f"loss {loss_value:.4f} lr {lr:.2e} {ips:.0f} img/s wait {100 * wait / dt:.0f}%",
+                                        refresh=False)
+                    bar.update(1)
+
+                # save on signal, every K steps, every M minutes (decided together across ranks)
+                end_of_epoch = it == steps_per_epoch
+                want_stop, time_due = distributed.any_flags(info, [
+                    stop.signum is not None,
+                    bool(cfg.checkpoint.every_minutes)
+                    and time.monotonic() - last_save_time > 60 * cfg.checkpoint.every_minutes])
+                steps_due = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
+                if end_of_epoch:  # the position is saved as (next epoch, batch 0) below
+                    stop_after_epoch = want_stop
+                    break
+                if want_stop or time_due or steps_due:
+                    save()
+                if want_stop:
+                    raise _Preempted()
+            bar.close()
+
+            # -- end of epoch --
+            epoch, batch_in_epoch = epoch + 1, 0
+            elapsed = time.perf_counter() - ep_t0
+            _say(info, f"epoch {epoch}/{cfg.epochs}: loss {ep_loss / max(ep_steps, 1):.4f}, lr {lr:.3g}, "
+                       f"{ep_steps * eff_batch / elapsed:.0f} img/s, data wait {100 * ep_wait / elapsed:.1f}%, "
+                       f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
+            flush_metrics()
+            is_milestone = epoch in cfg.checkpoint.milestones
+            tag = "milestone" if is_milestone else ("final" if epoch == cfg.epochs else None)
+            if (cfg.checkpoint.every and epoch % cfg.checkpoint.every == 0) or tag or stop_after_epoch:
+                save(tag=tag)
+            if stop_after_epoch:
+                raise _Preempted()
+            epoch_end_work(epoch)
+        if last_saved_step != step:
+            save(tag="final")
+        if writer is not None:
+            flush_metrics()
+            writer.set_status("finished", epoch=epoch, step=step, nonfinite_skips=skips)
+        _say(info, f"done: {epoch} epochs, {step} steps. Run directory: {cfg.run_dir}")
+        return EXIT_OK
+    except _Preempted:
+        if writer is not None:
+            writer.set_status("preempted", message=f"signal {stop.signum}", epoch=epoch, step=step)
+        _say(info, f"preempted by signal {stop.signum}: checkpoint saved at epoch {epoch}, step {step}; "
+                   f"exit {EXIT_PREEMPTED} (requeue to resume)")
+        return EXIT_PREEMPTED
+    except NonFiniteLoss as e:
+        if writer is not None:
+            writer.set_status("crashed", message=str(e), epoch=epoch, step=step)
+        _say(info, f"error: {e}")
+        return EXIT_NONFINITE
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                exc = sys.exc_info()[1]
+                writer.set_status("crashed", message=f"{type(exc).__name__}: {exc}", epoch=epoch, step=step)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        distributed.cleanup(info)
+
+
+class _Preempted(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.pretrain",
+        description="MAE pretraining. Reads a YAML preset, applies key=value overrides (e.g. "
+                    "optim.blr=3e-4 data.batch_size=64 epochs=20), and trains into run_dir. A run directory "
+                    "that already holds checkpoints is resumed automatically.",
+        epilog="Exit codes: 0 done, 1 crashed, 2 bad config, 3 non-finite loss, 4 cannot resume, "
+               "75 preempted by SIGTERM/SIGUSR1 after saving a checkpoint (requeue to resume). "
+               "Multi-GPU: torchrun --nproc_per_node=N -m trainer.pretrain --config ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults apply to keys it omits")
+    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                   help="resume from the run directory's newest good checkpoint, or from CKPT")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.blr=3e-4")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, list(args.overrides))
+        if args.run_dir:
+            d = cfg.to_dict()
+            d["run_dir"] = args.run_dir
+            cfg = from_dict(d, "--run-dir")
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print_config:
+        import yaml
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return EXIT_OK
+    try:
+        return train(cfg, resume=args.resume)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ResumeError, ckpt.CheckpointError) as e:
+        print(f"resume error: {e}", file=sys.stderr)
+        return EXIT_RESUME
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return EXIT_CRASH
+
+
+if __name__ == "__main__":
+    sys.exit(main())
