@@ -1,0 +1,294 @@
+"""A self-contained HTML report of sweeps, each beside the paper's numbers, with computed verdicts.
+
+    python -m evals.report runs/sweeps/mask_ratio runs/sweeps/target --out report.html
+    python -m evals.report runs/sweeps/* --out report.html --title "MAE ablations on Imagenette"
+
+For every sweep directory: what was run (model, data, epochs, batch) and with what compute (wall
+clock, CPU count / GPU), the sweep table with the paper's values for the matching settings, a plotly
+figure with this sweep on the left and the paper on the right, and for each of the paper's trends
+whether it reproduced here -- decided by ``evals.trends`` from the numbers, never written by hand.
+The file embeds plotly.js, so it opens offline and can be mailed as one file.
+
+Functions the inspector can call (pure: they read, never write):
+    evals.sweep.sweep_table(sweep_dir) -> DataFrame
+    evals.report.sweep_figure(table, name=None) -> plotly Figure
+    evals.report.display_table(table) -> DataFrame (rounded, paper columns added)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import html
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from evals import paper_refs, sweep_store
+from evals.sweep import sweep_table
+from evals.trends import check_trends, trends_frame
+
+ACC_COLORS = {"linprobe_top1": "#1f77b4", "knn_top1": "#ff7f0e", "lin": "#1f77b4", "ft": "#2ca02c"}
+
+
+# ----------------------------------------------------------------------------- numbers
+def as_percent(values: pd.Series) -> pd.Series:
+    """Top-1 as percent: the eval records may hold fractions (0-1) or percents (0-100)."""
+    v = pd.to_numeric(values, errors="coerce")
+    finite = v.dropna()
+    if len(finite) and finite.abs().max() <= 1.0:
+        return v * 100.0
+    return v
+
+
+def _paper_columns(table: pd.DataFrame, ref: paper_refs.PaperRef | None) -> pd.DataFrame:
+    lin, ft = [], []
+    for label in table.get("paper_setting", pd.Series([None] * len(table))):
+        row = ref.row(str(label)) if ref is not None and label is not None and not _isnan(label) else None
+        lin.append(row.lin if row else math.nan)
+        ft.append(row.ft if row else math.nan)
+    return pd.DataFrame({"paper_lin": lin, "paper_ft": ft}, index=table.index)
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table as shown to people: top-1 in %, the paper's numbers beside, rounded."""
+    name = table.attrs.get("sweep")
+    ref = paper_refs.get(name) if name else None
+    out = pd.DataFrame({
+        "point": table["point"], "value": table["value"],
+        "encoder params (M)": pd.to_numeric(table["encoder_params_m"], errors="coerce").round(2),
+        "epochs": table["epochs_done"].astype(str) + "/" + table["epochs"].astype(str),
+        "final loss": pd.to_numeric(table["final_loss"], errors="coerce").round(4),
+        "kNN top-1 (%)": as_percent(table["knn_top1"]).round(2),
+        "linear probe top-1 (%)": as_percent(table["linprobe_top1"]).round(2),
+        "s / epoch": pd.to_numeric(table["s_per_epoch"], errors="coerce").round(1),
+        "images / s": pd.to_numeric(table["images_per_s"], errors="coerce").round(0),
+        "status": table["status"],
+    })
+    if ref is not None:
+        paper = _paper_columns(table, ref)
+        out["paper setting"] = table["paper_setting"].fillna("")
+        out[f"paper lin (%) [{ref.source}]"] = paper["paper_lin"]
+        out[f"paper ft (%) [{ref.source}]"] = paper["paper_ft"]
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+def _x(table: pd.DataFrame, axis: dict) -> tuple[pd.Series, str]:
+    kind = axis.get("type", "category")
+    if axis.get("x") and axis["x"] in table:
+        return pd.to_numeric(table[axis["x"]], errors="coerce"), kind
+    if kind in ("numeric", "log"):
+        x = pd.to_numeric(table["value"], errors="coerce")
+        if x.notna().all():
+            return x, kind
+    return table["value"].astype(str), "category"
+
+
+def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
+    """This sweep's numbers (left) beside the paper's (right) as one plotly figure.
+
+    ``table`` is a sweep table (``evals.sweep.sweep_table``); ``name`` the sweep name (defaults to
+    ``table.attrs['sweep']``). Accuracy sweeps plot linear-probe and kNN top-1 against the varied
+    setting; the wall-clock sweep plots seconds per epoch and speed-up. Unfinished points are left out.
+    """
+    name = name or table.attrs.get("sweep") or "sweep"
+    axis = dict(table.attrs.get("axis") or {})
+    ref = paper_refs.get(name)
+    title = table.attrs.get("title") or name
+    time_plot = name == "wall_clock"
+    done = table[table["status"].astype(str) == "finished"] if "status" in table else table
+    right_title = f"paper: {ref.source}, {ref.model}, {ref.epochs} ep" if ref else "paper: no reference"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"this sweep ({len(done)}/{len(table)} points done)",
+                                                        right_title), horizontal_spacing=0.12)
+    x, kind = _x(done, axis)
+    if time_plot:
+        spe = pd.to_numeric(done["s_per_epoch"], errors="coerce")
+        ips = pd.to_numeric(done["images_per_s"], errors="coerce")
+        fig.add_trace(go.Bar(x=x, y=spe, name="seconds / epoch (this sweep)", marker_color="#7f7f7f",
+                             text=[f"{v:.3g}" for v in spe], textposition="auto"), row=1, col=1)
+        base = done[done["point"].astype(str) == "with_mask_token"]
+        if len(base) and pd.notna(ips).all():
+            speed = ips / float(pd.to_numeric(base["images_per_s"], errors="coerce").iloc[0])
+            fig.add_trace(go.Scatter(x=x, y=speed * spe.max(), mode="markers+text", name="speed-up (images/s)",
+                                     text=[f"{s:.2f}x" for s in speed], textposition="top center",
+                                     marker=dict(color="#d62728", size=10)), row=1, col=1)
+        fig.update_yaxes(title_text="seconds per epoch", row=1, col=1)
+        if ref:
+            rows = ref.rows
+            fig.add_trace(go.Bar(x=[r.setting for r in rows], y=[r.extra.get("hours") for r in rows],
+                                 name="paper: hours for 800 epochs", marker_color="#bcbd22",
+                                 text=[f"{r.extra.get('speedup')}x" for r in rows], textposition="auto"), row=1, col=2)
+            fig.update_yaxes(title_text="hours (128 TPU-v3 cores)", row=1, col=2)
+    else:
+        for metric, label in (("linprobe_top1", "linear probe"), ("knn_top1", "kNN")):
+            if metric not in done:
+                continue
+            y = as_percent(done[metric])
+            if y.notna().any():
+                trace = (go.Bar if kind == "category" else go.Scatter)
+                kw = {} if kind == "category" else {"mode": "lines+markers"}
+                fig.add_trace(trace(x=x, y=y, name=f"{label} (this sweep)", marker_color=ACC_COLORS[metric],
+                                    hovertext=done["point"], **kw), row=1, col=1)
+        fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
+        if ref:
+            rows = ref.rows
+            numeric = kind != "category" and all(r.x is not None for r in rows)
+            px = [r.x for r in rows] if numeric else [r.setting for r in rows]
+            for key, label in (("lin", "linear probe"), ("ft", "fine-tune")):
+                py = [getattr(r, key) for r in rows]
+                if any(v is not None for v in py):
+                    trace = go.Scatter if numeric else go.Bar
+                    kw = {"mode": "lines+markers"} if numeric else {}
+                    fig.add_trace(trace(x=px, y=py, name=f"paper {label}", marker_color=ACC_COLORS[key],
+                                        opacity=0.6, **kw), row=1, col=2)
+            fig.update_yaxes(title_text="ImageNet top-1 (%)", row=1, col=2)
+    xlabel = axis.get("label", "setting")
+    fig.update_xaxes(title_text=xlabel, row=1, col=1)
+    fig.update_xaxes(title_text=xlabel if name != "model_size" else "encoder parameters (M)", row=1, col=2)
+    if kind == "log":
+        fig.update_xaxes(type="log", row=1, col=1)
+        if name in ("model_size", "epochs"):
+            fig.update_xaxes(type="log", row=1, col=2)
+    fig.update_layout(title=title, height=420, margin=dict(l=60, r=20, t=70, b=60),
+                      barmode="group", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+# ----------------------------------------------------------------------------- setup text
+def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
+    """Model, data, epochs and compute of a sweep, as short strings."""
+    cfgs = [p.get("config", {}) for p in plan_doc.get("points", [])]
+    def uniq(path):
+        vals = []
+        for c in cfgs:
+            node = c
+            for part in path.split("."):
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            v = node if node != {} else None
+            if v not in vals:
+                vals.append(v)
+        return ", ".join(str(v) for v in vals if v is not None) or "n/a"
+    host = plan_doc.get("host", {})
+    device = host.get("gpu") and f"{host.get('gpu_count', 1)} x {host['gpu']}" or \
+        f"CPU only ({host.get('cpu_count', '?')} cores, {host.get('torch_threads', '?')} torch threads)"
+    wall = pd.to_numeric(table.get("wall_s"), errors="coerce").sum()
+    return {
+        "model": uniq("model.name"),
+        "data": f"{uniq('data.train_path')} (backend {uniq('data.backend')}, {uniq('data.image_size')} px)",
+        "epochs": uniq("epochs"),
+        "batch": f"{uniq('data.batch_size')} x accum {uniq('optim.accum_steps')}",
+        "recipe": f"blr {uniq('optim.blr')}, warm-up {uniq('optim.warmup_epochs')} ep, mask ratio {uniq('model.mask_ratio')}",
+        "evals": f"kNN + linear probe on frozen features after the last epoch (max_train "
+                 f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})",
+        "compute": f"{wall / 3600:.2f} h wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}",
+    }
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="", border=0, classes="tbl", float_format=lambda v: f"{v:.4g}")
+
+
+def _verdict_html(tf: pd.DataFrame) -> str:
+    if tf.empty:
+        return "<p><em>No trend of the paper is registered for this sweep.</em></p>"
+    rows = []
+    for _, r in tf.iterrows():
+        cls = {"reproduced": "yes", "not reproduced": "no"}.get(r["verdict"], "na")
+        rows.append(f"<tr><td>{html.escape(r['claim'])}</td><td class='{cls}'>{html.escape(r['verdict'])}</td>"
+                    f"<td>{html.escape(r['detail'])}</td><td>{html.escape(r['paper'])}</td></tr>")
+    return ("<table class='tbl'><thead><tr><th>paper's trend, tested here</th><th>verdict</th>"
+            "<th>numbers here</th><th>paper</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
+def sweep_section(sweep_dir, include_plotlyjs: bool | str = False) -> tuple[str, pd.DataFrame]:
+    """HTML of one sweep (setup, table, figure, paper reference, verdicts) and its trend frame."""
+    plan_doc = sweep_store.read_plan(sweep_dir)
+    table = sweep_table(sweep_dir)
+    name = plan_doc.get("sweep", Path(sweep_dir).name)
+    ref = paper_refs.get(name)
+    trends = trends_frame(check_trends(name, table))
+    setup = _setup(plan_doc, table)
+    fig_html = pio.to_html(sweep_figure(table, name), full_html=False, include_plotlyjs=include_plotlyjs)
+    num = plan_doc.get("number")
+    parts = [f"<section id='{html.escape(name)}'><h2>{'Sweep ' + str(num) + ': ' if num else ''}"
+             f"{html.escape(plan_doc.get('title', name))} <small>({html.escape(name)}, preset "
+             f"{html.escape(str(plan_doc.get('preset')))}, {html.escape(str(sweep_dir))})</small></h2>"]
+    parts.append("<ul class='setup'>" + "".join(
+        f"<li><b>{k}</b>: {html.escape(str(v))}</li>" for k, v in setup.items()) + "</ul>")
+    parts.append("<div class='row'><div class='col'>" + _table_html(display_table(table)) + "</div>")
+    parts.append("<div class='col'>" + fig_html + "</div></div>")
+    if ref is not None:
+        pref = pd.DataFrame(ref.as_records()).drop(columns=["x"], errors="ignore")
+        parts.append(f"<p class='ref'><b>Paper ({html.escape(ref.source)})</b>: {html.escape(ref.claim)} "
+                     f"<br>{html.escape(ref.model)}, {html.escape(ref.data)}, {html.escape(str(ref.epochs))} "
+                     f"epochs. {html.escape(ref.notes)}</p>" + _table_html(pref))
+    parts.append("<h3>Did the paper's trends reproduce at this scale?</h3>" + _verdict_html(trends))
+    parts.append("</section>")
+    return "\n".join(parts), trends
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1500px}
+h1{margin-bottom:0} .sub{color:#666} section{border-top:2px solid #ddd;margin-top:28px;padding-top:8px}
+.row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start} .col{flex:1 1 600px;min-width:0;overflow-x:auto}
+table.tbl{border-collapse:collapse;font-size:13px;margin:8px 0} .tbl th,.tbl td{border-bottom:1px solid #e3e3e3;
+padding:3px 8px;text-align:left} .tbl th{background:#f5f5f5} td.yes{color:#137333;font-weight:600}
+td.no{color:#b3261e;font-weight:600} td.na{color:#777} .setup{font-size:14px} .ref{font-size:14px;color:#333}
+small{color:#777;font-weight:normal}
+"""
+
+
+def build_report(sweep_dirs: list, out, title: str = "MAE ablations and scaling, reproduced at small scale") -> Path:
+    """Write the HTML report of ``sweep_dirs`` to ``out``; return its path."""
+    sections, all_trends = [], []
+    for i, d in enumerate(sweep_dirs):
+        sec, trends = sweep_section(d, include_plotlyjs=True if i == 0 else False)
+        sections.append(sec)
+        all_trends.append(trends)
+    summary = pd.concat(all_trends, ignore_index=True) if all_trends else pd.DataFrame()
+    n_yes = int((summary.get("holds") == True).sum()) if len(summary) else 0  # noqa: E712
+    n_no = int((summary.get("holds") == False).sum()) if len(summary) else 0  # noqa: E712
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    head = (f"<h1>{html.escape(title)}</h1><p class='sub'>Generated {now} by <code>python -m evals.report</code> "
+            f"from {len(sweep_dirs)} sweep(s). Reference: {html.escape(paper_refs.PAPER)}; the paper's numbers are "
+            f"ImageNet-1K at 224 px with ViT-L (unless stated), ours are whatever each sweep states, so compare "
+            f"<em>trends</em>, not values. Verdicts are computed from the tables by <code>evals.trends</code>: "
+            f"{n_yes} reproduced, {n_no} not reproduced, {len(summary) - n_yes - n_no} without enough data.</p>")
+    summary_html = "<h2>Summary of the paper's trends</h2>" + _verdict_html(summary) if len(summary) else ""
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{CSS}</style></head><body>{head}{summary_html}{''.join(sections)}</body></html>")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc, encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dirs", nargs="+", help="sweep directories (each holds sweep.json)")
+    ap.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
+    ap.add_argument("--title", default="MAE ablations and scaling, reproduced at small scale")
+    args = ap.parse_args(argv)
+    dirs = [Path(d) for d in args.sweep_dirs]
+    bad = [d for d in dirs if not sweep_store.is_sweep_dir(d)]
+    if bad:
+        print(f"evals.report: error: not a sweep directory (no {sweep_store.PLAN}): "
+              f"{', '.join(map(str, bad))}", file=sys.stderr)
+        return 2
+    path = build_report(dirs, args.out, args.title)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

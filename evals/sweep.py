@@ -1,0 +1,654 @@
+"""Run the paper's ablations and scaling studies as named, resumable sweeps.
+
+    python -m evals.sweep --list
+    python -m evals.sweep mask_ratio --preset cpu                    # -> runs/sweeps/mask_ratio
+    python -m evals.sweep sampler --preset cpu --epochs 2 --dry-run  # show the plan, run nothing
+    python -m evals.sweep model_size --preset imagenet --launcher "torchrun --nproc_per_node=8" \\
+        --set data.train_path=/data/in1k/train.beton --set data.val_path=/data/in1k/val.beton
+
+A sweep is a YAML file in ``configs/sweeps/`` (or any path): which config keys its points change,
+and per preset (``cpu``, ``imagenet``) the base trainer config and the schedule. Each point is a
+normal training run (``trainer.pretrain.main``) whose run directory lives under the sweep directory,
+so the inspector and every run-store reader see it like any other run. Each point's start and end
+are recorded in the sweep table through ``runstore.log_sweep_point`` (layout: ``evals.sweep_store``);
+``sweep_table(SWEEP_DIR)`` gives the full table (point, varied value, parameters, epochs, final loss,
+kNN and linear-probe top-1, seconds per epoch, status), rebuilt from the run stores.
+
+Why it resumes: sweeps take hours. Run the same command again after a kill and finished points are
+skipped (their run store says ``finished`` at the planned number of epochs), a half-done point
+resumes through the trainer's own resume from its last checkpoint, and the plan (``plan.json``)
+makes sure the resumed sweep still has the settings it started with.
+
+Config precedence, lowest first: base config (the preset's, or ``--base-config``) < the preset's
+``set`` < ``--epochs`` < ``--set key=value`` < the point's own keys (a sweep's varied key always
+wins, e.g. ``epochs`` in the ``epochs`` sweep).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from evals import sweep_store as store
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEPS_DIR = ROOT / "configs" / "sweeps"
+PRESETS = ("cpu", "imagenet")
+EXIT_PREEMPTED = 75
+
+# Columns of the sweep table, in order (the inspector and the report rely on these names).
+TABLE_COLUMNS = [
+    "point", "value", "paper_setting", "model", "encoder_params_m", "params_m", "epochs",
+    "epochs_done", "final_loss", "knn_top1", "linprobe_top1", "s_per_epoch", "images_per_s",
+    "wall_s", "status", "run_dir",
+]
+
+
+class SweepError(ValueError):
+    """A sweep spec, a preset or a sweep directory is invalid; the message says which and why."""
+
+
+# ----------------------------------------------------------------------------- specs
+def list_sweeps(sweeps_dir: Path = SWEEPS_DIR) -> list[str]:
+    """Names of the sweeps shipped in configs/sweeps (files starting with '_' are bases)."""
+    return sorted(p.stem for p in Path(sweeps_dir).glob("*.yaml") if not p.name.startswith("_"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise SweepError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_spec(name_or_path: str, sweeps_dir: Path = SWEEPS_DIR) -> dict:
+    """The sweep spec named NAME (configs/sweeps/NAME.yaml) or read from a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path(sweeps_dir) / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise SweepError(f"unknown sweep {name_or_path!r}; known sweeps: {', '.join(list_sweeps(sweeps_dir))}")
+    spec = _read_yaml(path)
+    spec.setdefault("name", path.stem)
+    spec["_path"] = str(path)
+    if not isinstance(spec.get("presets"), dict) or not spec["presets"]:
+        raise SweepError(f"{path}: a sweep needs 'presets' (e.g. cpu: {{base: _base_cpu.yaml, epochs: 8}})")
+    return spec
+
+
+def _point_name(key: str, value: Any) -> str:
+    short = key.split(".")[-1]
+    text = str(value)
+    if short == "name":  # model names: keep the distinctive part (mae_vit_micro_patch8_64 -> micro_patch8_64)
+        return text.removeprefix("mae_vit_")
+    return f"{short}_{text}"
+
+
+def _spec_points(spec: dict, preset: dict) -> list[dict]:
+    """Points of a preset: its own 'points'/'values' or the sweep's shared ones."""
+    for src in (preset, spec):
+        if "points" in src:
+            pts = [dict(p) for p in src["points"]]
+            break
+        if "values" in src:
+            key = src.get("vary", spec.get("vary"))
+            if not key:
+                raise SweepError(f"{spec['_path']}: 'values' needs 'vary' (the config key they set)")
+            labels = {**spec.get("paper_labels", {}), **src.get("paper_labels", {})}
+            pts = [{"name": _point_name(key, v), "value": v, "set": {key: v},
+                    "paper": labels.get(v)} for v in src["values"]]
+            break
+    else:
+        raise SweepError(f"{spec['_path']}: no 'points' or 'values' for this preset")
+    names = [p.get("name") for p in pts]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise SweepError(f"{spec['_path']}: every point needs a unique name, got {names}")
+    for p in pts:
+        if any(c in str(p["name"]) for c in "/\\") or str(p["name"]).startswith("."):
+            raise SweepError(f"{spec['_path']}: point name {p['name']!r} is not a plain directory name")
+        p.setdefault("set", {})
+        p.setdefault("value", p["name"])
+    return pts
+
+
+# ----------------------------------------------------------------------------- planning
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    node = d
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise SweepError(f"cannot set {key!r}: {part!r} is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _get_dotted(d: dict, key: str, default=None):
+    node = d
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """'data.batch_size=64' -> ('data.batch_size', 64); the value is parsed as YAML."""
+    if "=" not in text:
+        raise SweepError(f"--set {text!r} is not key=value (e.g. data.batch_size=64)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+@dataclass
+class Point:
+    """One planned run of a sweep: its name, the varied value, the paper row it maps to, its config."""
+
+    name: str
+    value: Any
+    paper: str | None
+    overrides: dict
+    config: dict = field(repr=False)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config["epochs"])
+
+    def config_hash(self) -> str:
+        """Hash of the settings that define the experiment (not where it is written)."""
+        flat = {k: v for k, v in _flatten(self.config).items() if k != "run_dir"}
+        return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def plan(spec: dict, preset: str = "cpu", base_config: str | Path | None = None, epochs: int | None = None,
+         sets: list[str] | tuple = (), sweep_dir: Path | None = None) -> list[Point]:
+    """Resolve every point of ``spec`` under ``preset`` into a full trainer config (see module doc)."""
+    if preset not in spec["presets"]:
+        raise SweepError(f"sweep {spec['name']!r} has no preset {preset!r}; presets: {', '.join(spec['presets'])}")
+    pre = spec["presets"][preset] or {}
+    base_path = Path(base_config) if base_config else Path(spec["_path"]).parent / pre.get("base", f"_base_{preset}.yaml")
+    base = _read_yaml(base_path)
+    for key, value in (pre.get("set") or {}).items():
+        _set_dotted(base, key, value)
+    if pre.get("epochs") is not None:
+        base["epochs"] = int(pre["epochs"])
+    if epochs is not None:
+        base["epochs"] = int(epochs)
+    for text in sets:
+        key, value = parse_set(text)
+        _set_dotted(base, key, value)
+
+    points = []
+    for p in _spec_points(spec, pre):
+        cfg = copy.deepcopy(base)
+        for key, value in p["set"].items():
+            _set_dotted(cfg, key, value)
+        _fit_schedule(cfg, evals_on=spec.get("evals", True))
+        if sweep_dir is not None:
+            cfg["run_dir"] = str(Path(sweep_dir) / p["name"])
+        points.append(Point(name=str(p["name"]), value=p["value"], paper=p.get("paper"),
+                            overrides=dict(p["set"]), config=cfg))
+    return points
+
+
+def _fit_schedule(cfg: dict, evals_on: bool) -> None:
+    """Evals and reconstructions once at the end (or never), warm-up no longer than the run."""
+    n = int(cfg.get("epochs", 1))
+    evals = cfg.setdefault("evals", {})
+    recons = cfg.setdefault("recons", {})
+    if not evals_on:
+        evals["every"] = 0
+        recons["every"] = 0
+    else:
+        # every = n: evaluate (and sample reconstructions) after the last epoch only -- a sweep needs
+        # the final numbers, and per-epoch evals would cost more than the training at CPU scale
+        evals["every"] = n
+        recons["every"] = n if recons.get("every", 1) else 0
+    optim = cfg.setdefault("optim", {})
+    if float(optim.get("warmup_epochs", 0)) > n:
+        optim["warmup_epochs"] = max(n / 10, min(1.0, n / 2))
+
+
+# ----------------------------------------------------------------------------- reading results
+def _frame(data) -> pd.DataFrame:
+    if data is None:
+        return pd.DataFrame()
+    if isinstance(data, pd.DataFrame):
+        return data
+    try:
+        return pd.DataFrame(data)
+    except (ValueError, TypeError):
+        return pd.DataFrame([data]) if isinstance(data, dict) else pd.DataFrame()
+
+
+def _status_text(status) -> str:
+    if isinstance(status, dict):
+        status = status.get("status", status.get("state"))
+    return str(status) if status else "unknown"
+
+
+def _open_run(run_dir: Path):
+    """runstore.open(run_dir), or None when the directory holds no readable run yet."""
+    import runstore
+    if not Path(run_dir).is_dir():
+        return None
+    try:
+        return runstore.open(run_dir)
+    except Exception:
+        return None
+
+
+def _epochs_done(run) -> int:
+    """Completed epochs of a run: last checkpoint's epoch, else the metrics' last epoch."""
+    if run is None:
+        return 0
+    done = 0
+    try:
+        ck = _frame(run.checkpoints())
+        if "epoch" in ck and len(ck):
+            done = int(pd.to_numeric(ck["epoch"], errors="coerce").max())
+    except Exception:
+        pass
+    return done
+
+
+def _param_counts(cfg: dict) -> tuple[float, float]:
+    """(encoder, total) trainable parameters in millions, counted on the meta device (no memory)."""
+    try:
+        import torch
+        from model import create_model
+        m = dict(cfg.get("model", {}))
+        name = m.pop("name")
+        m.pop("mask_ratio", None)
+        img = _get_dotted(cfg, "data.image_size")
+        if img:
+            m["img_size"] = img
+        with torch.device("meta"):
+            model = create_model(name, **m)
+        enc = sum(p.numel() for n, p in model.named_parameters()
+                  if p.requires_grad and not n.startswith(("decoder", "mask_token")))
+        tot = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return enc / 1e6, tot / 1e6
+    except Exception:
+        return math.nan, math.nan
+
+
+def _last_eval(evals: pd.DataFrame, kind: str) -> float:
+    if evals.empty or "kind" not in evals or "top1" not in evals:
+        return math.nan
+    sel = evals[evals["kind"] == kind]
+    if sel.empty:
+        return math.nan
+    if "epoch" in sel:
+        sel = sel.sort_values("epoch", kind="stable")
+    return float(sel["top1"].iloc[-1])
+
+
+def _timing(records: pd.DataFrame, point: str) -> tuple[float, float]:
+    """(wall seconds, seconds per trained epoch without evals) over a point's ended invocations.
+
+    An invocation killed with SIGKILL leaves no end record, so its time is not counted (the epochs
+    it finished are then credited to no one: the resumed invocation counts only its own epochs).
+    """
+    if records is None or records.empty or "invocation_s" not in records:
+        return math.nan, math.nan
+    ended = records[(records["point"] == point) & (records["status"] != "running")]
+    num = lambda col: pd.to_numeric(ended[col], errors="coerce").fillna(0.0) if col in ended else 0.0
+    wall = float(pd.to_numeric(ended["invocation_s"], errors="coerce").sum())
+    epochs = float((num("epochs_after") - num("epochs_before")).clip(lower=0).sum()) if len(ended) else 0.0
+    eval_s = float(num("eval_s").sum()) if len(ended) else 0.0
+    if not len(ended):
+        return math.nan, math.nan
+    return wall, ((wall - eval_s) / epochs if epochs > 0 else math.nan)
+
+
+def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None) -> dict:
+    """One row of the sweep table for ``point``, read from its run store and the sweep records."""
+    run_dir = Path(sweep_dir) / point.name
+    run = _open_run(run_dir)
+    enc_m, tot_m = _param_counts(point.config)
+    row = {
+        "point": point.name, "value": point.value, "paper_setting": point.paper,
+        "model": _get_dotted(point.config, "model.name"), "encoder_params_m": enc_m, "params_m": tot_m,
+        "epochs": point.epochs, "epochs_done": 0, "final_loss": math.nan, "knn_top1": math.nan,
+        "linprobe_top1": math.nan, "s_per_epoch": math.nan, "images_per_s": math.nan,
+        "wall_s": math.nan, "status": "pending", "run_dir": str(run_dir),
+    }
+    records = store.records(sweep_dir) if records is None else records
+    row["wall_s"], row["s_per_epoch"] = _timing(records, point.name)
+    if run is None:
+        return row
+    row["status"] = _status_text(getattr(run, "status", None))
+    row["epochs_done"] = _epochs_done(run)
+    try:
+        metrics = _frame(run.metrics())
+    except Exception:
+        metrics = pd.DataFrame()
+    if not metrics.empty and "loss" in metrics:
+        last = metrics
+        if "epoch" in metrics:
+            # the trainer logs fractional epochs (epoch + step/steps_per_epoch): the last epoch's
+            # steps are those in (E-1, E]; the final loss is their mean, not one noisy step
+            ep = pd.to_numeric(metrics["epoch"], errors="coerce")
+            last = metrics[np.ceil(ep - 1e-9) == np.ceil(ep.max() - 1e-9)]
+        row["final_loss"] = float(pd.to_numeric(last["loss"], errors="coerce").mean())
+        if "images_per_s" in metrics:
+            ips = pd.to_numeric(metrics["images_per_s"], errors="coerce").dropna()
+            if len(ips):
+                row["images_per_s"] = float(ips.median())
+    try:
+        evals = _frame(run.evals())
+    except Exception:
+        evals = pd.DataFrame()
+    row["knn_top1"] = _last_eval(evals, "knn")
+    row["linprobe_top1"] = _last_eval(evals, "linprobe")
+    return row
+
+
+def _plan_points(plan_doc: dict) -> list[Point]:
+    return [Point(name=p["name"], value=p["value"], paper=p.get("paper"), overrides=p.get("set", {}),
+                  config=p["config"]) for p in plan_doc.get("points", [])]
+
+
+def sweep_table(sweep_dir) -> pd.DataFrame:
+    """The sweep table of a sweep directory, rebuilt from its plan, run stores and sweep records.
+
+    One row per planned point in plan order, columns ``TABLE_COLUMNS``; points not started yet have
+    status ``pending``. Top-1 values are as the evals record them. ``table.attrs`` carries the plan's
+    ``sweep``, ``title``, ``number``, ``preset``, ``axis`` and ``paper`` keys (for figures). Safe to
+    call while the sweep runs; never writes.
+    """
+    sweep_dir = Path(sweep_dir)
+    plan_doc = store.read_plan(sweep_dir)
+    records = store.records(sweep_dir)
+    rows = [point_row(p, sweep_dir, records) for p in _plan_points(plan_doc)]
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for key in ("sweep", "title", "preset", "axis", "paper", "number"):
+        table.attrs[key] = plan_doc.get(key)
+    return table
+
+
+# ----------------------------------------------------------------------------- running
+def host_info() -> dict:
+    """Where the sweep ran: host, CPUs, torch threads, GPU (the report states the compute used)."""
+    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count()}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+    except Exception:
+        pass
+    return info
+
+
+def _check_plan(sweep_dir: Path, plan_doc: dict, points: list[Point]) -> None:
+    """A resumed sweep must keep each point's experiment settings (epochs may grow)."""
+    old = {p["name"]: p for p in plan_doc.get("points", [])}
+    for p in points:
+        if p.name not in old:
+            continue
+        a = {k: v for k, v in _flatten(old[p.name]["config"]).items() if k not in ("run_dir", "epochs")}
+        b = {k: v for k, v in _flatten(p.config).items() if k not in ("run_dir", "epochs")}
+        harmless = ("evals.", "recons.", "checkpoint.", "log.", "data.num_workers", "data.train_path",
+                    "data.val_path", "optim.warmup_epochs")
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(harmless)]
+        if diff:
+            k = diff[0]
+            raise SweepError(
+                f"{sweep_dir / store.PLAN}: point {p.name!r} was started with {k}={a.get(k)!r}, "
+                f"now {k}={b.get(k)!r} ({len(diff)} key(s) differ). Resume with the original settings, "
+                f"or write this sweep elsewhere with --out.")
+
+
+def _is_done(point: Point, run) -> bool:
+    if run is None or _status_text(getattr(run, "status", None)) != "finished":
+        return False
+    try:
+        planned = int(run.config.get("epochs", -1))
+    except Exception:
+        planned = -1
+    return planned >= point.epochs
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / "checkpoints").glob("*.pth")) if (run_dir / "checkpoints").is_dir() else False
+
+
+def _eval_seconds(run, since_epoch: int) -> float:
+    try:
+        ev = _frame(run.evals())
+    except Exception:
+        return 0.0
+    if ev.empty or "seconds" not in ev:
+        return 0.0
+    if "epoch" in ev:
+        ev = ev[pd.to_numeric(ev["epoch"], errors="coerce") >= since_epoch]
+    return float(pd.to_numeric(ev["seconds"], errors="coerce").fillna(0).sum())
+
+
+def _run_point(point: Point, cfg_path: Path, run_dir: Path, launcher: str | None) -> int:
+    """Train one point (resuming when it has a checkpoint); return the trainer's exit code."""
+    argv = ["--config", str(cfg_path), f"run_dir={run_dir}"]
+    if _has_checkpoint(run_dir):
+        argv.append("--resume")
+    elif run_dir.exists():
+        # started but killed before its first checkpoint: nothing worth keeping, start it cleanly
+        import shutil
+        shutil.rmtree(run_dir)
+    if launcher:
+        cmd = shlex.split(launcher)
+        if cmd == ["python"]:
+            cmd = [sys.executable]
+        return subprocess.call([*cmd, "-m", "trainer.pretrain", *argv])
+    from trainer.pretrain import main as pretrain_main
+    # the trainer installs its own SIGTERM/SIGUSR1 handlers (save, exit 75); put ours back afterwards
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        rc = pretrain_main(argv)
+    except SystemExit as exc:  # argparse / explicit exits inside the trainer
+        rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    return int(rc or 0)
+
+
+def validate(points: list[Point]) -> None:
+    """Check every point's config with the trainer's own validation before anything runs."""
+    try:
+        from trainer.config import ConfigError, from_dict
+    except ImportError:  # trainer not installed: the trainer will report errors itself
+        return
+    for p in points:
+        try:
+            from_dict(copy.deepcopy(p.config), f"sweep point {p.name}")
+        except ConfigError as exc:
+            raise SweepError(str(exc)) from None
+
+
+def default_out(name: str, preset: str) -> Path:
+    """runs/sweeps/NAME for the cpu preset, runs/sweeps/NAME_PRESET otherwise (relative to the cwd)."""
+    return Path("runs") / "sweeps" / (name if preset == "cpu" else f"{name}_{preset}")
+
+
+def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, base_config=None,
+              epochs: int | None = None, sets=(), only: list[str] | None = None, dry_run: bool = False,
+              launcher: str | None = None, echo=print) -> pd.DataFrame:
+    """Run (or resume) sweep ``name``; return its table. See the module doc for the layout.
+
+    Raises SweepError on a bad spec or config, or when a resumed sweep's settings changed; a point
+    whose trainer fails is marked ``failed`` and the sweep moves on; a preempted point (trainer exit
+    code 75) stops the sweep with ``SweepPreempted`` so that a scheduler can requeue it.
+    """
+    spec = load_spec(name)
+    sweep_dir = Path(out) if out else default_out(spec["name"], preset)
+    points = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir)
+    all_names = [p.name for p in points]
+    if only:
+        unknown = set(only) - set(all_names)
+        if unknown:
+            raise SweepError(f"unknown point(s) {sorted(unknown)}; points: {', '.join(all_names)}")
+        points = [p for p in points if p.name in only]
+    validate(points)
+
+    old_plan = None
+    if store.is_sweep_dir(sweep_dir):
+        old_plan = store.read_plan(sweep_dir)
+        if old_plan.get("sweep") != spec["name"]:
+            raise SweepError(f"{sweep_dir}: holds sweep {old_plan.get('sweep')!r}, not {spec['name']!r}; "
+                             f"choose another --out")
+        _check_plan(sweep_dir, old_plan, points)
+
+    if dry_run:
+        echo(f"sweep {spec['name']} ({spec.get('title', '')}), preset {preset}, dir {sweep_dir}")
+        for p in points:
+            run = _open_run(sweep_dir / p.name)
+            state = "done" if _is_done(p, run) else ("partial" if run is not None else "todo")
+            sets_txt = " ".join(f"{k}={v}" for k, v in p.overrides.items())
+            echo(f"  {p.name:24s} {state:8s} epochs={p.epochs:<5d} {sets_txt}")
+        return pd.DataFrame([{"point": p.name, "value": p.value, "epochs": p.epochs} for p in points])
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "configs").mkdir(exist_ok=True)
+    merged = {p["name"]: p for p in (old_plan or {}).get("points", [])}
+    for p in points:
+        merged[p.name] = {"name": p.name, "value": p.value, "paper": p.paper, "set": p.overrides,
+                          "config": p.config, "hash": p.config_hash()}
+    store.write_plan(sweep_dir, {
+        "sweep": spec["name"], "number": spec.get("number"), "title": spec.get("title", spec["name"]),
+        "preset": preset, "axis": spec.get("axis", {}), "paper": spec.get("paper"),
+        "spec_path": spec["_path"], "launcher": launcher,
+        "created": (old_plan or {}).get("created", time.time()), "updated": time.time(),
+        "host": host_info(), "points": [merged[n] for n in all_names if n in merged],
+    })
+
+    from tqdm import tqdm
+    bar = tqdm(points, desc=f"sweep {spec['name']}", unit="point", disable=not sys.stderr.isatty())
+    for p in bar:
+        bar.set_postfix_str(p.name)
+        run_dir = sweep_dir / p.name
+        run = _open_run(run_dir)
+        if _is_done(p, run):
+            echo(f"[sweep {spec['name']}] {p.name}: finished earlier, skipped")
+            continue
+        cfg_path = sweep_dir / "configs" / f"{p.name}.yaml"
+        cfg_path.write_text(yaml.safe_dump(p.config, sort_keys=False))
+        before = _epochs_done(run) if _has_checkpoint(run_dir) else 0
+        echo(f"[sweep {spec['name']}] {p.name}: training {p.epochs} epochs"
+             f"{f' (resuming after epoch {before})' if before else ''} -> {run_dir}")
+        store.log_start(sweep_dir, p.name, p.value, run_dir, epochs_before=before, config_hash=p.config_hash())
+        t0 = time.time()
+        error = None
+        try:
+            rc = _run_point(p, cfg_path, run_dir, launcher)
+        except Exception as exc:  # one broken point must not lose the others
+            traceback.print_exc()
+            rc, error = 1, f"{type(exc).__name__}: {exc}"
+        wall = time.time() - t0
+        run = _open_run(run_dir)
+        status = "done" if rc == 0 and _is_done(p, run) else ("preempted" if rc == EXIT_PREEMPTED else "failed")
+        row = point_row(p, sweep_dir)
+        results = {k: row[k] for k in ("encoder_params_m", "params_m", "final_loss", "knn_top1",
+                                        "linprobe_top1", "images_per_s")}
+        store.log_end(sweep_dir, p.name, p.value, run_dir, status, results, rc=rc, error=error,
+                      invocation_s=round(wall, 3), epochs_before=before, epochs_after=_epochs_done(run),
+                      eval_s=round(_eval_seconds(run, before), 3) if run is not None else 0.0)
+        if status == "preempted":
+            raise SweepPreempted(f"point {p.name} was preempted; run the same command again to resume")
+        if status == "failed":
+            echo(f"[sweep {spec['name']}] {p.name}: FAILED (exit code {rc}{', ' + error if error else ''}); "
+                 f"see the trainer's messages above")
+    return sweep_table(sweep_dir)
+
+
+class SweepPreempted(RuntimeError):
+    """The trainer exited with code 75 (preempted); the sweep stops so it can be requeued."""
+
+
+# ----------------------------------------------------------------------------- CLI
+def _format_table(table: pd.DataFrame) -> str:
+    cols = ["point", "value", "encoder_params_m", "epochs_done", "final_loss", "knn_top1", "linprobe_top1",
+            "s_per_epoch", "status"]
+    return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m evals.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", nargs="?", help="sweep name (configs/sweeps/NAME.yaml) or a sweep YAML path")
+    ap.add_argument("--list", action="store_true", help="list the known sweeps and exit")
+    ap.add_argument("--preset", default="cpu", help="cpu (Imagenette, 64 px) or imagenet (the paper's setting)")
+    ap.add_argument("--base-config", help="trainer YAML to use instead of the preset's base config")
+    ap.add_argument("--out", help="sweep directory (default runs/sweeps/NAME; runs/sweeps/NAME_PRESET for other presets)")
+    ap.add_argument("--epochs", type=int, help="epochs of every point (except where the sweep varies epochs)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a trainer config key for every point (repeatable), e.g. data.num_workers=4")
+    ap.add_argument("--points", help="comma-separated subset of points to run")
+    ap.add_argument("--launcher", help="run each point as a subprocess under this launcher, e.g. "
+                                       "'python' or 'torchrun --nproc_per_node=8' (default: in this process)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan and each point's state; run nothing")
+    args = ap.parse_args(argv)
+
+    if args.list or not args.name:
+        for n in list_sweeps():
+            spec = load_spec(n)
+            print(f"{n:14s} {spec.get('title', '')}  (presets: {', '.join(spec['presets'])})")
+        return 0 if args.list else 2
+    try:
+        table = run_sweep(args.name, preset=args.preset, out=args.out, base_config=args.base_config,
+                          epochs=args.epochs, sets=args.set, dry_run=args.dry_run, launcher=args.launcher,
+                          only=args.points.split(",") if args.points else None)
+    except SweepPreempted as exc:
+        print(f"evals.sweep: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except (SweepError, store.SweepDirError) as exc:
+        print(f"evals.sweep: error: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        return 0
+    print(_format_table(table))
+    return 0 if (table["status"] == "finished").all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

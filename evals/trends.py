@@ -1,0 +1,289 @@
+"""Did the paper's findings reproduce? Each trend is a small test on a sweep table, never a sentence.
+
+Why: a report that says "norm_pix beats pixel" must say it because the numbers do. Every trend here
+reads a sweep table (the frame of ``evals.sweep.sweep_table``: columns ``point``, ``value``,
+``paper_setting``, ``encoder_params_m``, ``epochs``, ``knn_top1``, ``linprobe_top1``,
+``images_per_s``, ``s_per_epoch``, ``status``) and returns a :class:`TrendResult` whose ``holds`` is
+
+- ``True``  the inequality the paper found holds in this table,
+- ``False`` it does not,
+- ``None``  the table lacks the points or numbers needed (not run, failed, metric missing).
+
+Accuracy trends are checked once per probe present in the table (linear probe, kNN). Rows with a
+``status`` other than ``finished`` are ignored. Comparisons are exact (no tolerance): small
+differences at CPU scale are reported as they are, with the numbers in ``detail`` so a reader can
+judge the margin.
+
+    from evals.trends import check_trends, trends_frame
+    results = check_trends("mask_ratio", table)
+    trends_frame(results)      # one row per trend x metric
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import pandas as pd
+
+ACCURACY_METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
+
+
+@dataclass
+class TrendResult:
+    """One trend of the paper tested on one sweep table (see module doc for ``holds``)."""
+
+    sweep: str
+    trend: str
+    claim: str
+    metric: str
+    holds: bool | None
+    detail: str
+    paper: str
+
+    @property
+    def verdict(self) -> str:
+        return {True: "reproduced", False: "not reproduced", None: "not enough data"}[self.holds]
+
+
+# ----------------------------------------------------------------------------- table helpers
+def usable(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of finished points (all rows when the table has no status column)."""
+    if table is None or len(table) == 0:
+        return pd.DataFrame()
+    if "status" in table:
+        return table[table["status"].astype(str) == "finished"]
+    return table
+
+
+def _num(v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def _pick(table: pd.DataFrame, *aliases: str) -> pd.Series | None:
+    """The first row whose point name, value or paper setting equals one of ``aliases``."""
+    for alias in aliases:
+        for col in ("point", "value", "paper_setting"):
+            if col in table:
+                hit = table[table[col].astype(str) == alias]
+                if len(hit):
+                    return hit.iloc[0]
+    return None
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def _metrics_in(table: pd.DataFrame) -> list[str]:
+    """Accuracy columns with at least one number; linear probe first. Empty tables: linear probe."""
+    present = [m for m in ACCURACY_METRICS if m in table and pd.to_numeric(table[m], errors="coerce").notna().any()]
+    return present or ["linprobe_top1"]
+
+
+def _speed(row: pd.Series | None) -> float:
+    """Training speed of a row: images/s when logged, else 1 / seconds per epoch."""
+    if row is None:
+        return math.nan
+    ips = _num(row.get("images_per_s"))
+    if not math.isnan(ips) and ips > 0:
+        return ips
+    spe = _num(row.get("s_per_epoch"))
+    return 1.0 / spe if spe > 0 else math.nan
+
+
+def _spearman(x: pd.Series, y: pd.Series) -> float:
+    if len(x) < 3:
+        return math.nan
+    return float(x.rank().corr(y.rank()))
+
+
+# ----------------------------------------------------------------------------- trend kinds
+def _compare(sweep, trend, claim, paper, a_names, b_names, strict, value_of=None):
+    """Trend 'a beats b' (strict) or 'a at least as good as b' on each accuracy metric."""
+    def check(table: pd.DataFrame) -> list[TrendResult]:
+        t = usable(table)
+        out = []
+        for metric in _metrics_in(t) if value_of is None else ["speed"]:
+            a, b = (_pick(t, *a_names) if len(t) else None), (_pick(t, *b_names) if len(t) else None)
+            get = value_of or (lambda r: _num(r.get(metric)) if r is not None else math.nan)
+            va, vb = get(a), get(b)
+            label = ACCURACY_METRICS.get(metric, metric)
+            if math.isnan(va) or math.isnan(vb):
+                holds, detail = None, f"{a_names[0]}: {_fmt(va)}, {b_names[0]}: {_fmt(vb)} (missing)"
+            else:
+                holds = va > vb if strict else va >= vb
+                extra = f" ({va / vb:.2f}x)" if value_of is not None and vb > 0 else f" (diff {va - vb:+.3g})"
+                detail = f"{a_names[0]}: {_fmt(va)} vs {b_names[0]}: {_fmt(vb)}{extra}"
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper))
+        return out
+    return check
+
+
+def _argmax_at_least(sweep, trend, claim, paper, threshold):
+    """Trend 'the best value of the varied numeric axis is >= threshold'."""
+    def check(table: pd.DataFrame) -> list[TrendResult]:
+        t = usable(table)
+        out = []
+        for metric in _metrics_in(t):
+            label = ACCURACY_METRICS[metric]
+            x = pd.to_numeric(t["value"], errors="coerce") if "value" in t else pd.Series(dtype=float)
+            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
+            ok = x.notna() & y.notna()
+            if ok.sum() < 3:
+                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
+                                       f"{int(ok.sum())} point(s) with numbers; need 3", paper))
+                continue
+            x, y = x[ok], y[ok]
+            best = y.idxmax()
+            lo, hi = x.idxmin(), x.idxmax()
+            detail = (f"peak at {_fmt(x[best])} ({_fmt(y[best])}); at {_fmt(x[lo])}: {_fmt(y[lo])}, "
+                      f"at {_fmt(x[hi])}: {_fmt(y[hi])}")
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
+                                   bool(x[best] >= threshold), detail, paper))
+        return out
+    return check
+
+
+def _ends_rise(sweep, trend, claim, paper, xcol, require_rank: bool):
+    """Trend 'the largest x beats the smallest x' (and, if asked, Spearman rho > 0 over all points)."""
+    def check(table: pd.DataFrame) -> list[TrendResult]:
+        t = usable(table)
+        out = []
+        for metric in _metrics_in(t):
+            label = ACCURACY_METRICS[metric]
+            x = pd.to_numeric(t[xcol], errors="coerce") if xcol in t else pd.Series(dtype=float)
+            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
+            ok = x.notna() & y.notna()
+            if ok.sum() < 2:
+                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
+                                       f"{int(ok.sum())} point(s) with numbers; need 2", paper))
+                continue
+            x, y = x[ok], y[ok]
+            lo, hi = x.idxmin(), x.idxmax()
+            rho = _spearman(x, y)
+            holds = bool(y[hi] > y[lo])
+            if require_rank and not math.isnan(rho):
+                holds = holds and rho > 0
+            detail = (f"{xcol}={_fmt(x[lo])}: {_fmt(y[lo])} -> {xcol}={_fmt(x[hi])}: {_fmt(y[hi])}; "
+                      f"Spearman rho {_fmt(rho)} over {len(x)} points")
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper))
+        return out
+    return check
+
+
+def _narrowest_not_best(sweep, trend, claim, paper):
+    def check(table: pd.DataFrame) -> list[TrendResult]:
+        t = usable(table)
+        out = []
+        for metric in _metrics_in(t):
+            label = ACCURACY_METRICS[metric]
+            x = pd.to_numeric(t["value"], errors="coerce") if "value" in t else pd.Series(dtype=float)
+            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
+            ok = x.notna() & y.notna()
+            if ok.sum() < 2:
+                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
+                                       f"{int(ok.sum())} point(s) with numbers; need 2", paper))
+                continue
+            x, y = x[ok], y[ok]
+            lo = x.idxmin()
+            others = y.drop(lo)
+            best = others.idxmax()
+            detail = f"narrowest {_fmt(x[lo])}: {_fmt(y[lo])}; best wider {_fmt(x[best])}: {_fmt(y[best])}"
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
+                                   bool(y[best] > y[lo]), detail, paper))
+        return out
+    return check
+
+
+# ----------------------------------------------------------------------------- the paper's trends
+Check = Callable[[pd.DataFrame], list]
+
+TRENDS: dict[str, list[tuple[str, Check]]] = {
+    "mask_ratio": [
+        ("peak_at_high_ratio", _argmax_at_least(
+            "mask_ratio", "peak_at_high_ratio", "{metric} accuracy peaks at a high masking ratio (>= 0.6)",
+            "Fig. 5: linear probing peaks at 75% (73.5)", 0.6)),
+    ],
+    "decoder_depth": [
+        ("deeper_decoder_better", _ends_rise(
+            "decoder_depth", "deeper_decoder_better", "the deepest decoder beats the shallowest ({metric})",
+            "Table 1(a): 65.5 (1 block) -> 73.5 (8 blocks) linear", "value", require_rank=False)),
+    ],
+    "decoder_width": [
+        ("narrowest_not_best", _narrowest_not_best(
+            "decoder_width", "narrowest_not_best", "a wider decoder beats the narrowest one ({metric})",
+            "Table 1(b): 69.1 (128 wide) vs 73.5 (512 wide) linear")),
+    ],
+    "mask_token": [
+        ("no_mask_token_as_accurate", _compare(
+            "mask_token", "no_mask_token_as_accurate",
+            "an encoder without mask tokens is at least as accurate ({metric})",
+            "Table 1(c): 73.5 (w/o [M]) vs 59.6 (w/ [M]) linear",
+            ("without_mask_token", "w/o [M]"), ("with_mask_token", "w/ [M]"), strict=False)),
+        ("no_mask_token_faster", _compare(
+            "mask_token", "no_mask_token_faster", "an encoder without mask tokens trains faster",
+            "Table 1(c): 3.3x fewer FLOPs; Table 2: 2.8x-4.1x less wall-clock",
+            ("without_mask_token", "w/o [M]"), ("with_mask_token", "w/ [M]"), strict=True, value_of=_speed)),
+    ],
+    "target": [
+        ("norm_pix_beats_pixel", _compare(
+            "target", "norm_pix_beats_pixel", "per-patch normalised pixels beat raw pixels ({metric})",
+            "Table 1(d): 73.9 (w/ norm) vs 73.5 (w/o norm) linear",
+            ("norm_pix", "pixel (w/ norm)"), ("pixel", "pixel (w/o norm)"), strict=True)),
+    ],
+    "sampler": [
+        ("random_ge_block75", _compare(
+            "sampler", "random_ge_block75", "random sampling >= block-wise at 75% ({metric})",
+            "Table 1(f): 73.5 (random 75) vs 63.9 (block 75) linear",
+            ("random_75", "random 75"), ("block_75", "block 75"), strict=False)),
+        ("random_ge_grid75", _compare(
+            "sampler", "random_ge_grid75", "random sampling >= grid-wise at 75% ({metric})",
+            "Table 1(f): 73.5 (random 75) vs 66.0 (grid 75) linear",
+            ("random_75", "random 75"), ("grid_75", "grid 75"), strict=False)),
+        ("block50_beats_block75", _compare(
+            "sampler", "block50_beats_block75", "block-wise masking is better at 50% than at 75% ({metric})",
+            "Table 1(f): 72.3 (block 50) vs 63.9 (block 75) linear",
+            ("block_50", "block 50"), ("block_75", "block 75"), strict=True)),
+    ],
+    "epochs": [
+        ("longer_is_better", _ends_rise(
+            "epochs", "longer_is_better", "longer pre-training is better ({metric}; longest > shortest, rho > 0)",
+            "Fig. 7: still improving at 1600 epochs", "epochs", require_rank=True)),
+    ],
+    "model_size": [
+        ("bigger_is_better", _ends_rise(
+            "model_size", "bigger_is_better", "a bigger encoder is better ({metric}; largest > smallest, rho > 0)",
+            "Table 3: fine-tuning 83.6 (ViT-B) < 85.9 (ViT-L) < 86.9 (ViT-H)", "encoder_params_m",
+            require_rank=True)),
+    ],
+    "wall_clock": [
+        ("asymmetric_faster", _compare(
+            "wall_clock", "asymmetric_faster", "the encoder without mask tokens trains faster per epoch",
+            "Table 2: 2.8x (ViT-L, 8-block decoder) to 3.5x (ViT-H) faster",
+            ("asymmetric", "w/o [M]"), ("with_mask_token", "w/ [M]"), strict=True, value_of=_speed)),
+        ("shallow_decoder_faster", _compare(
+            "wall_clock", "shallow_decoder_faster", "a 1-block decoder is faster still",
+            "Table 2: 3.7x (ViT-L, 1-block decoder) vs 2.8x (8 blocks)",
+            ("asymmetric_dec1", "w/o [M], dec 1"), ("asymmetric", "w/o [M]"), strict=True, value_of=_speed)),
+    ],
+}
+
+
+def check_trends(sweep: str, table: pd.DataFrame) -> list[TrendResult]:
+    """Test every paper trend registered for ``sweep`` on ``table`` (empty list for unknown sweeps)."""
+    results: list[TrendResult] = []
+    for _name, check in TRENDS.get(sweep, []):
+        results.extend(check(table if table is not None else pd.DataFrame()))
+    return results
+
+
+def trends_frame(results: list[TrendResult]) -> pd.DataFrame:
+    """Results as a frame: sweep, trend, claim, metric, holds, verdict, detail, paper."""
+    rows = [dict(asdict(r), verdict=r.verdict) for r in results]
+    cols = ["sweep", "trend", "claim", "metric", "holds", "verdict", "detail", "paper"]
+    return pd.DataFrame(rows, columns=cols)
