@@ -75,11 +75,14 @@ class Run:
         return describe(read_status(self.path), self.stale_after)
 
     # ------------------------------------------------------------------ tables
-    def metrics(self, raw: bool = False) -> pd.DataFrame:
+    def metrics(self, raw: bool = False, columns: list[str] | None = None) -> pd.DataFrame:
         """Per-step metrics, one row per step, steps increasing (rows superseded by a resumed
         trainer removed). Columns: step (int64), epoch, loss, lr, images_per_s, data_wait, time
-        (float64, unix seconds), then any extra columns. raw=True: every committed row in write order."""
-        df = read_table(self.path / "metrics.zarr", METRIC_COLUMNS)
+        (float64, unix seconds), then any extra columns. raw=True: every committed row in write order.
+        columns: read only these (`step` is always included)."""
+        if columns is not None:
+            columns = ["step"] + [c for c in columns if c != "step"]
+        df = read_table(self.path / "metrics.zarr", METRIC_COLUMNS, columns)
         if raw:
             return df
         keep = latest_attempt(df["step"].to_numpy(dtype=np.int64))
@@ -142,7 +145,7 @@ class Run:
         step, last_loss, best_linprobe, best_knn, images_per_s, params, updated."""
         cfg = self.config
         info = self.status_info()
-        m = self.metrics()
+        m = self.metrics(columns=["epoch", "loss", "images_per_s"])
         ev = self.evals()
         model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
         data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}

@@ -199,8 +199,9 @@ def _series(values: np.ndarray, kind: str) -> pd.Series:
     return pd.Series(np.asarray(values, dtype=_DTYPE[kind]))
 
 
-def read_table(path: Path, base: Mapping[str, str]) -> pd.DataFrame:
-    """Committed rows of a table as a DataFrame (in write order); empty with `base` columns if none."""
+def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """Committed rows of a table as a DataFrame (in write order); empty with `base` columns if none.
+    `columns`: read only these (unknown names are an error), for cheap reads of long runs."""
     path = Path(path)
     try:
         group = zarr.open_group(str(path), mode="r")
@@ -210,11 +211,21 @@ def read_table(path: Path, base: Mapping[str, str]) -> pd.DataFrame:
     if meta is None:
         return empty_frame(base)
     n = int(meta["rows"])
-    data = {}
-    for name, kind in meta["columns"]:
-        data[name] = _series(group[name][:n], kind)
+    kinds = {str(name): str(kind) for name, kind in meta["columns"]}
     for name, kind in base.items():  # a store written before a base column existed
-        if name not in data:
+        kinds.setdefault(name, kind)
+    order = list(base) + [c for c in kinds if c not in base]
+    if columns is not None:
+        columns = list(columns)
+        unknown = [c for c in columns if c not in kinds]
+        if unknown:
+            raise KeyError(f"{path}: no column(s) {unknown}; columns are {order}")
+        order = [c for c in order if c in columns]
+    data = {}
+    for name in order:
+        kind = kinds[name]
+        if name in group:
+            data[name] = _series(group[name][:n], kind)
+        else:
             data[name] = _series(np.full(n, _FILL[kind], dtype=object if kind == "str" else _DTYPE[kind]), kind)
-    order = list(base) + [c for c in data if c not in base]
-    return pd.DataFrame(data)[order]
+    return pd.DataFrame(data, columns=order)

@@ -289,3 +289,14 @@ def test_inspector_never_needs_zarr_types(tmp_path):
     rec = r.reconstructions(0, "val")
     assert all(isinstance(v, (np.ndarray, int, str, dict)) for v in rec.values())
     json.dumps(r.summary())
+
+
+def test_metrics_column_subset(tmp_path):
+    w = runstore.create(tmp_path / "r", CFG)
+    w.log_metrics(rows(range(4), grad_norm=1.0))
+    w.close()
+    r = runstore.open(tmp_path / "r")
+    m = r.metrics(columns=["loss", "grad_norm"])
+    assert list(m.columns) == ["step", "loss", "grad_norm"] and len(m) == 4
+    with pytest.raises(KeyError, match="nope"):
+        r.metrics(columns=["nope"])
