@@ -25,6 +25,7 @@ from .live import DEFAULT_MAX_PARAMS, LiveError, ModelCache, load_image, mask_im
 log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 10
+LIVE_DISPLAY_PX = 256
 CURVES = ("loss", "lr", "evals", "throughput")
 SCALING = ("params", "epochs")
 
@@ -122,8 +123,9 @@ def _recon_epochs(state, name, split):
     return state.catalog.reconstruction_epochs(name, split) if name else []
 
 
-def _recon_controls(state: InspectorState, name, split, epoch):
-    """Re-range the epoch slider for a run/split, keep the chosen epoch if it still exists."""
+def _recon_controls(state: InspectorState, name, split, epoch, follow=True):
+    """Re-range the epoch slider for a run/split. It follows the newest epoch (a training run adds
+    epochs) unless the user moved it back to an older one that still exists."""
     if not name:
         return gr.update(minimum=0, maximum=1, value=0, interactive=False), "No run selected."
     state.run_or_error(name)
@@ -131,7 +133,7 @@ def _recon_controls(state: InspectorState, name, split, epoch):
     if not epochs:
         return (gr.update(minimum=0, maximum=1, value=0, interactive=False),
                 f"Run `{name}` has no `{split}` reconstructions yet.")
-    value = epoch if epoch in epochs else epochs[-1]
+    value = epoch if (not follow and epoch in epochs) else epochs[-1]
     lo, hi = epochs[0], epochs[-1]
     if lo == hi:
         hi = lo + 1  # a slider needs a range; values snap to logged epochs
@@ -256,14 +258,16 @@ def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sam
             if recons is None or idx >= len(recons["original"]):
                 raise LiveError("That sampled image is no longer available; press Refresh.")
             img = load_image(views._to_uint8_hwc(recons["original"][idx]))
-            source = f"{split} image {idx} of epoch {epoch}"
+            ids = recons.get("image_ids")
+            source = f"{split} image {ids[idx] if ids is not None and idx < len(ids) else idx}"
         else:
             raise LiveError("Upload an image or pick a sampled one.")
         x = preprocess(img, model_image_size(model))
         res = mask_image(model, x, float(ratio_pct) / 100.0, sampler or "random", int(seed or 0))
     except LiveError as exc:
         raise gr.Error(str(exc)) from None
-    p = res.panels
+    # small CPU-scale images are enlarged (nearest: patch edges stay visible) for display only
+    p = {k: views.enlarge(v, LIVE_DISPLAY_PX) for k, v in res.panels.items()}
     return p["original"], p["masked"], p["reconstruction"], p["pasted"], f"{source} · {res.caption()}"
 
 
@@ -295,7 +299,8 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
                     rec_epoch = gr.Slider(0, 1, value=0, step=1, label="Epoch", elem_id="rec-epoch")
                 rec_note = gr.Markdown(elem_id="rec-note")
                 rec_img = gr.Image(label="original | masked | reconstruction | reconstruction + visible",
-                                   type="numpy", format="png", interactive=False, elem_id="rec-grid",
+                                   show_label=False, type="numpy", format="png", interactive=False,
+                                   elem_id="rec-grid",
                                    elem_classes="panel-img")
                 rec_loss = gr.Dataframe(label="Per-image loss", interactive=False, elem_id="rec-loss")
             with gr.Tab("Live masking", id="live"):
@@ -351,6 +356,7 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
         curve_outs = [plots[k] for k in CURVES] + [downloads[k] for k in CURVES]
         scaling_ins, scaling_outs = [sc_kinds, sc_ref], [sc_params, sc_epochs, sc_table, sc_dl1, sc_dl2]
         rec_ins = [rec_run, rec_split, rec_epoch]
+        rec_follow = gr.State(True)  # per browser session: does the slider track the newest epoch?
 
         def do_refresh(sel, rec_name, live_name):
             return _refresh(state, sel, rec_name, live_name)
@@ -361,8 +367,15 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
         def do_scaling(kinds, ref):
             return _scaling(state, kinds, ref)
 
-        def do_recon_controls(name, split, epoch):
-            return _recon_controls(state, name, split, epoch)
+        def do_recon_controls(name, split, epoch, follow):
+            return _recon_controls(state, name, split, epoch, follow)
+
+        def do_recon_moved(name, split, epoch):
+            epochs = _recon_epochs(state, name, split)
+            return (*_recon_view(state, name, split, epoch), not epochs or epoch >= epochs[-1])
+
+        def do_follow():
+            return True
 
         def do_recon(name, split, epoch):
             return _recon_view(state, name, split, epoch)
@@ -377,14 +390,16 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
             (trigger(do_refresh, [selected, rec_run, live_run], refresh_outs, show_progress="hidden")
              .then(do_curves, curve_ins, curve_outs, show_progress="hidden")
              .then(do_scaling, scaling_ins, scaling_outs, show_progress="hidden")
-             .then(do_recon_controls, rec_ins, [rec_epoch, rec_note], show_progress="hidden")
+             .then(do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note], show_progress="hidden")
              .then(do_recon, rec_ins, [rec_img, rec_loss, rec_note], show_progress="hidden"))
         gr.on([selected.input, x_axis.change, log_loss.change], do_curves, curve_ins, curve_outs)
         gr.on([sc_kinds.change, sc_ref.change], do_scaling, scaling_ins, scaling_outs)
-        gr.on([rec_run.input, rec_split.input], do_recon_controls, rec_ins, [rec_epoch, rec_note]).then(
+        gr.on([rec_run.input, rec_split.input], do_follow, None, rec_follow).then(
+            do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note]).then(
             do_recon, rec_ins, [rec_img, rec_loss, rec_note])
         # input: while dragging (only the last pending one runs); release: pointer up or number typed
-        gr.on([rec_epoch.input, rec_epoch.release], do_recon, rec_ins, [rec_img, rec_loss, rec_note],
+        gr.on([rec_epoch.input, rec_epoch.release], do_recon_moved, rec_ins,
+              [rec_img, rec_loss, rec_note, rec_follow],
               trigger_mode="always_last", show_progress="minimal")
         live_run.change(do_live_controls, [live_run], [live_ckpt, live_sample, live_note])
         live_ins = [live_run, live_ckpt, live_upload, live_sample, live_ratio, live_sampler, live_seed]
@@ -395,6 +410,14 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
 
 # ===================================================================================== launch
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def bind_warning(host: str, port: int | None = None) -> str | None:
+    """The warning to show when binding anything but this machine, else None."""
+    if host in LOCAL_HOSTS:
+        return None
+    return (f"binding the inspector to {host}: anyone who can reach this machine on port {port or 7860} "
+            "can browse your runs and checkpoints (there is no login). Use --host 127.0.0.1 to keep it local.")
 
 
 def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, open_browser: bool = False,
@@ -408,9 +431,8 @@ def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, op
     import warnings
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if host not in LOCAL_HOSTS:
-        msg = (f"binding the inspector to {host}: anyone who can reach this machine on port "
-               f"{port or 7860} can browse your runs (there is no login). Use --host 127.0.0.1 to keep it local.")
+    msg = bind_warning(host, port)
+    if msg:
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     demo = build_app(runs_dir, max_params=max_params)

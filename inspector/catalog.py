@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -59,8 +60,10 @@ class RunCatalog:
     `names()` is cheap after the first listing; `get(name)` only accepts names from that listing.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, ttl: float = 3.0):
         self.root = Path(root).expanduser()
+        self.ttl = ttl
+        self._cache: dict = {}
         self._runs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.error: str | None = None
@@ -79,12 +82,26 @@ class RunCatalog:
                 self.error = f"Could not list runs under {self.root}: {exc}"
                 found = []
             for run in found:
-                name = str(getattr(run, "name", "") or Path(getattr(run, "path", "")).name)
+                name = self._name_of(run)
                 if name:
                     runs[name] = run
         with self._lock:
             self._runs = runs
+            self._cache.clear()
         return self.names()
+
+    def _name_of(self, run) -> str:
+        """A run's name: its folder relative to the root (sweeps nest runs, and two sweeps may both
+        hold a `run1`), else the store's own name."""
+        path = getattr(run, "path", None)
+        if path:
+            try:
+                rel = Path(path).resolve().relative_to(self.root.resolve())
+                if rel.parts:
+                    return rel.as_posix()
+            except ValueError:
+                pass
+        return str(getattr(run, "name", "") or "")
 
     def names(self) -> list[str]:
         with self._lock:
@@ -125,15 +142,28 @@ class RunCatalog:
 
     # ------------------------------------------------------------------ reads
     def _read(self, name: str, what: str, *args):
+        """Run.<what>(*args), remembered for `ttl` seconds: one refresh renders several views from
+        the same tables, and a long-lived app must still follow a run that is training."""
         run = self.get(name)
+        key = (name, what, args)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
         fn = getattr(run, what, None)
         if fn is None:
             return None
         try:
-            return fn(*args) if callable(fn) else fn
+            value = fn(*args) if callable(fn) else fn
         except Exception as exc:  # half-written stores: show what is there
             log.warning("run %s: %s%s failed: %s", name, what, args, exc)
-            return None
+            value = None
+        with self._lock:
+            if len(self._cache) > 512:
+                self._cache.clear()
+            self._cache[key] = (now, value)
+        return value
 
     def config(self, name: str) -> dict:
         cfg = self._read(name, "config")
@@ -191,16 +221,14 @@ class RunCatalog:
         return rec if isinstance(rec, dict) and rec else None
 
     def summary(self, name: str) -> dict:
-        """One row of the runs table. Uses Run.summary() where the store offers it, else derives it."""
-        cfg = self.config(name)
-        s = self._read(name, "summary")
-        s = dict(s) if isinstance(s, dict) else {}
-        metrics = evals = None
-        if not {"last_loss", "epochs_done"} <= s.keys():
-            metrics = self.metrics(name)
-        if not {"best_linprobe", "best_knn"} <= s.keys():
-            evals = self.evals(name)
-        return summarize(name, cfg, self.status(name), s, metrics, evals)
+        """One row of the runs table, derived from config, status, metrics and evals.
+
+        Derived here rather than taken from `Run.summary()` so that the epoch count follows the
+        trainer's convention (metrics log fractional epochs, 1.0 at the end of the first) and each
+        store is read once.
+        """
+        return summarize(name, self.config(name), self.status(name), {}, self.metrics(name),
+                         self.evals(name))
 
     def summaries(self, names: Iterable[str] | None = None) -> list[dict]:
         return [self.summary(n) for n in (self.valid(names) if names is not None else self.names())]
@@ -230,8 +258,11 @@ def summarize(name: str, cfg: dict, status: str, s: dict, metrics: pd.DataFrame 
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     dataset = s.get("dataset") or data_cfg.get("name") or data_cfg.get("dataset")
     if not dataset and data_cfg.get("train_path"):
+        # data/imagenette_ffcv/train.beton -> imagenette_ffcv; data/sample/train -> sample
         tp = Path(str(data_cfg["train_path"]))
-        dataset = tp.parent.name if tp.suffix else tp.name
+        while tp.name and (tp.suffix or tp.name.lower() in ("train", "training", "val", "images")):
+            tp = tp.parent
+        dataset = tp.name
     planned = s.get("epochs_planned", cfg.get("epochs"))
     done = s.get("epochs_done")
     last_loss = s.get("last_loss")

@@ -369,8 +369,20 @@ def reconstruction_losses(recons: Mapping) -> pd.DataFrame:
     loss = list(np.asarray(loss, dtype=np.float64).reshape(-1)) if loss is not None else [None] * n
     mask = recons.get("mask")
     ratio = [float(np.asarray(m).mean()) for m in mask] if mask is not None else [None] * n
-    return pd.DataFrame({"image_id": [str(i) for i in ids[:n]], "loss": loss[:n],
+    return pd.DataFrame({"image_id": [str(i) for i in ids[:n]],
+                         "loss": np.round(np.asarray(loss[:n], dtype=float), 4),
                          "mask_ratio": ratio[:n]})
+
+
+def enlarge(img, size: int) -> np.ndarray:
+    """Scale an image up to `size` px on its longer side, nearest-neighbour (patches stay crisp);
+    images already that large are returned unchanged."""
+    a = _to_uint8_hwc(img)
+    h, w = a.shape[:2]
+    if max(h, w) >= size:
+        return a
+    k = size / max(h, w)
+    return np.asarray(Image.fromarray(a).resize((round(w * k), round(h * k)), Image.NEAREST))
 
 
 def panels_row(panels: Mapping, index: int = 0, cell: int = 224) -> np.ndarray:

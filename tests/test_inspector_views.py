@@ -1,0 +1,253 @@
+"""Inspector: catalog, view functions and live masking on run stores written by a tiny real run."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.test_inspector_support import TINY_EPOCHS, inspector_runs_root, shared_base
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    return inspector_runs_root(shared_base(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def catalog(runs_root):
+    from inspector.catalog import RunCatalog
+    return RunCatalog(runs_root)
+
+
+# ------------------------------------------------------------------------------------ catalog
+def test_catalog_lists_runs_and_ignores_stray_folders(catalog):
+    assert catalog.names() == ["crashed", "tiny"]
+    assert catalog.empty_message() is None
+    assert catalog.status("tiny") == "finished"
+    assert catalog.status("crashed") == "crashed"
+
+
+def test_catalog_rejects_names_it_did_not_list(catalog, runs_root):
+    from inspector.catalog import UnknownRunError
+    for bad in ("../tiny", "tiny/../../etc", str(runs_root / "tiny"), "not_a_run", ""):
+        with pytest.raises(UnknownRunError):
+            catalog.get(bad)
+    assert catalog.valid(["tiny", "../tiny", None, "crashed"]) == ["tiny", "crashed"]
+
+
+def test_missing_and_empty_runs_folder_give_helpful_messages(tmp_path):
+    from inspector.catalog import RunCatalog
+    missing = RunCatalog(tmp_path / "nope")
+    assert missing.names() == [] and "does not exist" in missing.empty_message()
+    (tmp_path / "empty").mkdir()
+    empty = RunCatalog(tmp_path / "empty")
+    assert empty.names() == [] and "No runs found" in empty.empty_message()
+
+
+def test_crashed_half_written_run_still_reads(catalog):
+    assert catalog.evals("crashed").empty
+    assert catalog.reconstruction_epochs("crashed", "val") == []
+    assert catalog.checkpoints("crashed") == []
+    s = catalog.summary("crashed")
+    assert s["status"] == "crashed" and s["best_knn"] is None
+    assert s["last_loss"] == pytest.approx(1.16)
+
+
+# ------------------------------------------------------------------------------------ tables
+def test_runs_table_has_one_row_per_run(catalog):
+    from inspector import views
+    table = views.runs_table(catalog.summaries())
+    assert list(table.columns) == views.RUNS_TABLE_COLUMNS
+    assert list(table["name"]) == ["crashed", "tiny"]
+    tiny = table.set_index("name").loc["tiny"]
+    assert tiny["epochs"] == f"{TINY_EPOCHS}/{TINY_EPOCHS}"
+    assert tiny["model"] == "mae_vit_pico_patch8_64"
+    assert tiny["dataset"] != "?"
+    assert np.isfinite(tiny["last_loss"]) and tiny["images_per_s"] > 0
+    assert 0 <= tiny["best_knn"] <= 100 and 0 <= tiny["best_linprobe"] <= 100
+    assert views.runs_table([]).empty
+
+
+# ------------------------------------------------------------------------------------ curves
+def test_loss_and_lr_curves_overlay_runs(catalog):
+    from inspector import views
+    metrics = {n: catalog.metrics(n) for n in catalog.names()}
+    fig = views.loss_figure(metrics)
+    assert [t.name for t in fig.data] == ["crashed", "tiny"]
+    tiny = metrics["tiny"].sort_values("step")
+    np.testing.assert_allclose(np.asarray(fig.data[1].y, float), tiny["loss"].to_numpy(float))
+    lr = views.lr_figure({"tiny": metrics["tiny"]}, x="epoch")
+    assert len(lr.data) == 1 and max(lr.data[0].y) > 0
+    assert views.loss_figure({"tiny": metrics["tiny"]}, log_y=True).layout.yaxis.type == "log"
+
+
+def test_empty_inputs_give_explaining_figures():
+    from inspector import views
+    for fig in (views.loss_figure({}), views.eval_figure({"x": pd.DataFrame()}),
+                views.throughput_figure({"x": pd.DataFrame()}),
+                views.accuracy_vs_params_figure(views.scaling_table([]))):
+        assert not fig.data and fig.layout.annotations and fig.layout.annotations[0].text
+
+
+def test_eval_curves_per_kind(catalog):
+    from inspector import views
+    evals = catalog.evals("tiny")
+    fig = views.eval_figure({"tiny": evals}, ("linprobe", "knn"))
+    names = [t.name for t in fig.data]
+    assert names == ["tiny · linear probe", "tiny · kNN"]
+    knn = evals[evals["kind"] == "knn"].sort_values("epoch")
+    assert list(fig.data[1].x) == list(knn["epoch"]) and len(knn) == TINY_EPOCHS
+
+
+def test_throughput_has_images_per_s_and_data_wait(catalog):
+    from inspector import views
+    fig = views.throughput_figure({"tiny": catalog.metrics("tiny")})
+    assert {t.name for t in fig.data} == {"tiny · images_per_s", "tiny · data_wait"}
+    wait = [t for t in fig.data if t.name.endswith("data_wait")][0]
+    assert all(0 <= v <= 1 for v in wait.y)
+
+
+def test_downsample_keeps_long_logs_plottable():
+    from inspector import views
+    df = pd.DataFrame({"step": np.arange(100_000), "loss": np.linspace(2, 1, 100_000)})
+    fig = views.loss_figure({"long": df})
+    assert len(fig.data[0].x) <= 4000
+    assert fig.data[0].y[0] == pytest.approx(2, abs=1e-3) and fig.data[0].y[-1] == pytest.approx(1, abs=1e-3)
+
+
+def test_scaling_figures_with_and_without_paper_points(catalog):
+    from inspector import views
+    rows = [{"run": "tiny", "model": "pico", "params": 0.5e6, "epochs": TINY_EPOCHS, **p}
+            for p in views.final_evals(catalog.evals("tiny"))]
+    table = views.scaling_table(rows)
+    assert set(table["kind"]) >= {"knn", "linprobe"}
+    plain = views.accuracy_vs_params_figure(table, ["linprobe", "knn"])
+    assert all("paper" not in t.name for t in plain.data) and len(plain.data) == 2
+    ref = views.accuracy_vs_params_figure(table, ["linprobe", "knn"], show_reference=True)
+    paper = {t.name: t for t in ref.data if "paper" in t.name}
+    assert len(paper) == 2
+    ft = [t for n, t in paper.items() if "fine-tune" in n][0]
+    lin = [t for n, t in paper.items() if "linear" in n][0]
+    assert list(ft.y) == [83.6, 85.9, 86.9] and list(lin.y) == [68.0, 75.8, 76.6]
+    assert list(ft.x) == [86e6, 304e6, 632e6] and list(ft.text) == ["ViT-B/16", "ViT-L/16", "ViT-H/14"]
+    ep = views.accuracy_vs_epochs_figure(table, ["knn"], show_reference=True)
+    assert ep.layout.xaxis.type == "log" and any("paper" in t.name for t in ep.data)
+    assert list(ep.data[0].x) == [TINY_EPOCHS]
+
+
+def test_csv_export_of_any_figure(catalog):
+    from inspector import views
+    fig = views.eval_figure({"tiny": catalog.evals("tiny")}, ("knn",))
+    frame = views.figure_frame(fig)
+    assert list(frame.columns) == ["series", "x", "y"] and len(frame) == TINY_EPOCHS
+    back = pd.read_csv(__import__("io").StringIO(views.figure_csv(fig)))
+    np.testing.assert_allclose(back["y"], frame["y"])
+
+
+# ------------------------------------------------------------------------------------ reconstructions
+def test_reconstruction_grid_and_losses(catalog):
+    from inspector import views
+    epochs = catalog.reconstruction_epochs("tiny", "val")
+    assert epochs == list(range(1, TINY_EPOCHS + 1))
+    rec = catalog.reconstructions("tiny", epochs[-1], "val")
+    n = len(rec["original"])
+    grid = views.reconstruction_grid(rec, cell=64)
+    assert grid.dtype == np.uint8 and grid.shape[2] == 3
+    # the first original image is pasted unchanged (64 px cell = stored size) right of the labels
+    h0, x0 = 30 + 6, 150 + 6  # header height + pad, label column + pad
+    np.testing.assert_array_equal(grid[h0:h0 + 64, x0:x0 + 64], np.asarray(rec["original"][0]))
+    losses = views.reconstruction_losses(rec)
+    assert len(losses) == n and np.all(np.isfinite(losses["loss"].astype(float)))
+    assert losses["mask_ratio"].astype(float).between(0.7, 0.8).all()
+    with pytest.raises(ValueError, match="lack panels"):
+        views.reconstruction_grid({"original": rec["original"]})
+
+
+# ------------------------------------------------------------------------------------ live masking
+@pytest.fixture(scope="module")
+def ckpt(catalog):
+    cks = catalog.checkpoints("tiny")
+    assert cks, "the tiny run wrote no checkpoints"
+    return cks[-1]["path"]
+
+
+def test_live_masking_four_panels_deterministic(ckpt, catalog):
+    from inspector import live
+    cache = live.ModelCache()
+    model = cache.get(ckpt)
+    assert cache.get(ckpt) is model and cache.loads == 1  # cached
+    rec = catalog.reconstructions("tiny", catalog.reconstruction_epochs("tiny", "val")[-1], "val")
+    x = live.preprocess(live.load_image(np.asarray(rec["original"][0])), live.model_image_size(model))
+    assert tuple(x.shape) == (1, 3, 64, 64)
+    a = live.mask_image(model, x, 0.5, "random", seed=1)
+    assert set(a.panels) == {"original", "masked", "reconstruction", "pasted"}
+    assert all(p.shape == (64, 64, 3) and p.dtype == np.uint8 for p in a.panels.values())
+    assert a.visible == int(64 * 0.5) and a.total == 64 and np.isfinite(a.loss)
+    b = live.mask_image(model, x, 0.5, "random", seed=1)
+    np.testing.assert_array_equal(a.panels["masked"], b.panels["masked"])
+    c = live.mask_image(model, x, 0.5, "random", seed=2)
+    assert not np.array_equal(a.panels["masked"], c.panels["masked"])
+    g = live.mask_image(model, x, 0.75, "grid", seed=0)
+    blk = live.mask_image(model, x, 0.75, "block", seed=0)
+    assert g.visible == blk.visible == 16
+    assert not np.array_equal(g.panels["masked"], blk.panels["masked"])
+    assert model.mask_sampler == "random"  # restored after a live request
+    with pytest.raises(live.LiveError, match="sampler"):
+        live.mask_image(model, x, 0.5, "diagonal")
+
+
+def test_live_refuses_models_over_the_parameter_limit(ckpt):
+    from inspector import live
+    with pytest.raises(live.LiveError, match="parameters"):
+        live.ModelCache(max_params=1000).get(ckpt)
+
+
+def test_bad_uploads_get_clear_messages(tmp_path):
+    from inspector import live
+    txt = tmp_path / "notes.jpg"
+    txt.write_text("this is not a picture")
+    with pytest.raises(live.LiveError, match="not an image"):
+        live.load_image(txt)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (3000, 2000)).save(big)
+    with pytest.raises(live.LiveError, match="pixels"):
+        live.load_image(big, max_pixels=1_000_000)
+    with pytest.raises(live.LiveError, match="MiB"):
+        live.load_image(big, max_bytes=10)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(live.LiveError, match="empty"):
+        live.load_image(tmp_path / "empty.png")
+    with pytest.raises(live.LiveError, match="No image"):
+        live.load_image(None)
+    ok = tmp_path / "ok.png"
+    Image.new("RGB", (80, 50), (200, 10, 10)).save(ok)
+    assert live.load_image(ok).size == (80, 50)
+
+
+# ------------------------------------------------------------------------------------ app + CLI
+def test_app_builds_without_reading_runs(runs_root):
+    from inspector import build_app
+    demo = build_app(runs_root)
+    state = demo.inspector_state
+    assert state.catalog.names() == ["crashed", "tiny"]
+    assert state.encoder_params("tiny") > 0
+
+
+def test_non_local_bind_warns():
+    from inspector.app import bind_warning
+    assert bind_warning("127.0.0.1") is None and bind_warning("localhost") is None
+    assert "no login" in bind_warning("0.0.0.0")
+
+
+def test_cli_help():
+    out = subprocess.run([sys.executable, "-m", "inspector", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--runs" in out.stdout and "--host" in out.stdout
