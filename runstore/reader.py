@@ -77,8 +77,8 @@ class Run:
     # ------------------------------------------------------------------ tables
     def metrics(self, raw: bool = False, columns: list[str] | None = None) -> pd.DataFrame:
         """Per-step metrics, one row per step, steps increasing (rows superseded by a resumed
-        trainer removed). Columns: step (int64), epoch, loss, lr, images_per_s, data_wait, time
-        (float64, unix seconds), then any extra columns. raw=True: every committed row in write order.
+        trainer removed). Columns: step (int64), epoch (float64, epochs elapsed: 2.5 = half-way
+        through the third), loss, lr, images_per_s, data_wait, time (unix seconds), then extras. raw=True: every committed row in write order.
         columns: read only these (`step` is always included)."""
         if columns is not None:
             columns = ["step"] + [c for c in columns if c != "step"]
@@ -152,7 +152,8 @@ class Run:
         done = info.get("epochs_done")
         if done is None and len(m):
             e = m["epoch"].dropna()
-            done = int(math.floor(e.max())) + 1 if len(e) else None
+            # `epoch` is epochs elapsed (the trainer logs epoch + it / steps_per_epoch): 2.0 = two done
+            done = int(math.floor(e.max() + 1e-6)) if len(e) else None
         loss = m["loss"].dropna()
         ips = m["images_per_s"].dropna()
 

@@ -83,6 +83,8 @@ def coerce_column(values: list[Any], kind: str, name: str, where: str, required:
             out.append(_FILL[kind])
             continue
         if kind == "str":
+            if isinstance(v, numbers.Real) and not isinstance(v, str):
+                v = str(v)  # e.g. a sweep's "value" column holding both "block" and 0.75
             if not isinstance(v, str):
                 raise TypeError(f"{where}: column {name!r} holds text, row {i} has {type(v).__name__} {v!r}")
             out.append(v)

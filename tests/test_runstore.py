@@ -270,7 +270,12 @@ def test_sweep_table(tmp_path):
     assert df.attrs["params"] == ["mask_ratio", "sampler"]
     assert df.attrs["results"] == ["linprobe_top1", "knn_top1"]
     assert len(runstore.sweep(sw, all_records=True)) == 3
-    assert runstore.points_done(sw) == {"r0.5", "r0.75"}
+    runstore.log_sweep_point(sw, "r0.9", params={"mask_ratio": 0.9, "sampler": 0.5})  # number into a text column
+    assert runstore.sweep(sw)["sampler"].tolist() == ["", "block", "0.5"]
+    with pytest.raises(TypeError, match="mask_ratio"):
+        runstore.log_sweep_point(sw, "r?", params={"mask_ratio": "high"})
+    assert runstore.sweep(sw)["point"].tolist() == ["r0.5", "r0.75", "r0.9"]
+    assert runstore.points_done(sw) == {"r0.5", "r0.75", "r0.9"}
     assert runstore.list_sweeps(tmp_path / "sweeps") == [sw]
     with pytest.raises(ValueError, match="already a params"):
         runstore.log_sweep_point(sw, "bad", results={"mask_ratio": 1.0})
