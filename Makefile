@@ -9,7 +9,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	@$(PY) -m scripts.demo
+	@$(PY) scripts/demo.py
 
 test: setup
 	@$(PY) -m pytest
