@@ -1,0 +1,71 @@
+"""The shipped sweeps (configs/sweeps/*.yaml): every preset plans into configs the trainer accepts,
+every paper label names a row of evals.paper_refs, and the reference data is self-consistent."""
+from __future__ import annotations
+
+import pytest
+
+from evals import paper_refs, sweep
+from evals.trends import TRENDS
+
+SWEEPS = sweep.list_sweeps()
+
+
+def test_the_issue_sweeps_are_all_shipped():
+    assert set(SWEEPS) >= {"mask_ratio", "decoder_depth", "decoder_width", "mask_token", "target", "sampler",
+                           "epochs", "model_size", "wall_clock"}
+    assert set(TRENDS) <= set(SWEEPS)
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+@pytest.mark.parametrize("preset", ["cpu", "imagenet"])
+def test_preset_plans_valid_trainer_configs(name, preset, tmp_path):
+    spec = sweep.load_spec(name)
+    points = sweep.plan(spec, preset, sweep_dir=tmp_path)
+    assert len(points) >= 2
+    sweep.validate(points)   # the trainer's own config validation (raises SweepError)
+    assert len({p.config_hash() for p in points}) == len(points), "two points train the same thing"
+    for p in points:
+        assert p.config["run_dir"] == str(tmp_path / p.name)
+        assert p.config["optim"]["warmup_epochs"] <= p.epochs
+        evals_every = p.config["evals"]["every"]
+        assert evals_every in (0, p.epochs)          # evaluate once, after the last epoch (or never)
+    ref = paper_refs.get(spec.get("paper", name))
+    labels = [p.paper for p in points if p.paper]
+    if ref is not None:
+        missing = [lab for lab in labels if ref.row(lab) is None]
+        assert not missing, f"{name}/{preset}: paper labels {missing} are not rows of {ref.source}"
+
+
+def test_cli_overrides_and_point_precedence(tmp_path):
+    spec = sweep.load_spec("epochs")
+    points = sweep.plan(spec, "cpu", epochs=3, sets=["data.batch_size=64", "model.mask_ratio=0.6"])
+    # the varied key (epochs) wins over --epochs; --set applies to every point
+    assert [p.epochs for p in points] == [5, 10, 20, 40]
+    assert all(p.config["data"]["batch_size"] == 64 and p.config["model"]["mask_ratio"] == 0.6 for p in points)
+    spec = sweep.load_spec("mask_ratio")
+    points = sweep.plan(spec, "cpu", epochs=3, sets=["model.mask_ratio=0.6"])
+    assert [p.config["model"]["mask_ratio"] for p in points] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert all(p.epochs == 3 and p.config["optim"]["warmup_epochs"] <= 3 for p in points)
+
+
+def test_bad_names_and_presets_are_clear_errors():
+    with pytest.raises(sweep.SweepError, match="unknown sweep 'nope'.*mask_ratio"):
+        sweep.load_spec("nope")
+    with pytest.raises(sweep.SweepError, match="no preset 'tpu'"):
+        sweep.plan(sweep.load_spec("target"), "tpu")
+    with pytest.raises(sweep.SweepError, match="model.bogus"):
+        sweep.validate(sweep.plan(sweep.load_spec("target"), "cpu", sets=["model.bogus=1"]))
+    assert sweep.main(["nope"]) == 2
+
+
+def test_paper_reference_values_are_consistent():
+    # Table 1's default row (8 x 512 decoder, no mask token, random 75%) is 73.5 lin / 85.1 ft everywhere
+    for name, setting in [("decoder_depth", "8"), ("decoder_width", "512"), ("mask_token", "w/o [M]"),
+                          ("target", "pixel (w/o norm)"), ("sampler", "random 75"), ("mask_ratio", "0.75")]:
+        row = paper_refs.get(name).row(setting)
+        assert (row.lin, row.ft) == (73.5, 85.1), name
+    for ref in paper_refs.REFS.values():
+        assert ref.source.startswith(("Table", "Fig.")) and ref.claim
+    wall = paper_refs.get("wall_clock")
+    assert wall.row("ViT-L dec 8").extra == {"hours": 15.4, "speedup": 2.8}
+    assert round(42.4 / 15.4, 1) == 2.8   # the speed-ups are the hours' ratios

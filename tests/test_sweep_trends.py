@@ -1,0 +1,129 @@
+"""The trend checks on hand-made sweep tables: each trend says 'reproduced' exactly when the numbers
+do, 'not reproduced' when they do not, and 'not enough data' when points or numbers are missing."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from evals.trends import TRENDS, check_trends, trends_frame
+
+NAN = math.nan
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """A sweep table with the columns the trends read; missing cells are NaN, status 'finished'."""
+    cols = ["point", "value", "paper_setting", "encoder_params_m", "epochs", "knn_top1", "linprobe_top1",
+            "images_per_s", "s_per_epoch", "status"]
+    df = pd.DataFrame(rows)
+    for c in cols:
+        if c not in df:
+            df[c] = "finished" if c == "status" else NAN
+    return df[cols]
+
+
+def verdicts(sweep: str, t: pd.DataFrame) -> dict[tuple[str, str], bool | None]:
+    return {(r.trend, r.metric): r.holds for r in check_trends(sweep, t)}
+
+
+def mask_ratio_table(lin: list[float], knn: list[float] | None = None) -> pd.DataFrame:
+    ratios = [0.1, 0.3, 0.5, 0.7, 0.9]
+    knn = knn or [NAN] * len(ratios)
+    return table([{"point": f"r{r}", "value": r, "linprobe_top1": a, "knn_top1": b}
+                  for r, a, b in zip(ratios, lin, knn)])
+
+
+def test_mask_ratio_peak_high_holds_and_fails_per_metric():
+    t = mask_ratio_table(lin=[30, 35, 38, 41, 37], knn=[40, 33, 31, 30, 29])
+    v = verdicts("mask_ratio", t)
+    assert v[("peak_at_high_ratio", "linear probe")] is True     # peak at 0.7
+    assert v[("peak_at_high_ratio", "kNN")] is False             # peak at 0.1
+    detail = {r.metric: r.detail for r in check_trends("mask_ratio", t)}
+    assert "peak at 0.7 (41)" in detail["linear probe"]
+
+
+def test_mask_ratio_needs_three_points():
+    t = mask_ratio_table(lin=[30, NAN, NAN, 41, NAN])
+    assert verdicts("mask_ratio", t) == {("peak_at_high_ratio", "linear probe"): None}
+
+
+def test_unfinished_points_are_ignored():
+    t = mask_ratio_table(lin=[30, 35, 38, 41, 50])
+    t.loc[t["value"] == 0.9, "status"] = "crashed"   # its 50 must not count as the peak
+    assert verdicts("mask_ratio", t)[("peak_at_high_ratio", "linear probe")] is True
+    t.loc[:, "status"] = "running"
+    assert verdicts("mask_ratio", t)[("peak_at_high_ratio", "linear probe")] is None
+
+
+@pytest.mark.parametrize("norm, pix, expected", [(40.0, 38.0, True), (38.0, 40.0, False), (39.0, 39.0, False),
+                                                 (39.0, NAN, None)])
+def test_norm_pix_beats_pixel(norm, pix, expected):
+    t = table([{"point": "pixel", "value": "pixel", "linprobe_top1": pix},
+               {"point": "norm_pix", "value": "norm_pix", "linprobe_top1": norm}])
+    assert verdicts("target", t) == {("norm_pix_beats_pixel", "linear probe"): expected}
+
+
+def test_mask_token_accuracy_and_speed_are_separate_verdicts():
+    t = table([{"point": "without_mask_token", "linprobe_top1": 30.0, "images_per_s": 400.0},
+               {"point": "with_mask_token", "linprobe_top1": 30.0, "images_per_s": 150.0}])
+    v = verdicts("mask_token", t)
+    assert v[("no_mask_token_as_accurate", "linear probe")] is True   # a tie is "at least as accurate"
+    assert v[("no_mask_token_faster", "speed")] is True
+    t.loc[t["point"] == "with_mask_token", "linprobe_top1"] = 31.0
+    t.loc[t["point"] == "with_mask_token", "images_per_s"] = 500.0
+    v = verdicts("mask_token", t)
+    assert v[("no_mask_token_as_accurate", "linear probe")] is False
+    assert v[("no_mask_token_faster", "speed")] is False
+
+
+def test_speed_falls_back_to_seconds_per_epoch():
+    t = table([{"point": "with_mask_token", "s_per_epoch": 60.0},
+               {"point": "asymmetric", "s_per_epoch": 20.0},
+               {"point": "asymmetric_dec1", "s_per_epoch": 25.0}])
+    v = verdicts("wall_clock", t)
+    assert v[("asymmetric_faster", "speed")] is True
+    assert v[("shallow_decoder_faster", "speed")] is False
+    assert "3.00x" in check_trends("wall_clock", t)[0].detail
+
+
+def test_sampler_trends_match_points_by_name_or_value():
+    t = table([{"point": "random_75", "value": "random 75", "linprobe_top1": 35.0},
+               {"point": "block_50", "value": "block 50", "linprobe_top1": 33.0},
+               {"point": "block_75", "value": "block 75", "linprobe_top1": 34.0},
+               {"point": "g", "value": "grid 75", "linprobe_top1": 36.0}])
+    v = verdicts("sampler", t)
+    assert v[("random_ge_block75", "linear probe")] is True
+    assert v[("random_ge_grid75", "linear probe")] is False      # found by its value "grid 75"
+    assert v[("block50_beats_block75", "linear probe")] is False
+
+
+def test_bigger_and_longer_are_better_need_both_ends_and_rank():
+    sizes = table([{"point": n, "encoder_params_m": p, "linprobe_top1": a}
+                   for n, p, a in [("pico", 0.5, 30), ("nano", 1.2, 33), ("micro", 2.7, 35), ("mini", 6.3, 34),
+                                   ("small", 14.2, 37)]])
+    assert verdicts("model_size", sizes)[("bigger_is_better", "linear probe")] is True
+    sizes.loc[sizes["point"] == "small", "linprobe_top1"] = 29.0
+    assert verdicts("model_size", sizes)[("bigger_is_better", "linear probe")] is False
+    epochs = table([{"point": f"e{e}", "value": e, "epochs": e, "knn_top1": a}
+                    for e, a in [(5, 40), (10, 39), (20, 38), (30, 37), (40, 41)]])
+    # longest beats shortest, but accuracy falls with length in between: Spearman rho = 0 -> not reproduced
+    assert verdicts("epochs", epochs)[("longer_is_better", "kNN")] is False
+    epochs["knn_top1"] = [30, 38, 36, 40, 41]
+    assert verdicts("epochs", epochs)[("longer_is_better", "kNN")] is True
+
+
+def test_decoder_trends():
+    depth = table([{"point": f"d{d}", "value": d, "linprobe_top1": a} for d, a in [(1, 30), (2, 31), (4, 33), (8, 32)]])
+    assert verdicts("decoder_depth", depth)[("deeper_decoder_better", "linear probe")] is True
+    width = table([{"point": f"w{w}", "value": w, "linprobe_top1": a} for w, a in [(32, 35), (64, 34), (128, 33)]])
+    assert verdicts("decoder_width", width)[("narrowest_not_best", "linear probe")] is False
+
+
+def test_every_registered_sweep_reports_none_on_an_empty_table():
+    for sweep in TRENDS:
+        results = check_trends(sweep, table([]))
+        assert results and all(r.holds is None for r in results), sweep
+    assert check_trends("no_such_sweep", table([])) == []
+    frame = trends_frame(check_trends("target", table([])))
+    assert list(frame["verdict"]) == ["not enough data"]
