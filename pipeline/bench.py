@@ -229,7 +229,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", action="store_true", help="time the eval transform instead of RRC+flip")
     ap.add_argument("--max-resolution", type=int, default=None,
                     help="FFCV beton max side (default: pipeline.build_ffcv's default; 0 = original size)")
-    ap.add_argument("--sample-per-class", type=int, default=300, help="sample-imagenet images per class")
+    ap.add_argument("--sample-per-class", type=int, default=400, help="sample-imagenet images per class")
     ap.add_argument("--decode-files", type=int, default=200, help="files used for the PIL decode limit")
     ap.add_argument("--decode-seconds", type=float, default=5.0)
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")

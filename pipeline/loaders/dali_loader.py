@@ -70,12 +70,13 @@ def _dali_pipeline(files, labels, *, batch_size, image_size, train, num_threads,
 def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     """Copy a DALI TensorList (CPU or GPU) into a fresh torch tensor (DALI reuses its buffers)."""
     from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+    from nvidia.dali.tensors import TensorListGPU
 
+    on_gpu = isinstance(tensor_list, TensorListGPU)
     t = tensor_list.as_tensor()
-    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype],
-                      device=device if hasattr(tensor_list, "as_cpu") else "cpu")
-    stream = torch.cuda.current_stream(out.device) if out.is_cuda else None
-    feed_ndarray(t, out, cuda_stream=stream)
+    out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=device if on_gpu else "cpu")
+    # the copy is queued on torch's current stream, so later torch work is ordered after it
+    feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(out.device) if on_gpu else None)
     return out
 
 
