@@ -1,0 +1,197 @@
+"""Shared plumbing of the eval CLIs: checkpoints, data paths, loaders, schedules, DDP, results.
+
+Kept apart so linprobe / knn / finetune stay readable top to bottom and behave the same way
+(same data resolution, same run-store record shape, same distributed setup).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+# ----------------------------------------------------------------------------- distributed
+def init_distributed(device_arg: str = "auto") -> tuple[torch.device, int, int]:
+    """Start the process group under torchrun (WORLD_SIZE > 1); return (device, rank, world_size).
+
+    nccl on CUDA, gloo on CPU, like the trainer. Without torchrun: rank 0 of 1.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg.startswith("cuda")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu" if device_arg == "auto" else device_arg)
+    return device, rank, world
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the current process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks (no-op without a process group)."""
+    if dist_info()[1] > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+# ----------------------------------------------------------------------------- schedule
+def warmup_cosine(it: float, total: float, warmup: float, base_lr: float, min_lr: float = 0.0) -> float:
+    """Linear warm-up from 0 then half-cosine to min_lr; `it` in iterations (fractional ok)."""
+    if it < warmup:
+        return base_lr * it / max(warmup, 1e-12)
+    progress = (it - warmup) / max(total - warmup, 1e-12)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write lr into every group, times the group's `lr_scale` when it has one (layer decay)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+# ----------------------------------------------------------------------------- metrics
+@torch.no_grad()
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """Number of samples whose label is in the top-k predictions, for each k (k capped at classes)."""
+    maxk = min(max(ks), logits.shape[1])
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(labels[:, None])
+    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+@dataclass
+class LoadedCheckpoint:
+    model: torch.nn.Module          # a model.MaskedAutoencoderViT
+    epoch: int | None               # training epoch stored in the checkpoint, if any
+    path: Path
+
+
+def load_mae(ckpt: str | os.PathLike) -> LoadedCheckpoint:
+    """Load any checkpoint `model.load_checkpoint` reads, keeping the epoch our checkpoints store."""
+    from model import load_checkpoint
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - name the file in the error
+        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
+    epoch = raw.get("epoch") if isinstance(raw, dict) else None
+    model = load_checkpoint(raw if isinstance(raw, dict) else str(path))
+    return LoadedCheckpoint(model=model, epoch=None if epoch is None else int(epoch), path=path)
+
+
+def default_run_dir(ckpt: str | os.PathLike) -> Path | None:
+    """RUN for a checkpoint at RUN/checkpoints/x.pth when RUN looks like a run (has config.yaml)."""
+    run = Path(ckpt).resolve().parent.parent
+    if Path(ckpt).resolve().parent.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
+
+
+def image_size_of(model: torch.nn.Module) -> int:
+    """Input resolution of an MAE model (from its config, else its patch embedding)."""
+    cfg = getattr(model, "config", None) or {}
+    if "img_size" in cfg:
+        s = cfg["img_size"]
+        return int(s[0] if isinstance(s, (tuple, list)) else s)
+    s = model.patch_embed.img_size
+    return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class DataSpec:
+    backend: str
+    train: str
+    val: str
+
+
+def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
+    """Turn --data into train/val paths and a loader back end.
+
+    DATA may hold `train.beton`/`val.beton` (-> ffcv) or `train/`/`val/` class folders
+    (-> torch, or dali when asked). `backend` "auto" picks by what is there.
+    """
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root}: not a directory (expected train/ + val/ folders "
+                                "or train.beton + val.beton)")
+    betons = (root / "train.beton", root / "val.beton")
+    folders = (root / "train", root / "val")
+    if backend in ("auto", "ffcv") and all(p.is_file() for p in betons):
+        return DataSpec("ffcv", str(betons[0]), str(betons[1]))
+    if backend != "ffcv" and all(p.is_dir() for p in folders):
+        return DataSpec("torch" if backend == "auto" else backend, str(folders[0]), str(folders[1]))
+    raise FileNotFoundError(f"--data {root}: found neither train.beton+val.beton nor train/+val/ "
+                            f"(backend={backend})")
+
+
+def make_eval_loader(spec_backend: str, path: str, image_size: int, batch_size: int, train: bool,
+                     device: torch.device, num_workers: int = 2, seed: int = 0,
+                     shuffle: bool | None = None, drop_last: bool | None = None):
+    """A pipeline loader sharded over the current ranks (see pipeline.make_loader)."""
+    from pipeline import make_loader
+
+    rank, world = dist_info()
+    return make_loader(spec_backend, path, batch_size=batch_size, image_size=image_size, train=train,
+                       num_workers=num_workers, device=str(device), seed=seed, rank=rank,
+                       world_size=world, shuffle=shuffle, drop_last=drop_last)
+
+
+# ----------------------------------------------------------------------------- results
+def write_result(run_dir: Path | None, epoch: int | None, record: dict) -> None:
+    """Append one eval record to a run store (rank 0 only); print it always (rank 0)."""
+    rank, _ = dist_info()
+    if rank != 0:
+        return
+    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+    print(f"[evals] epoch={epoch} " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+    if run_dir is None:
+        print("[evals] checkpoint is not inside a run directory and no --run given: result printed only")
+        return
+    import runstore
+
+    existing = runstore.open(run_dir)
+    w = runstore.create(run_dir, existing.config, resume=True)
+    w.log_eval(epoch=-1 if epoch is None else int(epoch), **record)
+    w.flush()
+    print(f"[evals] written to run store {run_dir}")
+
+
+class Timer:
+    """Wall-clock seconds since construction (for the `seconds` field of records)."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,107 @@
+"""Weighted k-nearest-neighbour classification of frozen features (the DINO-style vote).
+
+Why: kNN needs no training, so it is the cheapest honest signal of what the encoder learned, and
+it cannot be rescued by a strong head. Features are L2-normalised, the k most cosine-similar
+training samples vote for their class with weight exp(sim / T).
+
+CLI: python -m evals.knn --ckpt RUN/checkpoints/last.pth --data DATA [--k 20 --temperature 0.07]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from evals.common import (Timer, default_run_dir, image_size_of, init_distributed, load_mae,
+                          make_eval_loader, resolve_data, write_result)
+from evals.features import extract_features
+
+
+@torch.no_grad()
+def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 20, T: float = 0.07,
+                 num_classes: int | None = None, chunk: int = 1024) -> dict:
+    """Weighted kNN accuracy; returns dict(top1, top5) as fractions in [0, 1].
+
+    Each test sample sums exp(cos / T) of its k nearest training samples per class; the class
+    ranking of these sums gives top-1 / top-5 (top-5 capped at the number of classes).
+    """
+    if train_feats.shape[0] == 0 or test_feats.shape[0] == 0:
+        raise ValueError("knn_classify: empty train or test features")
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train = F.normalize(train_feats.float(), dim=1)
+    test = F.normalize(test_feats.float(), dim=1)
+    train_labels = train_labels.long().to(train.device)
+    test_labels = test_labels.long().to(train.device)
+    k = min(k, train.shape[0])
+    hits1 = hits5 = 0
+    for s in range(0, test.shape[0], chunk):
+        sim = test[s:s + chunk].to(train.device) @ train.T                   # (b, Ntrain)
+        top_sim, top_idx = sim.topk(k, dim=1)
+        weights = (top_sim / T).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=train.device)
+        votes.scatter_add_(1, train_labels[top_idx], weights)
+        ranked = votes.argsort(dim=1, descending=True)
+        y = test_labels[s:s + chunk][:, None]
+        hits1 += int((ranked[:, :1] == y).any(1).sum())
+        hits5 += int((ranked[:, :min(5, num_classes)] == y).any(1).sum())
+    n = test.shape[0]
+    return {"top1": hits1 / n, "top5": hits5 / n}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evals.knn",
+        description="Weighted kNN (k nearest cosine neighbours vote with exp(sim/T)) on frozen "
+                    "features of an MAE encoder: centre-cropped train images are the memory bank, "
+                    "val images are classified. Prints top-1/top-5 and writes a 'knn' eval record "
+                    "into the checkpoint's run store.")
+    p.add_argument("--ckpt", required=True, help="checkpoint (ours, official MAE, HF or timm ViT)")
+    p.add_argument("--data", required=True,
+                   help="directory with train.beton+val.beton or train/+val/ class folders")
+    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
+                   help="loader back end (auto: ffcv for .beton, torch for folders)")
+    p.add_argument("--run", default=None,
+                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--pool", default="cls", choices=["cls", "avg"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--max-train", type=int, default=None, help="cap on memory-bank samples")
+    p.add_argument("--max-val", type=int, default=None, help="cap on evaluated samples")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    timer = Timer()
+    device, _, _ = init_distributed(args.device)
+    ck = load_mae(args.ckpt)
+    model = ck.model.to(device)
+    spec = resolve_data(args.data, args.backend)
+    size = image_size_of(model)
+    # the memory bank is read in eval mode but shuffled with a fixed seed, so a --max-train cap
+    # still covers every class
+    tr = make_eval_loader(spec.backend, spec.train, size, args.batch_size, False, device,
+                          args.num_workers, shuffle=args.max_train is not None)
+    va = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
+                          args.num_workers, shuffle=args.max_val is not None)
+    ftr, ytr = extract_features(model, tr, device, args.pool, args.max_train, desc="train features")
+    fva, yva = extract_features(model, va, device, args.pool, args.max_val, desc="val features")
+    res = knn_classify(ftr.to(device), ytr, fva.to(device), yva, k=args.k, T=args.temperature,
+                       num_classes=tr.num_classes)
+    run = args.run or default_run_dir(args.ckpt)
+    write_result(run, ck.epoch, {"kind": "knn", **res, "loss": float("nan"),
+                                 "k": args.k, "temperature": args.temperature, "pool": args.pool,
+                                 "n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0]),
+                                 "checkpoint": str(ck.path), "seconds": timer()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
