@@ -7,7 +7,8 @@ Writes, for each split found in SRC (see :func:`pipeline.sources.scan_source` fo
   of the folder name in the sorted list of class folders (the project-wide contract);
 * ``OUT/report.csv``: one row per file and per empty class folder: ``split, path, class, status,
   reason`` with status ``converted``, ``fixed`` (converted after a repair, e.g. CMYK -> RGB; the
-  reason says which) or ``skipped`` (the reason says why).
+  reason says which) or ``skipped`` (the reason says why). Within a split, the converted and fixed
+  rows are in sample order: row k of them is sample k of ``<split>.beton``.
 
 Why two passes: FFCV's writer runs the dataset in worker processes and waits for a sample count; a
 worker that raises on a bad file dies and the writer waits forever. So every file is first fully
