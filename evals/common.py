@@ -157,19 +157,33 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
 
 def make_eval_loader(spec_backend: str, path: str, image_size: int, batch_size: int, train: bool,
                      device: torch.device, num_workers: int = 2, seed: int = 0,
-                     shuffle: bool | None = None, drop_last: bool | None = None):
-    """A pipeline loader sharded over the current ranks (see pipeline.make_loader)."""
+                     shuffle: bool | None = None, drop_last: bool | None = None,
+                     sharded: bool = True, **options):
+    """A pipeline loader, sharded over the current ranks unless `sharded=False`.
+
+    A shuffled loader is set to epoch 0, so a capped read (`max_samples`) is the same random,
+    class-mixed subset every time (pipeline contract: same seed and epoch -> same order).
+    """
     from pipeline import make_loader
 
-    rank, world = dist_info()
-    return make_loader(spec_backend, path, batch_size=batch_size, image_size=image_size, train=train,
-                       num_workers=num_workers, device=str(device), seed=seed, rank=rank,
-                       world_size=world, shuffle=shuffle, drop_last=drop_last)
+    rank, world = dist_info() if sharded else (0, 1)
+    loader = make_loader(spec_backend, path, batch_size=batch_size, image_size=image_size,
+                         train=train, num_workers=num_workers, device=str(device), seed=seed,
+                         rank=rank, world_size=world, shuffle=shuffle, drop_last=drop_last, **options)
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(0)
+    return loader
 
 
 # ----------------------------------------------------------------------------- results
-def write_result(run_dir: Path | None, epoch: int | None, record: dict) -> None:
-    """Append one eval record to a run store (rank 0 only); print it always (rank 0)."""
+def write_result(run_dir: Path | str | None, epoch: int | None, record: dict) -> None:
+    """Print one eval record and append it to a run store (rank 0 only).
+
+    `record` holds kind, top1, top5, loss, seconds, an optional `settings` dict, and extras
+    (numbers become columns, text goes to settings; see runstore.log_eval). Uses the module-level
+    runstore.log_eval, which is safe beside a trainer writing the same run. An unknown epoch is
+    stored as -1.
+    """
     rank, _ = dist_info()
     if rank != 0:
         return
@@ -180,10 +194,7 @@ def write_result(run_dir: Path | None, epoch: int | None, record: dict) -> None:
         return
     import runstore
 
-    existing = runstore.open(run_dir)
-    w = runstore.create(run_dir, existing.config, resume=True)
-    w.log_eval(epoch=-1 if epoch is None else int(epoch), **record)
-    w.flush()
+    runstore.log_eval(run_dir, -1 if epoch is None else int(epoch), **record)
     print(f"[evals] written to run store {run_dir}")
 
 

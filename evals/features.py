@@ -33,9 +33,8 @@ def _autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _gather(t: torch.Tensor) -> torch.Tensor:
+def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
     """Concatenate a per-rank (n_r, ...) tensor over ranks, allowing different n_r."""
-    _, world = dist_info()
     if world == 1:
         return t
     n = torch.tensor([t.shape[0]], device=t.device)
@@ -52,18 +51,20 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader, device, pool: str = "cls",
                      max_samples: int | None = None, desc: str = "features",
-                     progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     progress: bool = True, gather: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen encoder over `loader`; return (float32 [N, D], int64 [N]) on the CPU.
 
     Eval mode and no grad (the model's mode is restored afterwards); bf16 autocast on CUDA.
     `max_samples` caps the samples read (per rank: ceil(max_samples / world)). Under DDP the
-    features of all ranks are gathered so every rank returns the whole set.
+    features of all ranks are gathered so every rank returns the whole set; pass `gather=False`
+    when only this process runs the extraction (the trainer's rank-0 online evals), as a collective
+    would wait forever for the other ranks.
     """
     device = torch.device(device)
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    rank, world = dist_info()
+    rank, world = dist_info() if gather else (0, 1)
     cap = None if max_samples is None else -(-int(max_samples) // world)
     feats, labels, seen = [], [], 0
     total = None
@@ -89,6 +90,6 @@ def extract_features(model: torch.nn.Module, loader, device, pool: str = "cls",
         net.train(was_training)
     if not feats:
         raise RuntimeError("extract_features: the loader yielded no batches")
-    f = _gather(torch.cat(feats))
-    y = _gather(torch.cat(labels))
+    f = _gather(torch.cat(feats), world)
+    y = _gather(torch.cat(labels), world)
     return f.cpu(), y.cpu()

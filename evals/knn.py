@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     res = knn_classify(ftr.to(device), ytr, fva.to(device), yva, k=args.k, T=args.temperature,
                        num_classes=tr.num_classes)
     run = args.run or default_run_dir(args.ckpt)
-    write_result(run, ck.epoch, {"kind": "knn", **res, "loss": float("nan"),
+    write_result(run, ck.epoch, {"kind": "knn", **res, "loss": None,
                                  "k": args.k, "temperature": args.temperature, "pool": args.pool,
                                  "n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0]),
                                  "checkpoint": str(ck.path), "seconds": timer()})

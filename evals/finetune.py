@@ -1,0 +1,286 @@
+"""End-to-end fine-tuning of an MAE encoder (the paper's recipe), or the same ViT from scratch.
+
+Recipe (MAE appendix A.1, ViT-B / ViT-L,H): timm VisionTransformer with global average pooling and
+fc_norm, AdamW (0.9, 0.999), wd 0.05, lr = blr * batch / 256 (blr 5e-4 B, 1e-3 L/H), layer-wise lr
+decay (0.65 B, 0.75 L/H), drop path (0.1 B, 0.2 L/H), 5 warm-up epochs then cosine to 1e-6,
+label smoothing 0.1, mixup 0.8 / cutmix 1.0 (timm Mixup + SoftTargetCrossEntropy), RandAugment
+(9, 0.5), random erasing 0.25. Defaults follow the encoder's width (<= 768 -> B settings).
+
+`--from-scratch` trains the same architecture from random init with the same recipe, except the
+layer decay is 1.0 unless given: decaying the lr of random lower layers only handicaps the baseline
+(the paper's from-scratch recipe has no layer decay either).
+
+Data. Training augmentation is per image, which the pipeline's loaders (fixed RRC + flip, no hook
+for other transforms) do not offer. So:
+  * image folders: a torchvision ImageFolder with timm's `create_transform` training pipeline
+    (RRC 0.08-1 bicubic, flip, rand-m9-mstd0.5-inc1, random erasing 0.25 in pixel mode);
+  * .beton files: the pipeline's FFCV train loader (RRC 0.2-1 + flip), then torchvision v2
+    RandAugment per image on the de-normalised uint8 pixels and timm RandomErasing on the batch.
+Evaluation always uses the pipeline's centre-crop loader.
+
+CLI: python -m evals.finetune --ckpt RUN/checkpoints/last.pth --data DATA [--epochs 100]
+     torchrun --nproc_per_node=8 -m evals.finetune ...   (DDP; batch is per process)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from evals.common import (Timer, all_reduce_sum, default_run_dir, dist_info, image_size_of,
+                          init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
+                          topk_correct, warmup_cosine, write_result)
+from evals.features import _autocast
+from evals.lr_decay import default_layer_decay, param_groups_lrd
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------- model
+def build_vit(mae: nn.Module, num_classes: int, drop_path: float, pretrained: bool = True,
+              seed: int = 0) -> nn.Module:
+    """A timm VisionTransformer (global_pool='avg', fc_norm) shaped like the MAE encoder.
+
+    pretrained: encoder weights via model.mae_to_timm_vit_state_dict (the final norm becomes
+    fc_norm), head trunc-normal std 2e-5 as in the official fine-tuning. Otherwise timm's init.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    c = mae.config
+    size = image_size_of(mae)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vit = VisionTransformer(img_size=size, patch_size=c["patch_size"],
+                                in_chans=c.get("in_chans", 3), embed_dim=c["embed_dim"],
+                                depth=c["depth"], num_heads=c["num_heads"],
+                                mlp_ratio=c.get("mlp_ratio", 4.0), qkv_bias=True,
+                                num_classes=num_classes, global_pool="avg", fc_norm=True,
+                                drop_path_rate=drop_path)
+        if pretrained:
+            from model import mae_to_timm_vit_state_dict
+
+            sd = mae_to_timm_vit_state_dict(mae.state_dict(), global_pool="avg")
+            missing, unexpected = vit.load_state_dict(sd, strict=False)
+            if unexpected or set(missing) - {"head.weight", "head.bias"}:
+                raise RuntimeError(f"encoder -> timm ViT: missing {missing}, unexpected {unexpected}")
+            nn.init.trunc_normal_(vit.head.weight, std=2e-5)
+            nn.init.zeros_(vit.head.bias)
+    return vit
+
+
+# ----------------------------------------------------------------------------- data
+def folder_train_loader(root: str, image_size: int, batch_size: int, num_workers: int, seed: int,
+                        re_prob: float, rand_aug: str):
+    """ImageFolder + timm's training transform (see module doc for why not the pipeline)."""
+    from timm.data import create_transform
+    from torchvision.datasets import ImageFolder
+
+    tf = create_transform(image_size, is_training=True, color_jitter=None, auto_augment=rand_aug,
+                          interpolation="bicubic", re_prob=re_prob, re_mode="pixel", re_count=1,
+                          mean=MEAN, std=STD)
+    ds = ImageFolder(root, transform=tf)
+    rank, world = dist_info()
+    sampler = torch.utils.data.DistributedSampler(ds, world, rank, shuffle=True, seed=seed) \
+        if world > 1 else None
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=sampler is None,
+                                       sampler=sampler, num_workers=num_workers, drop_last=True,
+                                       pin_memory=torch.cuda.is_available(), generator=g,
+                                       persistent_workers=num_workers > 0)
+
+
+class TensorAugment:
+    """RandAugment per image + random erasing per batch, for already-decoded normalised batches."""
+
+    def __init__(self, device, re_prob: float, num_ops: int = 2, magnitude: int = 9):
+        from timm.data.random_erasing import RandomErasing
+        from torchvision.transforms import v2
+
+        self.rand_aug = v2.RandAugment(num_ops=num_ops, magnitude=magnitude) if num_ops else None
+        self.erase = RandomErasing(re_prob, mode="pixel", device=str(device)) if re_prob else None
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float()
+        if self.rand_aug is not None:
+            pix = ((images * self.std + self.mean) * 255).round().clamp(0, 255).to(torch.uint8)
+            pix = torch.stack([self.rand_aug(im) for im in pix])
+            images = (pix.float() / 255 - self.mean) / self.std
+        if self.erase is not None:
+            images = self.erase(images)
+        return images
+
+
+# ----------------------------------------------------------------------------- train / eval
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device) -> dict:
+    """Top-1 / top-5 / cross-entropy of `model` over a (sharded) loader, summed over ranks."""
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64, device=device)
+    for images, labels in tqdm(loader, desc="finetune eval", leave=False,
+                               disable=dist_info()[0] != 0):
+        labels = labels.to(device).long()
+        with _autocast(device):
+            logits = model(images.to(device, non_blocking=True)).float()
+        a, b = topk_correct(logits, labels)
+        stats += torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")), a, b,
+                               labels.numel()], dtype=torch.float64, device=device)
+    stats = all_reduce_sum(stats)
+    n = max(float(stats[3]), 1.0)
+    return {"top1": float(stats[1]) / n, "top5": float(stats[2]) / n, "loss": float(stats[0]) / n}
+
+
+def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device, epochs: int,
+             blr: float, layer_decay: float, weight_decay: float = 0.05, warmup_epochs: float = 5,
+             min_lr: float = 1e-6, smoothing: float = 0.1, mixup: float = 0.8,
+             cutmix: float = 1.0, tensor_aug: TensorAugment | None = None,
+             eval_every: int = 0) -> dict:
+    """Train `vit` with the recipe and return the final val metrics (plus `history` if eval_every)."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    device = torch.device(device)
+    rank, world = dist_info()
+    vit = vit.to(device)
+    groups = param_groups_lrd(vit, weight_decay, layer_decay)
+    for g in groups:
+        g.pop("names")
+    opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+    model = nn.parallel.DistributedDataParallel(vit) if world > 1 else vit
+    mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
+                num_classes=num_classes) if (mixup > 0 or cutmix > 0) else None
+    criterion = SoftTargetCrossEntropy() if mix else \
+        (LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss())
+    steps = len(train_loader)
+    batch = train_loader.batch_size
+    base_lr = blr * batch * world / 256
+    history = []
+    for epoch in range(epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        elif isinstance(getattr(train_loader, "sampler", None),
+                        torch.utils.data.DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
+        model.train()
+        bar = tqdm(train_loader, desc=f"finetune epoch {epoch}", leave=False, disable=rank != 0)
+        for i, (images, labels) in enumerate(bar):
+            set_lr(opt, warmup_cosine(epoch * steps + i, epochs * steps, warmup_epochs * steps,
+                                      base_lr, min_lr))
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True).long()
+            if tensor_aug is not None:
+                images = tensor_aug(images)
+            if mix is not None:
+                images, labels = mix(images, labels)
+            with _autocast(device):
+                loss = criterion(model(images).float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fine-tune loss is {loss.item()} at epoch {epoch} step {i}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
+            history.append({"epoch": epoch + 1, **evaluate(vit, val_loader, device)})
+            if rank == 0:
+                print(f"[finetune] epoch {epoch + 1}: {history[-1]}", flush=True)
+    res = evaluate(vit, val_loader, device)
+    if history:
+        res["history"] = history
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m evals.finetune",
+        description="Fine-tune an MAE encoder end to end with the paper's recipe (timm ViT, avg "
+                    "pool + fc_norm, layer-wise lr decay, AdamW, mixup/cutmix, RandAugment, random "
+                    "erasing, label smoothing, drop path, warm-up + cosine), or the same ViT from "
+                    "random init (--from-scratch). Defaults follow the encoder width (ViT-B vs "
+                    "L/H). Prints top-1/top-5/loss and writes a 'finetune' (or 'finetune_scratch') "
+                    "record into the checkpoint's run store. DDP: torchrun --nproc_per_node=N.")
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint (ours, official MAE, HF or timm); with --from-scratch only "
+                        "its architecture is used")
+    p.add_argument("--data", required=True,
+                   help="directory with train/+val/ class folders or train.beton+val.beton")
+    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
+                   help="eval loader back end (auto: ffcv for .beton, torch for folders)")
+    p.add_argument("--run", default=None,
+                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    p.add_argument("--from-scratch", action="store_true", help="random init, same recipe")
+    p.add_argument("--epochs", type=int, default=None, help="default 100 (B) / 50 (L/H)")
+    p.add_argument("--warmup-epochs", type=float, default=5)
+    p.add_argument("--batch-size", type=int, default=128, help="per process (even: mixup)")
+    p.add_argument("--blr", type=float, default=None, help="default 5e-4 (B) / 1e-3 (L/H)")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--layer-decay", type=float, default=None,
+                   help="default 0.65 (B) / 0.75 (L/H); 1.0 with --from-scratch")
+    p.add_argument("--drop-path", type=float, default=None, help="default 0.1 (B) / 0.2 (L/H)")
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.8)
+    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    p.add_argument("--rand-aug", default="rand-m9-mstd0.5-inc1",
+                   help="timm RandAugment spec ('' for none)")
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    timer = Timer()
+    device, rank, world = init_distributed(args.device)
+    torch.manual_seed(args.seed + rank)
+    ck = load_mae(args.ckpt)
+    big = ck.model.config["embed_dim"] > 768
+    epochs = args.epochs or (50 if big else 100)
+    blr = args.blr or (1e-3 if big else 5e-4)
+    layer_decay = args.layer_decay or (1.0 if args.from_scratch
+                                       else default_layer_decay(ck.model.config["embed_dim"]))
+    drop_path = args.drop_path if args.drop_path is not None else (0.2 if big else 0.1)
+    if args.batch_size % 2:
+        raise SystemExit("--batch-size must be even (mixup/cutmix pair samples)")
+    spec = resolve_data(args.data, args.backend)
+    size = image_size_of(ck.model)
+    val = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
+                           args.num_workers, seed=args.seed)
+    num_classes = val.num_classes
+    tensor_aug = None
+    if spec.backend == "ffcv":
+        train = make_eval_loader("ffcv", spec.train, size, args.batch_size, True, device,
+                                 args.num_workers, seed=args.seed, drop_last=True)
+        tensor_aug = TensorAugment(device, args.reprob, num_ops=2 if args.rand_aug else 0)
+    else:
+        train = folder_train_loader(spec.train, size, args.batch_size, args.num_workers,
+                                    args.seed, args.reprob, args.rand_aug or None)
+    vit = build_vit(ck.model, num_classes, drop_path, pretrained=not args.from_scratch,
+                    seed=args.seed)
+    res = finetune(vit, train, val, num_classes, device, epochs, blr, layer_decay,
+                   args.weight_decay, args.warmup_epochs, args.min_lr, args.smoothing,
+                   args.mixup, args.cutmix, tensor_aug, args.eval_every)
+    history = res.pop("history", None)
+    settings = {"epochs": epochs, "blr": blr, "layer_decay": layer_decay, "drop_path": drop_path,
+                "batch_size": args.batch_size * world, "mixup": args.mixup, "cutmix": args.cutmix,
+                "smoothing": args.smoothing, "reprob": args.reprob, "rand_aug": args.rand_aug,
+                "from_scratch": args.from_scratch, "checkpoint": str(ck.path),
+                "train_data": spec.train}
+    if history:
+        settings["history"] = history
+    kind = "finetune_scratch" if args.from_scratch else "finetune"
+    run = args.run or default_run_dir(args.ckpt)
+    write_result(run, ck.epoch, {"kind": kind, **res, "seconds": timer(), "settings": settings})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
