@@ -92,8 +92,8 @@ class InspectorState:
 
 
 # ===================================================================================== handlers
-def _refresh(state: InspectorState, selected, rec_name=None, live_name=None):
-    names = state.catalog.refresh()
+def _refresh(state: InspectorState, selected, rec_name=None, live_name=None, forget=False):
+    names = state.catalog.refresh(forget=forget)
     msg = state.catalog.empty_message()
     summaries = state.catalog.summaries(names)
     for s in summaries:
@@ -178,9 +178,22 @@ def _curves(state: InspectorState, selected, x_axis, log_loss):
     return [figs[k] for k in CURVES] + csvs
 
 
-def _scaling(state: InspectorState, kinds, show_reference):
+ALL_RUNS = "all runs (last evaluation of each)"
+
+
+def _scaling_sources(state: InspectorState, current=None):
+    choices = [ALL_RUNS] + [f"sweep: {n}" for n in state.catalog.sweeps()]
+    return gr.update(choices=choices, value=current if current in choices else ALL_RUNS)
+
+
+def _scaling(state: InspectorState, kinds, show_reference, source=ALL_RUNS):
     rows = []
-    for name in state.catalog.names():
+    if source and source != ALL_RUNS and str(source).startswith("sweep: "):
+        try:
+            rows = views.sweep_scaling_rows(state.catalog.sweep_table(str(source)[len("sweep: "):]))
+        except UnknownRunError:
+            raise gr.Error(f"Unknown sweep {source!r}; press Refresh.") from None
+    for name in (state.catalog.names() if not source or source == ALL_RUNS else []):
         s = state.catalog.summary(name)
         params = s.get("params") or state.encoder_params(name)
         epochs = s.get("epochs_done")
@@ -193,6 +206,7 @@ def _scaling(state: InspectorState, kinds, show_reference):
     f2 = views.accuracy_vs_epochs_figure(table, kinds, bool(show_reference))
     shown = table.copy()
     if not shown.empty:
+        shown["top1"] = pd.to_numeric(shown["top1"], errors="coerce").round(2)
         shown["params"] = [views.format_params(p) for p in shown["params"]]
     return f1, f2, shown, state.write_csv("scaling_params", f1), state.write_csv("scaling_epochs", f2)
 
@@ -271,10 +285,19 @@ def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sam
     return p["original"], p["masked"], p["reconstruction"], p["pasted"], f"{source} · {res.caption()}"
 
 
+def _preload():
+    try:
+        import model  # noqa: F401
+    except Exception as exc:  # reported again, with context, where it is needed
+        log.info("preloading model failed: %s", exc)
+
+
 # ===================================================================================== layout
 def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Blocks:
     """The Blocks app for one runs folder. Reads nothing until a browser loads the page."""
     state = InspectorState(runs_dir, max_params=max_params)
+    # importing torch/timm/model takes seconds; do it while the browser connects, not on first use
+    threading.Thread(target=_preload, name="inspector-preload", daemon=True).start()
 
     with gr.Blocks(title="MAE inspector", analytics_enabled=False) as demo:
         demo.inspector_state = state  # for tests and callers that want the catalog
@@ -340,6 +363,8 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
                     sc_kinds = gr.CheckboxGroup(["linprobe", "linprobe_full", "knn", "finetune"],
                                                 value=["linprobe", "knn", "finetune"],
                                                 label="Evaluations", elem_id="sc-kinds")
+                    sc_source = gr.Dropdown([ALL_RUNS], value=ALL_RUNS, label="Points from",
+                                            elem_id="sc-source")
                     sc_ref = gr.Checkbox(False, label="Show the MAE paper's ImageNet reference points "
                                                       "(ViT-B/L/H)", elem_id="sc-ref")
                 sc_params = gr.Plot(label="Accuracy vs parameters", elem_id="plot-sc-params")
@@ -354,7 +379,7 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
         refresh_outs = [empty, runs_table, selected, rec_run, live_run, timer, status]
         curve_ins = [selected, x_axis, log_loss]
         curve_outs = [plots[k] for k in CURVES] + [downloads[k] for k in CURVES]
-        scaling_ins, scaling_outs = [sc_kinds, sc_ref], [sc_params, sc_epochs, sc_table, sc_dl1, sc_dl2]
+        scaling_ins, scaling_outs = [sc_kinds, sc_ref, sc_source], [sc_params, sc_epochs, sc_table, sc_dl1, sc_dl2]
         rec_ins = [rec_run, rec_split, rec_epoch]
         rec_follow = gr.State(True)  # per browser session: does the slider track the newest epoch?
 
@@ -364,8 +389,11 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
         def do_curves(sel, xa, lg):
             return _curves(state, sel, xa, lg)
 
-        def do_scaling(kinds, ref):
-            return _scaling(state, kinds, ref)
+        def do_scaling(kinds, ref, source):
+            return _scaling(state, kinds, ref, source)
+
+        def do_scaling_sources(current):
+            return _scaling_sources(state, current)
 
         def do_recon_controls(name, split, epoch, follow):
             return _recon_controls(state, name, split, epoch, follow)
@@ -386,14 +414,18 @@ def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Bl
         def do_live(*args):
             return _live(state, *args)
 
-        for trigger in (demo.load, refresh.click, timer.tick):
-            (trigger(do_refresh, [selected, rec_run, live_run], refresh_outs, show_progress="hidden")
+        def do_refresh_all(sel, rec_name, live_name):
+            return _refresh(state, sel, rec_name, live_name, forget=True)
+
+        for trigger, fn in ((demo.load, do_refresh), (refresh.click, do_refresh_all), (timer.tick, do_refresh)):
+            (trigger(fn, [selected, rec_run, live_run], refresh_outs, show_progress="hidden")
              .then(do_curves, curve_ins, curve_outs, show_progress="hidden")
+             .then(do_scaling_sources, [sc_source], [sc_source], show_progress="hidden")
              .then(do_scaling, scaling_ins, scaling_outs, show_progress="hidden")
              .then(do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note], show_progress="hidden")
              .then(do_recon, rec_ins, [rec_img, rec_loss, rec_note], show_progress="hidden"))
         gr.on([selected.input, x_axis.change, log_loss.change], do_curves, curve_ins, curve_outs)
-        gr.on([sc_kinds.change, sc_ref.change], do_scaling, scaling_ins, scaling_outs)
+        gr.on([sc_kinds.change, sc_ref.change, sc_source.input], do_scaling, scaling_ins, scaling_outs)
         gr.on([rec_run.input, rec_split.input], do_follow, None, rec_follow).then(
             do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note]).then(
             do_recon, rec_ins, [rec_img, rec_loss, rec_note])

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,6 +21,8 @@ import pandas as pd
 
 import runstore
 
+from .views import evals_in_percent
+
 log = logging.getLogger(__name__)
 
 # Column order of the runs table (the first thing a user sees).
@@ -27,6 +30,9 @@ SUMMARY_COLUMNS = [
     "name", "status", "model", "dataset", "epochs", "last_loss",
     "best_linprobe", "best_knn", "images_per_s", "params",
 ]
+
+
+TERMINAL = ("finished", "crashed", "preempted")
 
 
 class UnknownRunError(KeyError):
@@ -60,18 +66,23 @@ class RunCatalog:
     `names()` is cheap after the first listing; `get(name)` only accepts names from that listing.
     """
 
-    def __init__(self, root: str | os.PathLike, ttl: float = 3.0):
+    def __init__(self, root: str | os.PathLike, ttl: float = 3.0, summary_ttl: float = 60.0):
         self.root = Path(root).expanduser()
         self.ttl = ttl
+        self.summary_ttl = summary_ttl
         self._cache: dict = {}
+        self._summaries: dict = {}
         self._runs: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.error: str | None = None
         self.refresh()
 
     # ------------------------------------------------------------------ listing
-    def refresh(self) -> list[str]:
-        """Re-list the runs root (new runs appear, deleted ones go). Never raises."""
+    def refresh(self, forget: bool = False) -> list[str]:
+        """Re-list the runs root (new runs appear, deleted ones go); `forget`: drop remembered
+        summaries too (the Refresh button). Never raises."""
+        if forget:
+            self._summaries = {}
         runs: dict[str, Any] = {}
         self.error = None
         if self.root.is_dir():
@@ -102,6 +113,32 @@ class RunCatalog:
             except ValueError:
                 pass
         return str(getattr(run, "name", "") or "")
+
+    def sweeps(self) -> dict[str, Path]:
+        """Sweep folders (runstore sweep tables) at the root, one or two levels down: name -> path."""
+        found: dict[str, Path] = {}
+        if not self.root.is_dir():
+            return found
+        try:
+            dirs = [self.root] + sorted(c for c in self.root.iterdir() if c.is_dir() and not c.name.startswith("."))
+            for d in dirs:
+                for sw in runstore.list_sweeps(d):
+                    rel = Path(sw).resolve().relative_to(self.root.resolve()).as_posix()
+                    found[rel if rel != "." else Path(sw).name] = Path(sw)
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("listing sweeps under %s failed: %s", self.root, exc)
+        return found
+
+    def sweep_table(self, name: str) -> pd.DataFrame:
+        """A listed sweep's table (one row per point), or an empty frame; unknown names raise."""
+        sweeps = self.sweeps()
+        if name not in sweeps:
+            raise UnknownRunError(f"no sweep named {name!r} under {self.root}")
+        try:
+            return as_frame(runstore.sweep(sweeps[name]))
+        except Exception as exc:
+            log.warning("sweep %s: reading failed: %s", name, exc)
+            return pd.DataFrame()
 
     def names(self) -> list[str]:
         with self._lock:
@@ -231,7 +268,39 @@ class RunCatalog:
                          self.evals(name))
 
     def summaries(self, names: Iterable[str] | None = None) -> list[dict]:
-        return [self.summary(n) for n in (self.valid(names) if names is not None else self.names())]
+        """Summaries of many runs. Finished/crashed runs are remembered until their status file
+        changes (for `summary_ttl` s at most: eval CLIs may still append to a finished run; the
+        Refresh button forgets them), and the others are read a few at a time (zarr reads mostly wait
+        on I/O)."""
+        names = self.valid(names) if names is not None else self.names()
+        now = time.monotonic()
+        out: dict[str, dict] = {}
+        todo = []
+        for n in names:
+            sig = self._terminal_signature(n)
+            hit = self._summaries.get(n)
+            if sig is not None and hit is not None and hit[0] == sig and now - hit[2] < self.summary_ttl:
+                out[n] = hit[1]
+            else:
+                todo.append((n, sig))
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+                for (n, sig), s in zip(todo, pool.map(lambda t: self.summary(t[0]), todo)):
+                    out[n] = s
+                    if sig is not None and s.get("status") in TERMINAL:
+                        self._summaries[n] = (sig, s, now)
+        return [out[n] for n in names]
+
+    def _terminal_signature(self, name: str):
+        """(path, mtime, size) of the run's status file: unchanged means a finished run is unchanged."""
+        d = self.run_dir(name)
+        if d is None:
+            return None
+        try:
+            st = (d / "status.json").stat()
+        except OSError:
+            return None
+        return (str(d), st.st_mtime_ns, st.st_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +315,7 @@ def _num(x) -> float | None:
 def _best(evals: pd.DataFrame | None, kinds: tuple[str, ...]) -> float | None:
     if evals is None or evals.empty or "kind" not in evals or "top1" not in evals:
         return None
+    evals = evals_in_percent(evals)
     sel = evals[evals["kind"].isin(kinds)]["top1"]
     sel = pd.to_numeric(sel, errors="coerce").dropna()
     return float(sel.max()) if len(sel) else None

@@ -54,7 +54,7 @@ def load_image(source, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         return Image.fromarray(a[..., :3].astype(np.uint8))
     if isinstance(source, Image.Image):
         return source.convert("RGB")
-    path = Path(getattr(source, "name", source))
+    path = Path(source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", source))
     name = path.name
     try:
         size = path.stat().st_size

@@ -37,6 +37,31 @@ RUNS_TABLE_COLUMNS = ["name", "status", "model", "dataset", "epochs", "last_loss
 PANEL_NAMES = ("original", "masked", "reconstruction", "pasted")
 
 
+# ---------------------------------------------------------------------------------------- units
+def as_percent(values) -> pd.Series:
+    """Accuracies as percent. evals/ logs fractions (0-1); older or external records may hold
+    percent (0-100). Decided per table (one run's evals, one sweep), as evals' own report does."""
+    v = pd.to_numeric(pd.Series(values), errors="coerce")
+    finite = v.dropna()
+    if len(finite) and finite.abs().max() <= 1.0:
+        return v * 100.0
+    return v
+
+
+def evals_in_percent(evals: pd.DataFrame) -> pd.DataFrame:
+    """A run's eval table with top1/top5 in percent (the paper's unit)."""
+    if evals is None or evals.empty:
+        return evals
+    out = evals.copy()
+    acc = [c for c in ("top1", "top5") if c in out]
+    if acc:
+        both = pd.concat([pd.to_numeric(out[c], errors="coerce") for c in acc])
+        scale = 100.0 if both.dropna().abs().max() <= 1.0 else 1.0
+        for c in acc:
+            out[c] = pd.to_numeric(out[c], errors="coerce") * scale
+    return out
+
+
 # ---------------------------------------------------------------------------------------- tables
 def runs_table(summaries: Iterable[Mapping]) -> pd.DataFrame:
     """The Runs tab table: one row per run summary, fixed columns, numbers rounded for reading."""
@@ -159,7 +184,8 @@ def throughput_figure(metrics_by_run: Mapping[str, pd.DataFrame], *, x: str = "s
                 any_trace = True
     if not any_trace:
         return empty_figure("No throughput logged yet (images_per_s, data_wait).", "Throughput")
-    _layout(fig, "Throughput and data wait", height=520)
+    _layout(fig, "Throughput and data wait", height=540)
+    fig.update_layout(margin={"t": 120}, legend={"y": 1.12})
     fig.update_xaxes(title=x, row=2, col=1)
     return fig
 
@@ -172,7 +198,7 @@ def eval_figure(evals_by_run: Mapping[str, pd.DataFrame], kinds: Iterable[str] =
     for name, df in evals_by_run.items():
         if df is None or df.empty or not {"kind", "epoch", metric} <= set(df.columns):
             continue
-        d = _numeric(df, ["epoch", metric])
+        d = _numeric(evals_in_percent(df), ["epoch", metric])
         for kind in kinds:
             k = d[d["kind"] == kind].dropna(subset=["epoch", metric])
             if k.empty:
@@ -201,12 +227,41 @@ def scaling_table(rows: Iterable[Mapping]) -> pd.DataFrame:
     return df.dropna(subset=["kind", "top1"]).reset_index(drop=True)
 
 
+def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
+    """Scaling points from a sweep table (evals' layout: point, model, encoder_params_m,
+    epochs_done / epochs, knn_top1, linprobe_top1, finetune_top1, status)."""
+    if sweep is None or sweep.empty:
+        return []
+    acc_cols = [c for c in sweep.columns if str(c).endswith("_top1")]
+    if acc_cols:
+        sweep = sweep.copy()
+        both = pd.concat([pd.to_numeric(sweep[c], errors="coerce") for c in acc_cols])
+        if both.dropna().abs().max() <= 1.0:
+            for c in acc_cols:
+                sweep[c] = pd.to_numeric(sweep[c], errors="coerce") * 100.0
+    rows = []
+    for _, r in sweep.iterrows():
+        if str(r.get("status", "done")) not in ("done", "nan", "None"):
+            continue
+        params = _float(r.get("encoder_params_m"))
+        params = params * 1e6 if params is not None else _float(r.get("params"))
+        epochs = _float(r.get("epochs_done"))
+        if not epochs:
+            epochs = _float(r.get("epochs"))
+        for kind in ("linprobe", "linprobe_full", "knn", "finetune"):
+            top1 = _float(r.get(f"{kind}_top1"))
+            if top1 is not None:
+                rows.append({"run": str(r.get("point", "")), "model": str(r.get("model", "")),
+                             "params": params, "epochs": epochs, "kind": kind, "top1": top1})
+    return rows
+
+
 def final_evals(evals: pd.DataFrame, kinds: Iterable[str] = ("linprobe", "linprobe_full", "knn",
                                                               "finetune")) -> list[dict]:
     """The last logged result of each eval kind of one run (its sweep point)."""
     if evals is None or evals.empty or not {"kind", "top1"} <= set(evals.columns):
         return []
-    d = _numeric(evals, ["epoch", "top1"]).dropna(subset=["top1"])
+    d = _numeric(evals_in_percent(evals), ["epoch", "top1"]).dropna(subset=["top1"])
     out = []
     for kind in kinds:
         k = d[d["kind"] == kind]
@@ -229,7 +284,7 @@ def _float(v):
 
 
 def _scaling_figure(table: pd.DataFrame, x: str, title: str, x_title: str, kinds: Iterable[str],
-                    show_reference: bool, log_x: bool) -> go.Figure:
+                    show_reference: bool, log_x: bool, label_reference: bool = True) -> go.Figure:
     fig = go.Figure()
     kinds = list(kinds)
     d = table[table["kind"].isin(kinds)].dropna(subset=[x]) if not table.empty else table
@@ -244,7 +299,8 @@ def _scaling_figure(table: pd.DataFrame, x: str, title: str, x_title: str, kinds
     if show_reference:
         for col, label in (("finetune", "fine-tune"), ("linprobe", "linear probe")):
             fig.add_trace(go.Scatter(
-                x=PAPER_REFERENCE[x], y=PAPER_REFERENCE[col], mode="markers+text",
+                x=PAPER_REFERENCE[x], y=PAPER_REFERENCE[col],
+                mode="markers+text" if label_reference else "markers",
                 name=f"{PAPER_LABEL} · {label}", text=PAPER_REFERENCE["model"], textposition="top center",
                 marker={"symbol": "star", "size": 12}, line={"dash": "dot"},
                 hovertemplate="%{text}<br>" + x_title + ": %{x}<br>top-1: %{y:.1f}%<extra>paper</extra>"))
@@ -268,8 +324,9 @@ def accuracy_vs_params_figure(table: pd.DataFrame, kinds=("linprobe", "knn", "fi
 def accuracy_vs_epochs_figure(table: pd.DataFrame, kinds=("linprobe", "knn", "finetune"),
                               show_reference: bool = False) -> go.Figure:
     """Final accuracy of each run against the pretraining epochs it had (log x)."""
+    # the paper's three models all sit at 1600 epochs: names only on hover, not overprinted
     return _scaling_figure(table, "epochs", "Accuracy vs pretraining epochs", "pretraining epochs",
-                           kinds, show_reference, log_x=True)
+                           kinds, show_reference, log_x=True, label_reference=False)
 
 
 # ---------------------------------------------------------------------------------------- export

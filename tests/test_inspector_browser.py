@@ -44,6 +44,25 @@ def app_url(tmp_path_factory):
         demo.close()
 
 
+def test_serves_no_files_outside_its_cache(app_url, tmp_path_factory):
+    """Run files (configs, checkpoints) and system files are not downloadable by path."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    runs = inspector_runs_root(shared_base(tmp_path_factory))
+    ckpt = sorted((runs / "tiny" / "checkpoints").glob("*.pth"))[-1]
+    for target in ("/etc/passwd", str(runs / "tiny" / "config.yaml"), str(ckpt)):
+        for route in ("gradio_api/file=", "file="):
+            url = app_url.rstrip("/") + "/" + route + urllib.parse.quote(target)
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    body = r.read()
+                    assert r.status >= 400 or target.encode() not in body and b"root:" not in body \
+                        and b"run_dir" not in body, f"{url} served {target}"
+            except urllib.error.HTTPError as e:
+                assert e.code in (403, 404), f"{url}: unexpected HTTP {e.code}"
+
+
 @pytest.fixture(scope="module")
 def page(app_url):
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -142,6 +161,12 @@ def test_every_tab_renders_in_chromium(page, tmp_path):
     page.get_by_role("tab", name="Curves").click()
     for key in ("loss", "lr", "evals", "throughput"):
         assert _plot_rendered(page, f"plot-{key}") >= 1, f"{key} plot has no trace"
+    with page.expect_download(timeout=TIMEOUT_MS) as dl:  # CSV export of a curve's data
+        page.locator("#csv-loss").click()
+    csv_path = tmp_path / "loss.csv"
+    dl.value.save_as(csv_path)
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "series,x,y" and len(lines) > 2 and lines[1].startswith("tiny,")
     _shot(page, tmp_path, "curves")
 
     # Scaling: with the paper's reference points

@@ -24,7 +24,7 @@ def _sample_data(base: Path) -> Path:
     from pipeline.sample import make_sample_dataset
     out = base / "sample"
     if not (out / "classes.tsv").exists():
-        make_sample_dataset(out, image_size=64, train_per_class=6, val_per_class=3, seed=0,
+        make_sample_dataset(out, image_size=64, train_per_class=4, val_per_class=3, seed=0,
                             num_workers=1, progress=False)
     return out
 
