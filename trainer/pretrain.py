@@ -141,6 +141,41 @@ def _check_same_shape(saved: dict, model, path) -> None:
             + ". Start a new run directory, or restore the original model settings.")
 
 
+# ----------------------------------------------------------------------------- one step
+
+def forward_backward(model, batches, cfg, info, step: int, num_patches: int, amp_ctx, scaler):
+    """Forward and backward over ``accum_steps`` micro-batches drawn from the iterator ``batches``.
+
+    Returns (this rank's mean loss as a 0-d tensor, seconds spent waiting for batches). Gradients
+    are left in ``.grad``; only the last micro-batch all-reduces them across ranks (DDP no_sync).
+    """
+    A, B, W = cfg.optim.accum_steps, cfg.data.batch_size, info.world_size
+    noise = masking_noise.step_noise(cfg.seed, step, A * W * B, num_patches, info.device)
+    wait, loss_sum = 0.0, torch.zeros((), device=info.device)
+    for m in range(A):
+        t0 = time.perf_counter()
+        images, _ = next(batches)
+        wait += time.perf_counter() - t0
+        rows = masking_noise.micro_batch_rows(noise, m, A, info.rank, W, images.shape[0])
+        sync = contextlib.nullcontext() if (m == A - 1 or not info.enabled) else model.no_sync()
+        with sync:
+            with amp_ctx():
+                loss, _, _ = model(images, mask_ratio=cfg.model.mask_ratio, noise=rows)
+            scaler.scale(loss / A).backward()
+        loss_sum += loss.detach().float()
+    return loss_sum / A, wait
+
+
+def optimizer_step(optimizer, scaler, raw_model, clip_grad: float) -> None:
+    """Unscale (fp16), clip if asked, step, and clear the gradients."""
+    if clip_grad:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 # ----------------------------------------------------------------------------- the run
 
 def train(cfg, resume: str | bool = False) -> int:
@@ -325,22 +360,9 @@ def _train(cfg, resume: str | bool = False) -> int:
                 lr = lr_at(epoch + it / steps_per_epoch, lr=base_lr, min_lr=cfg.optim.min_lr,
                            warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.epochs)
                 set_lr(optimizer, lr)
-                noise = masking_noise.step_noise(cfg.seed, step, A * W * B, L, device)
-                wait, loss_sum = 0.0, torch.zeros((), device=device)
-                for m in range(A):
-                    tw = time.perf_counter()
-                    images, _ = next(batches)
-                    wait += time.perf_counter() - tw
-                    rows = masking_noise.micro_batch_rows(noise, m, A, info.rank, W, images.shape[0])
-                    # Only the last micro-batch all-reduces gradients across ranks.
-                    sync = contextlib.nullcontext() if (m == A - 1 or not info.enabled) else model.no_sync()
-                    with sync:
-                        with amp_ctx():
-                            loss, _, _ = model(images, mask_ratio=cfg.model.mask_ratio, noise=rows)
-                        scaler.scale(loss / A).backward()
-                    loss_sum += loss.detach().float()
+                loss, wait = forward_backward(model, batches, cfg, info, step, L, amp_ctx, scaler)
                 batch_in_epoch += A
-                loss_value = distributed.mean_scalar(info, loss_sum / A).item()
+                loss_value = distributed.mean_scalar(info, loss).item()
                 if not math.isfinite(loss_value):
                     optimizer.zero_grad(set_to_none=True)
                     if not cfg.skip_nonfinite:
@@ -352,12 +374,7 @@ def _train(cfg, resume: str | bool = False) -> int:
                     _say(info, f"warning: non-finite loss at step {step + 1}, epoch {epoch + 1}: step skipped "
                                f"({skips} so far)")
                 else:
-                    if cfg.clip_grad:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer_step(optimizer, scaler, raw_model, cfg.clip_grad)
                 step += 1
                 it += 1
 

@@ -1,0 +1,115 @@
+"""Crash safety end to end, with real processes and real signals.
+
+- kill -9 at a random step, twice, then resume: bit-identical weights to an uninterrupted run
+  (and a corrupted newest checkpoint on the way is detected and skipped);
+- SIGTERM: checkpoint, status "preempted", exit 75; the resumed run (with a harmless change)
+  finishes and records the change;
+- a changed model shape refuses to resume; a non-finite loss stops with exit 3 naming step and
+  epoch (or is skipped and counted with skip_nonfinite).
+"""
+import json
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+import runstore
+from trainer.pretrain import main
+
+from .test_trainer_helpers import (ROOT, env, final_weights, max_checkpoint_step, pretrain_cmd, run_pretrain,
+                                   tiny_data, write_config)  # noqa: F401  (tiny_data is a fixture)
+
+STEPS = 20  # 4 epochs x 5 steps of 8 images
+
+
+def _kill_at(cmd, run_dir, target: int, log) -> None:
+    """Start a run and SIGKILL it as soon as a checkpoint at step >= target exists."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while max_checkpoint_step(run_dir) < target:
+            assert p.poll() is None, f"run ended (rc {p.returncode}) before reaching step {target}"
+            assert time.monotonic() < deadline, "run too slow"
+            time.sleep(0.005)
+        p.send_signal(signal.SIGKILL)
+    finally:
+        p.wait(timeout=30)
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_kill9_twice_then_resume_is_bit_exact(tmp_path, tiny_data):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "killed", checkpoint={"every_steps": 1})
+    ref = subprocess.Popen(pretrain_cmd(cfg, f"run_dir={tmp_path / 'ref'}"), cwd=ROOT, env=env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    first = rng.randint(2, 8)
+    second = rng.randint(first + 2, 15)
+    with open(tmp_path / "killed.log", "w") as log:
+        _kill_at(pretrain_cmd(cfg), tmp_path / "killed", first, log)
+        _kill_at(pretrain_cmd(cfg), tmp_path / "killed", second, log)
+    # Corrupt the newest checkpoint: the resume must notice and fall back to the one before.
+    ckpts = sorted((tmp_path / "killed" / "checkpoints").glob("ckpt-*.pth"))
+    raw = bytearray(ckpts[-1].read_bytes())
+    raw[-100] ^= 0xFF
+    ckpts[-1].write_bytes(bytes(raw))
+    done = run_pretrain(cfg, "--resume")
+    out = (tmp_path / "killed.log").read_text() + done.stderr
+    assert done.returncode == 0, out
+    assert f"{ckpts[-1].name} is corrupt" in done.stderr
+    assert out.count("resumed from") >= 2, out
+    assert ref.wait(timeout=120) == 0, ref.stdout.read()
+    a, b = final_weights(tmp_path / "ref"), final_weights(tmp_path / "killed")
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"kill steps {first}, {second} (seed {seed}): weights differ in {diff}"
+    run = runstore.open(tmp_path / "killed")
+    assert run.status == "finished"
+    m = run.metrics()
+    assert list(m["step"]) == list(range(1, STEPS + 1))  # superseded rows of killed attempts hidden
+
+
+def test_sigterm_saves_exits_75_and_resumes_with_recorded_change(tmp_path, tiny_data):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=200,
+                       checkpoint={"every": 0}, log={"progress": False, "flush_every": 1})
+    p = subprocess.Popen(pretrain_cmd(cfg), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "run" / "metrics.zarr").exists() or len(runstore.open(tmp_path / "run").metrics()) < 3:
+        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read() if p.poll() is not None else "slow"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 75, out
+    assert "preempted" in out
+    run = runstore.open(tmp_path / "run")
+    assert run.status == "preempted"
+    saved = torch.load(max(p for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.pth")), weights_only=True)
+    assert saved["step"] >= 3
+    # resume with a shorter run and a logging change: allowed, recorded in the next checkpoint
+    stop_at = saved["epoch"] + 1
+    done = run_pretrain(cfg, f"epochs={stop_at}", "log.flush_every=7")
+    assert done.returncode == 0, done.stderr
+    assert "config 'epochs' changed" in done.stderr
+    final = torch.load(tmp_path / "run" / "checkpoints" / "final.pth", weights_only=True)
+    assert {c["key"] for c in final["config_changes"]} == {"epochs", "log.flush_every"}
+    assert final["epoch"] == stop_at and final["batch_in_epoch"] == 0
+    # changed model shape: a clear refusal, nothing overwritten
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert main(["--config", str(cfg), "model.embed_dim=48", f"epochs={stop_at + 1}"]) == 4
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def test_nonfinite_loss_stops_or_skips(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "nan", epochs=2,
+                       optim={"lr": 1.0e30, "warmup_epochs": 0})
+    assert main(["--config", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "step 2, epoch 1" in err, err
+    assert not list((tmp_path / "nan" / "checkpoints").glob("*.pth"))  # nothing bad was saved
+    assert main(["--config", str(cfg), f"run_dir={tmp_path / 'skip'}", "skip_nonfinite=true"]) == 0
+    status = json.loads((tmp_path / "skip" / "status.json").read_text())
+    assert "skipped" in capsys.readouterr().err
+    assert json.dumps(status).count("nonfinite_skips") == 1
