@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .live import DEFAULT_MAX_PARAMS
+from .limits import DEFAULT_MAX_PARAMS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

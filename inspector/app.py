@@ -20,11 +20,11 @@ import pandas as pd
 
 from . import views
 from .catalog import RunCatalog, UnknownRunError
+from .limits import REFRESH_SECONDS
 from .live import DEFAULT_MAX_PARAMS, LiveError, ModelCache, load_image, mask_image, model_image_size, preprocess
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 10
 LIVE_DISPLAY_PX = 256
 CURVES = ("loss", "lr", "evals", "throughput")
 SCALING = ("params", "epochs")
@@ -460,13 +460,12 @@ def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, op
     returns (demo, url). Binding anything but localhost prints a warning: the app has no login.
     """
     import os
-    import warnings
+    import sys
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     msg = bind_warning(host, port)
     if msg:
-        warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
     demo = build_app(runs_dir, max_params=max_params)
     demo.queue(default_concurrency_limit=2)
     _, url, _ = demo.launch(

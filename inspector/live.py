@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PARAMS = 150_000_000      # ViT-B MAE (112M with decoder) is fine on CPU; ViT-L/H are not
-DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000       # ~ 8000 x 5000
+from .limits import DEFAULT_MAX_PARAMS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+
 SAMPLERS = ("random", "block", "grid")
 _FALLBACK_MEAN = (0.485, 0.456, 0.406)
 _FALLBACK_STD = (0.229, 0.224, 0.225)

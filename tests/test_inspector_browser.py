@@ -17,6 +17,7 @@ from tests.test_inspector_support import TINY_EPOCHS, inspector_runs_root, share
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),  # inside gradio's queue
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason=f"{CHROMIUM} is absent (Debian's chromium package; the setup script installs it)"),
 ]
