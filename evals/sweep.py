@@ -176,6 +176,29 @@ def parse_set(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def read_base(path: Path, _seen: tuple = ()) -> dict:
+    """A base trainer config; ``extends: OTHER.yaml`` (relative to the file) merges it over OTHER.
+
+    Why: the CPU sweeps should train the project's own CPU recipe (configs/imagenette_cpu.yaml) and
+    state only what a sweep changes, so the recipe has one source of truth.
+    """
+    path = Path(path).resolve()
+    if path in _seen:
+        raise SweepError(f"{path}: 'extends' loops back to itself")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent:
+        data = _deep_merge(read_base(path.parent / parent, (*_seen, path)), data)
+    return data
+
+
 @dataclass
 class Point:
     """One planned run of a sweep: its name, the varied value, the paper row it maps to, its config."""
@@ -203,7 +226,7 @@ def plan(spec: dict, preset: str = "cpu", base_config: str | Path | None = None,
         raise SweepError(f"sweep {spec['name']!r} has no preset {preset!r}; presets: {', '.join(spec['presets'])}")
     pre = spec["presets"][preset] or {}
     base_path = Path(base_config) if base_config else Path(spec["_path"]).parent / pre.get("base", f"_base_{preset}.yaml")
-    base = _read_yaml(base_path)
+    base = read_base(base_path)
     for key, value in (pre.get("set") or {}).items():
         _set_dotted(base, key, value)
     if pre.get("epochs") is not None:
@@ -455,15 +478,61 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _eval_seconds(run, since_epoch: int) -> float:
+    """Seconds spent in online evals after ``since_epoch``. Each record's ``seconds`` includes the
+    shared feature extraction, so per epoch the longest record is counted (kNN itself is ~instant)."""
     try:
         ev = _frame(run.evals())
     except Exception:
         return 0.0
-    if ev.empty or "seconds" not in ev:
+    if ev.empty or "seconds" not in ev or "epoch" not in ev:
         return 0.0
-    if "epoch" in ev:
-        ev = ev[pd.to_numeric(ev["epoch"], errors="coerce") >= since_epoch]
-    return float(pd.to_numeric(ev["seconds"], errors="coerce").fillna(0).sum())
+    ev = ev[pd.to_numeric(ev["epoch"], errors="coerce") > since_epoch]
+    secs = pd.to_numeric(ev["seconds"], errors="coerce").fillna(0.0)
+    return float(secs.groupby(ev["epoch"]).max().sum()) if len(ev) else 0.0
+
+
+def _missing_final_evals(point: Point, run) -> list[str]:
+    """Eval kinds planned after the last epoch but absent from the run store."""
+    ev_cfg = point.config.get("evals", {})
+    if not ev_cfg.get("every"):
+        return []
+    wanted = [k for k in ("knn", "linprobe") if ev_cfg.get(k, True)]
+    try:
+        ev = _frame(run.evals())
+    except Exception:
+        ev = pd.DataFrame()
+    have = set(ev.loc[pd.to_numeric(ev["epoch"], errors="coerce") == point.epochs, "kind"]) \
+        if {"epoch", "kind"} <= set(ev.columns) else set()
+    return [k for k in wanted if k not in have]
+
+
+def ensure_final_evals(point: Point, run_dir: Path, echo=print) -> bool:
+    """Run the final online evals of a finished point whose run store lacks them; True if it did.
+
+    Why: the trainer saves its last checkpoint before the final evals, so a sweep killed during
+    those evals resumes into an already-finished run that never evaluates. The same records as the
+    trainer's (``evals.online.epoch_evals`` on the final checkpoint) are appended to the run store.
+    """
+    run = _open_run(run_dir)
+    if run is None or _status_text(run.status) != "finished":
+        return False
+    missing = _missing_final_evals(point, run)
+    ckpt = run.latest_checkpoint()
+    if not missing or ckpt is None:
+        return False
+    import runstore
+    import torch
+    from evals.online import epoch_evals
+    from model import load_checkpoint
+    echo(f"[sweep] {point.name}: final evals {missing} missing from the run store; running them on {ckpt.name}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_checkpoint(ckpt).to(device).eval()
+    ev_cfg = dict(point.config["evals"], knn="knn" in missing, linprobe="linprobe" in missing)
+    for rec in epoch_evals(model, ev_cfg, point.config["data"], device):
+        rec = dict(rec)
+        rec.pop("epoch", None)
+        runstore.append_eval(run_dir, epoch=point.epochs, **rec)
+    return True
 
 
 def _run_point(point: Point, cfg_path: Path, run_dir: Path, launcher: str | None) -> int:
@@ -491,6 +560,12 @@ def _run_point(point: Point, cfg_path: Path, run_dir: Path, launcher: str | None
         for s, handler in saved.items():
             signal.signal(s, handler)
     return int(rc or 0)
+
+
+def _results(row: dict) -> dict:
+    """The numbers of a table row that go into the sweep record."""
+    return {k: row[k] for k in ("encoder_params_m", "params_m", "final_loss", "knn_top1", "linprobe_top1",
+                                "images_per_s")}
 
 
 def validate(points: list[Point]) -> None:
@@ -569,7 +644,11 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
         run_dir = sweep_dir / p.name
         run = _open_run(run_dir)
         if _is_done(p, run):
-            echo(f"[sweep {spec['name']}] {p.name}: finished earlier, skipped")
+            if ensure_final_evals(p, run_dir, echo):
+                store.log_end(sweep_dir, p.name, p.value, run_dir, "done", _results(point_row(p, sweep_dir)),
+                              rc=0, invocation_s=0.0, epochs_before=p.epochs, epochs_after=p.epochs, eval_s=0.0)
+            else:
+                echo(f"[sweep {spec['name']}] {p.name}: finished earlier, skipped")
             continue
         cfg_path = sweep_dir / "configs" / f"{p.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(p.config, sort_keys=False))
@@ -587,10 +666,9 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
         wall = time.time() - t0
         run = _open_run(run_dir)
         status = "done" if rc == 0 and _is_done(p, run) else ("preempted" if rc == EXIT_PREEMPTED else "failed")
-        row = point_row(p, sweep_dir)
-        results = {k: row[k] for k in ("encoder_params_m", "params_m", "final_loss", "knn_top1",
-                                        "linprobe_top1", "images_per_s")}
-        store.log_end(sweep_dir, p.name, p.value, run_dir, status, results, rc=rc, error=error,
+        if status == "done":
+            ensure_final_evals(p, run_dir, echo)
+        store.log_end(sweep_dir, p.name, p.value, run_dir, status, _results(point_row(p, sweep_dir)), rc=rc, error=error,
                       invocation_s=round(wall, 3), epochs_before=before, epochs_after=_epochs_done(run),
                       eval_s=round(_eval_seconds(run, before), 3) if run is not None else 0.0)
         if status == "preempted":

@@ -177,3 +177,20 @@ def test_killed_sweep_resumes_without_rerunning_finished_points(sample, tmp_path
     steps = runstore.open(out / "second").metrics()["step"]
     assert steps.is_monotonic_increasing and steps.iloc[-1] == 12 * 5   # 40 images / batch 8 = 5 steps
     assert int(table.set_index("point").loc["second", "epochs_done"]) == 12
+
+
+def test_missing_final_evals_are_filled_in(finished_sweep, tmp_path):
+    """A run that finished without its final evals (killed during them, then resumed) gets them."""
+    from trainer.pretrain import main as pretrain_main
+    out, _ = finished_sweep
+    base = out.parent / "base.yaml"
+    run_dir = tmp_path / "run"
+    assert pretrain_main(["--config", str(base), f"run_dir={run_dir}", "evals.every=0"]) == 0
+    assert runstore.open(run_dir).evals().empty
+    cfg = yaml.safe_load(base.read_text())
+    point = sweep.Point(name="run", value=0.75, paper=None, overrides={}, config=cfg)
+    assert sweep.ensure_final_evals(point, run_dir, echo=lambda *a: None) is True
+    ev = runstore.open(run_dir).evals()
+    assert set(ev["kind"]) == {"knn", "linprobe"} and set(ev["epoch"]) == {1}
+    assert ev["top1"].between(0, 1).all()
+    assert sweep.ensure_final_evals(point, run_dir, echo=lambda *a: None) is False
