@@ -77,39 +77,59 @@ def beton_for(folder: Path, max_resolution: int | None, num_workers: int) -> Pat
     return beton
 
 
-def pil_decode_rate(paths: list[str], seconds: float = 5.0) -> float:
-    """Full-image JPEG decodes per second on one core with PIL (files already in page cache)."""
+def cpu_seconds() -> float:
+    """User+system CPU time of this process, its threads and its live children (loader workers).
+
+    Rates per CPU-second do not depend on how busy a shared machine is, unlike wall-clock rates.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return float("nan")
+    me = psutil.Process()
+    total = 0.0
+    for p in [me] + me.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def pil_decode_rate(paths: list[str], seconds: float = 5.0) -> tuple[float, float]:
+    """Full-image JPEG decodes per wall second and per CPU second on one core with PIL."""
     from PIL import Image
     for p in paths:  # warm the page cache: measure decoding, not the disk
         with open(p, "rb") as fh:
             fh.read()
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), cpu_seconds()
     while True:
         for p in paths:
             with Image.open(p) as im:
                 im.convert("RGB").load()
             n += 1
         if time.perf_counter() - t0 >= seconds:
-            return n / (time.perf_counter() - t0)
+            return n / (time.perf_counter() - t0), n / (cpu_seconds() - c0)
 
 
-def loader_rate(loader, batches: int, warmup: int) -> float:
-    """Images/s over ``batches`` batches after ``warmup`` batches (wrapping over epochs)."""
-    seen, t0, epoch = 0, None, 0
+def loader_rate(loader, batches: int, warmup: int) -> tuple[float, float]:
+    """Images per wall second and per CPU second over ``batches`` batches after ``warmup``."""
+    seen, t0, c0, epoch = 0, None, None, 0
     while True:
         loader.set_epoch(epoch)
         for x, _ in loader:
             if t0 is None and warmup <= 0:
                 if x.is_cuda:
                     torch.cuda.synchronize()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_seconds()
             elif t0 is not None:
                 seen += x.shape[0]
                 batches -= 1
                 if batches == 0:
                     if x.is_cuda:
                         torch.cuda.synchronize()
-                    return seen / (time.perf_counter() - t0)
+                    return seen / (time.perf_counter() - t0), seen / (cpu_seconds() - c0)
             warmup -= 1
         epoch += 1
 
@@ -143,14 +163,17 @@ def run(args) -> dict:
            "rates": {}, "notes": []}
     n_dec = min(len(split.paths), args.decode_files)
     step = max(1, len(split.paths) // n_dec)
-    one_core = pil_decode_rate(split.paths[::step][:n_dec], args.decode_seconds)
+    one_core, per_cpu = pil_decode_rate(split.paths[::step][:n_dec], args.decode_seconds)
     res["pil_decode_1core"] = one_core
     res["decode_limit"] = one_core * args.workers
+    res["pil_decode_per_cpu_s"] = per_cpu
+    res["rates_per_cpu_s"] = {}
     for backend in args.backends:
         try:
             path = beton_for(folder, args.max_resolution, args.workers) if backend == "ffcv" else folder
             loader = make_loader(backend, path, **common)
-            res["rates"][backend] = loader_rate(loader, args.batches, args.warmup)
+            res["rates"][backend], res["rates_per_cpu_s"][backend] = loader_rate(
+                loader, args.batches, args.warmup)
             del loader
         except Exception as e:  # report and go on: one broken back end must not hide the others
             res["notes"].append(f"{backend}: failed ({type(e).__name__}: {e})")
@@ -169,7 +192,7 @@ def gpu_rates(folder, common, args) -> dict:
              "torch_nvjpeg_batched": lambda: make_loader("torch", folder, decode="batched", **cuda)}
     for name, build in tries.items():
         try:
-            gpu[name] = loader_rate(build(), args.batches, args.warmup)
+            gpu[name] = loader_rate(build(), args.batches, args.warmup)[0]
         except Exception as e:
             gpu[name + "_error"] = f"{type(e).__name__}: {e}"
         _log(f"{name}: {gpu.get(name, float('nan')):.0f} images/s")
@@ -186,17 +209,28 @@ def report(res: dict) -> str:
              f"mode {'train (RRC+flip)' if res['train'] else 'eval (centre crop)'}",
              f"PIL full JPEG decode, 1 core: {res['pil_decode_1core']:.0f} images/s -> "
              f"decode limit x{res['workers']} cores: {res['decode_limit']:.0f} images/s", "",
-             f"{'back end':<24}{'images/s':>10}{'x torch':>10}{'x limit':>10}"]
+             f"PIL full JPEG decode per CPU-second: {res['pil_decode_per_cpu_s']:.0f} images "
+             "(CPU-second columns do not depend on how busy the machine is)", "",
+             f"{'back end':<12}{'images/s':>10}{'x torch':>9}{'x limit':>9}"
+             f"{'img/CPU-s':>11}{'x torch':>9}{'x PIL/CPU-s':>13}"]
     base_rate = res["rates"].get("torch")
+    base_cpu = res["rates_per_cpu_s"].get("torch")
     for name, r in res["rates"].items():
+        c = res["rates_per_cpu_s"][name]
         vs_t = f"{r / base_rate:.2f}" if base_rate else "-"
-        lines.append(f"{name:<24}{r:>10.0f}{vs_t:>10}{r / res['decode_limit']:>10.2f}")
+        vs_tc = f"{c / base_cpu:.2f}" if base_cpu else "-"
+        lines.append(f"{name:<12}{r:>10.0f}{vs_t:>9}{r / res['decode_limit']:>9.2f}"
+                     f"{c:>11.0f}{vs_tc:>9}{c / res['pil_decode_per_cpu_s']:>13.2f}")
     if res["rates"] and base_rate:
         best = max(res["rates"], key=res["rates"].get)
         r = res["rates"][best]
         ok_t, ok_l = r >= 2 * base_rate, r >= 0.8 * res["decode_limit"]
         lines += ["", f"best: {best}  >= 2x torch: {'yes' if ok_t else 'NO'} ({r / base_rate:.2f}x)  "
                       f">= 80% of decode limit: {'yes' if ok_l else 'NO'} ({r / res['decode_limit']:.0%})"]
+        best_c = max(res["rates_per_cpu_s"], key=res["rates_per_cpu_s"].get)
+        c = res["rates_per_cpu_s"][best_c]
+        lines.append(f"per CPU-second: best {best_c} {c / base_cpu:.2f}x torch, "
+                     f"{c / res['pil_decode_per_cpu_s']:.0%} of PIL full decode")
     if "gpu" in res:
         g = res["gpu"]
         lines += ["", f"GPU: {g['device']}"]

@@ -125,8 +125,8 @@ def finish_batch(images: torch.Tensor, labels: torch.Tensor, device, dtype: torc
         images = images.permute(0, 3, 1, 2)
     if not normalized:
         mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
-        images = (images.float() - mean) / std
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+        images = images.float().sub_(mean).mul_(inv_std)  # in place: one float copy per batch
     images = images.to(dtype)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.contiguous(memory_format=memory_format)
