@@ -99,7 +99,7 @@ def _refresh(state: InspectorState, selected, rec_name=None, live_name=None, for
     for s in summaries:
         if s.get("params") is None:
             s["params"] = state.encoder_params(s["name"])
-    table = views.runs_table(summaries)
+    table = views.runs_table(summaries).rename(columns=views.RUNS_TABLE_HEADERS)
     selected = state.catalog.valid(selected) or names[-1:]
     running = any(s.get("status") == "running" for s in summaries)
     primary = selected[0] if selected else None

@@ -34,6 +34,11 @@ KIND_LABELS = {"linprobe": "linear probe", "linprobe_full": "linear probe (full)
 
 RUNS_TABLE_COLUMNS = ["name", "status", "model", "dataset", "epochs", "last_loss", "best_linprobe",
                       "best_knn", "images_per_s", "params"]
+# what the Runs tab shows as column headers
+RUNS_TABLE_HEADERS = {"name": "run", "status": "status", "model": "model", "dataset": "dataset",
+                      "epochs": "epochs (done/planned)", "last_loss": "last loss",
+                      "best_linprobe": "best linear probe top-1 (%)", "best_knn": "best kNN top-1 (%)",
+                      "images_per_s": "images/s", "params": "encoder params"}
 PANEL_NAMES = ("original", "masked", "reconstruction", "pasted")
 
 
@@ -102,7 +107,8 @@ def empty_figure(message: str, title: str | None = None) -> go.Figure:
                        font={"size": 14})
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, height=360, margin={"l": 40, "r": 20, "t": 50, "b": 40})
+    fig.update_layout(title=title, height=360, template="plotly_white",
+                      margin={"l": 40, "r": 20, "t": 50, "b": 40})
     return fig
 
 

@@ -344,7 +344,7 @@ def test_timer_runs_only_while_a_run_is_training(tmp_path):
     w.flush()
     state = build_app(tmp_path / "runs").inspector_state
     out = _refresh(state, None)
-    assert out[1]["status"].tolist() == ["running"]
+    assert out[1]["status"].tolist() == ["running"] and out[1]["run"].tolist() == ["live"]
     assert out[5].active is True and "auto-refresh" in out[6]
     w.set_status("finished")
     w.close()
