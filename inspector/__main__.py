@@ -32,8 +32,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from .app import launch
-    launch(args.runs, host=args.host, port=args.port, open_browser=args.open,
-           max_params=int(args.live_max_params))
+    try:
+        launch(args.runs, host=args.host, port=args.port, open_browser=args.open,
+               max_params=int(args.live_max_params))
+    except OSError as exc:  # port taken, address not available
+        where = f"{args.host}:{args.port}" if args.port else args.host
+        print(f"error: cannot serve the inspector on {where}: {exc}. Pick another --port "
+              "(or leave it out to take the first free one from 7860).", file=sys.stderr)
+        return 2
     return 0
 
 
