@@ -11,7 +11,10 @@ Exit codes (for schedulers):
     4   cannot resume (no usable checkpoint for --resume CKPT, or the model shape changed)
     75  preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved, status is "preempted".
         75 is EX_TEMPFAIL from sysexits.h; requeue the job and it resumes where it stopped
-        (e.g. Slurm: ``#SBATCH --signal=B:TERM@120`` and ``scontrol requeue`` on exit 75).
+        (e.g. Slurm: ``#SBATCH --signal=TERM@120`` and ``scontrol requeue`` on exit 75).
+        Under torchrun the agent forwards SIGTERM to the workers and kills them if they have not
+        exited within its grace period (about 30 s); a save cut short is harmless (atomic writes:
+        the previous checkpoint stays), but give big models a longer warning time.
 
 A run resumes automatically when ``RUN/checkpoints`` holds checkpoints (``--resume`` only makes that
 explicit, or names a file). On CPU with ``deterministic: true`` the resumed run is bit-identical to
@@ -310,9 +313,11 @@ def _train(cfg, resume: str | bool = False) -> int:
         last_save_time, last_saved_step = time.monotonic(), step
 
     def epoch_end_work(done_epochs: int) -> None:
-        """Reconstructions and online evals after ``done_epochs`` complete epochs (rank 0)."""
-        if info.is_main and recon_sets and cfg.recons.every and done_epochs % cfg.recons.every == 0:
-            recons.log(raw_model, recon_sets, writer, done_epochs, cfg.model.mask_ratio, device, amp_ctx)
+        """Reconstructions (every K epochs and after the last) and online evals (every E epochs)
+        after ``done_epochs`` complete epochs, on rank 0 while the others wait."""
+        if info.is_main and recon_sets and (done_epochs % cfg.recons.every == 0 or done_epochs == cfg.epochs):
+            recons.log(raw_model, recon_sets, writer, done_epochs, cfg.model.mask_ratio, device, amp_ctx,
+                       cfg.recons.seed)
         if info.is_main and cfg.evals.every and done_epochs % cfg.evals.every == 0:
             try:
                 from evals.online import epoch_evals
@@ -334,7 +339,7 @@ def _train(cfg, resume: str | bool = False) -> int:
         distributed.barrier(info)
 
     if loaded is None and info.is_main and recon_sets:
-        recons.log(raw_model, recon_sets, writer, 0, cfg.model.mask_ratio, device, amp_ctx)
+        recons.log(raw_model, recon_sets, writer, 0, cfg.model.mask_ratio, device, amp_ctx, cfg.recons.seed)
 
     _say(info, f"run {cfg.run_dir}: {cfg.model.name}, {sum(p.numel() for p in raw_model.parameters() if p.requires_grad)/1e6:.2f}M "
                f"params, {W} process(es) on {device.type}, precision {amp_dtype or torch.float32}, "

@@ -64,7 +64,7 @@ def per_sample_loss(model, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.T
 
 
 @torch.no_grad()
-def log(model, sets: list[ReconSet], writer, epoch: int, mask_ratio: float, device, amp_ctx) -> None:
+def log(model, sets: list[ReconSet], writer, epoch: int, mask_ratio: float, device, amp_ctx, seed: int = 0) -> None:
     """Run the fixed images through ``model`` and append panels + per-image loss to the run store."""
     try:
         from model.visualize import reconstruction_panels
@@ -85,6 +85,7 @@ def log(model, sets: list[ReconSet], writer, epoch: int, mask_ratio: float, devi
                 epoch=epoch, split=s.split, image_ids=s.image_ids,
                 original=panels["original"], masked=panels["masked"],
                 reconstruction=panels["reconstruction"], pasted=panels["pasted"],
-                mask=mask.cpu().numpy().astype(np.uint8), loss=per_sample_loss(model, imgs, pred, mask))
+                mask=mask.cpu().numpy().astype(np.uint8), loss=per_sample_loss(model, imgs, pred, mask),
+                mask_ratio=float(mask_ratio), seed=int(seed))
     finally:
         model.train(was_training)
