@@ -14,7 +14,11 @@ A cache of a few thousand samples gives ~100x fewer steps than ImageNet, and a L
 weight by about lr * 0.001 * ||w|| whatever the gradient, so blr 0.1 at batch 256 barely moves the
 head (measured: 59% train accuracy on separable toy data). The cached mode therefore uses the
 per-step lr of the paper's own run (blr 0.1 at batch 16384 -> lr 6.4, i.e. blr 6.4 at batch 256)
-and at least 1000 steps (CACHED_BLR, CACHED_MIN_STEPS).
+and at least 1000 steps (CACHED_BLR, CACHED_MIN_STEPS). Measured on Imagenette (8,469 train / 1,000
+val, 192-d cls features of a random-init micro ViT at 64 px, 90 epochs at batch 256): blr 0.1 ->
+29.3% val (29.8% train: underfit), 1.6 -> 41.8%, 6.4 -> 46.3%, 25.6 -> 47.6%; a fully converged
+L-BFGS logistic regression on the same features: 48.7%. So on small data the full protocol also
+needs a larger --blr than the paper's 0.1.
 
 CLI: python -m evals.linprobe --ckpt RUN/checkpoints/last.pth --data DATA [--cached]
 """
@@ -213,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256, help="per process")
     p.add_argument("--blr", type=float, default=None,
-                   help="lr = blr * global batch / 256 (default 0.1, the paper's; with --cached "
-                        f"{CACHED_BLR}, see the module doc)")
+                   help="lr = blr * global batch / 256 (default 0.1, the paper's, meant for "
+                        f"ImageNet-size data; with --cached {CACHED_BLR}). LARS steps are relative "
+                        "to ||w||, so few steps (small data) need a larger blr: see the module doc")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--max-train", type=int, default=None, help="--cached: cap on train samples")
