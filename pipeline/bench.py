@@ -13,6 +13,8 @@ What it prints, measured side by side in one run on the same files and settings:
   ROI decode of the random crop, libjpeg's DCT scaling);
 * each back end's ratio to the torch baseline and to that limit, and whether the goals hold
   (best back end >= 2x torch and >= 80% of the limit);
+* the same per CPU-second (process + threads + worker processes, via psutil): on a busy shared
+  machine wall-clock rates fall with the load, images per CPU-second do not;
 * with a GPU: DALI ``mixed`` (nvJPEG / hardware decoder) and torchvision batched nvJPEG
   ``decode_jpeg(device="cuda")`` + crop rates, and the MAE ViT-B/16 bf16 training step rate, so
   you can see whether the loader outruns the model.
