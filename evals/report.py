@@ -113,14 +113,16 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     if time_plot:
         spe = pd.to_numeric(done["s_per_epoch"], errors="coerce")
         ips = pd.to_numeric(done["images_per_s"], errors="coerce")
-        fig.add_trace(go.Bar(x=x, y=spe, name="seconds / epoch (this sweep)", marker_color="#7f7f7f",
-                             text=[f"{v:.3g}" for v in spe], textposition="auto"), row=1, col=1)
         base = done[done["point"].astype(str) == "with_mask_token"]
-        if len(base) and pd.notna(ips).all():
-            speed = ips / float(pd.to_numeric(base["images_per_s"], errors="coerce").iloc[0])
-            fig.add_trace(go.Scatter(x=x, y=speed * spe.max(), mode="markers+text", name="speed-up (images/s)",
-                                     text=[f"{s:.2f}x" for s in speed], textposition="top center",
-                                     marker=dict(color="#d62728", size=10)), row=1, col=1)
+        speed = [math.nan] * len(done)
+        if len(base):
+            ref_ips = float(pd.to_numeric(base["images_per_s"], errors="coerce").iloc[0])
+            ref_spe = float(pd.to_numeric(base["s_per_epoch"], errors="coerce").iloc[0])
+            # speed-up from training throughput (images/s) when logged, else from seconds per epoch
+            speed = [i / ref_ips if ref_ips > 0 and i > 0 else ref_spe / t for i, t in zip(ips, spe)]
+        text = [f"{t:.3g} s" + ("" if math.isnan(v) else f", {v:.2f}x") for t, v in zip(spe, speed)]
+        fig.add_trace(go.Bar(x=x, y=spe, name="seconds / epoch, speed-up vs w/ [M] (this sweep)",
+                             marker_color="#7f7f7f", text=text, textposition="auto"), row=1, col=1)
         fig.update_yaxes(title_text="seconds per epoch", row=1, col=1)
         if ref:
             rows = ref.rows
@@ -154,6 +156,9 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     xlabel = axis.get("label", "setting")
     fig.update_xaxes(title_text=xlabel, row=1, col=1)
     fig.update_xaxes(title_text=xlabel if name != "model_size" else "encoder parameters (M)", row=1, col=2)
+    if name == "mask_ratio":  # same units on both sides: show the whole range
+        fig.update_xaxes(range=[0, 1], row=1, col=1)
+        fig.update_xaxes(range=[0, 1], row=1, col=2)
     if kind == "log":
         fig.update_xaxes(type="log", row=1, col=1)
         if name in ("model_size", "epochs"):
@@ -167,7 +172,7 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
 def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
     """Model, data, epochs and compute of a sweep, as short strings."""
     cfgs = [p.get("config", {}) for p in plan_doc.get("points", [])]
-    def uniq(path):
+    def uniq(path, default="n/a"):
         vals = []
         for c in cfgs:
             node = c
@@ -176,7 +181,7 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
             v = node if node != {} else None
             if v not in vals:
                 vals.append(v)
-        return ", ".join(str(v) for v in vals if v is not None) or "n/a"
+        return ", ".join(str(v) for v in vals if v is not None) or default
     host = plan_doc.get("host", {})
     device = host.get("gpu") and f"{host.get('gpu_count', 1)} x {host['gpu']}" or \
         f"CPU only ({host.get('cpu_count', '?')} cores, {host.get('torch_threads', '?')} torch threads)"
@@ -185,11 +190,12 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
         "model": uniq("model.name"),
         "data": f"{uniq('data.train_path')} (backend {uniq('data.backend')}, {uniq('data.image_size')} px)",
         "epochs": uniq("epochs"),
-        "batch": f"{uniq('data.batch_size')} x accum {uniq('optim.accum_steps')}",
+        "batch": f"{uniq('data.batch_size')} per process x {uniq('optim.accum_steps', '1')} accumulation steps",
         "recipe": f"blr {uniq('optim.blr')}, warm-up {uniq('optim.warmup_epochs')} ep, mask ratio {uniq('model.mask_ratio')}",
         "evals": f"kNN + linear probe on frozen features after the last epoch (max_train "
                  f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})",
-        "compute": f"{wall / 3600:.2f} h wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}",
+        "compute": (f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min")
+        + f" wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}",
     }
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -297,22 +298,38 @@ def _open_run(run_dir: Path):
         return None
 
 
-def _epochs_done(run) -> int:
-    """Completed epochs of a run: last checkpoint's epoch, else the metrics' last epoch."""
-    if run is None:
-        return 0
+def _epochs_done(run, run_dir: Path | None = None) -> int:
+    """Epoch a run would continue in: the newest checkpoint's, from the run store's index or, when
+    a kill fell between writing a checkpoint and indexing it, from the file name (ckpt-eEEEE-...)."""
     done = 0
-    try:
-        ck = _frame(run.checkpoints())
-        if "epoch" in ck and len(ck):
-            done = int(pd.to_numeric(ck["epoch"], errors="coerce").max())
-    except Exception:
-        pass
+    if run is not None:
+        try:
+            ck = _frame(run.checkpoints())
+            if "epoch" in ck and len(ck):
+                done = int(pd.to_numeric(ck["epoch"], errors="coerce").fillna(0).max())
+        except Exception:
+            pass
+        run_dir = run_dir or Path(run.path)
+    if run_dir is not None and (Path(run_dir) / "checkpoints").is_dir():
+        for f in (Path(run_dir) / "checkpoints").glob("ckpt-e*-s*.pth"):
+            try:
+                done = max(done, int(f.name.split("-")[1][1:]))
+            except (IndexError, ValueError):
+                continue
     return done
 
 
 def _param_counts(cfg: dict) -> tuple[float, float]:
     """(encoder, total) trainable parameters in millions, counted on the meta device (no memory)."""
+    key = json.dumps({"model": cfg.get("model", {}), "img": _get_dotted(cfg, "data.image_size")},
+                     sort_keys=True, default=str)
+    return _param_counts_cached(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _param_counts_cached(key: str) -> tuple[float, float]:
+    cfg = json.loads(key)
+    cfg = {"model": cfg["model"], "data": {"image_size": cfg["img"]}}
     try:
         import torch
         from model import create_model
@@ -652,7 +669,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
             continue
         cfg_path = sweep_dir / "configs" / f"{p.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(p.config, sort_keys=False))
-        before = _epochs_done(run) if _has_checkpoint(run_dir) else 0
+        before = _epochs_done(run, run_dir) if _has_checkpoint(run_dir) else 0
         echo(f"[sweep {spec['name']}] {p.name}: training {p.epochs} epochs"
              f"{f' (resuming after epoch {before})' if before else ''} -> {run_dir}")
         store.log_start(sweep_dir, p.name, p.value, run_dir, epochs_before=before, config_hash=p.config_hash())
@@ -669,7 +686,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
         if status == "done":
             ensure_final_evals(p, run_dir, echo)
         store.log_end(sweep_dir, p.name, p.value, run_dir, status, _results(point_row(p, sweep_dir)), rc=rc, error=error,
-                      invocation_s=round(wall, 3), epochs_before=before, epochs_after=_epochs_done(run),
+                      invocation_s=round(wall, 3), epochs_before=before, epochs_after=_epochs_done(run, run_dir),
                       eval_s=round(_eval_seconds(run, before), 3) if run is not None else 0.0)
         if status == "preempted":
             raise SweepPreempted(f"point {p.name} was preempted; run the same command again to resume")

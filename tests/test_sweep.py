@@ -144,8 +144,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_points(sample, tmp_path
             if proc.poll() is not None:
                 pytest.fail(f"the sweep exited (code {proc.returncode}) before it could be killed")
             first = _records_for(out, "first")
-            ck = out / "second" / "checkpoints"
-            if len(first) and "done" in set(first["status"]) and ck.is_dir() and any(ck.glob("*.pth")):
+            indexed = (out / "second" / "config.yaml").is_file() and len(runstore.open(out / "second").checkpoints())
+            if len(first) and "done" in set(first["status"]) and indexed:
                 break
             time.sleep(0.05)
         else:
