@@ -155,7 +155,11 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     device = torch.device(device)
     rank, world = dist_info()
     model.eval().requires_grad_(False)
-    dim = embed(model, next(iter(val_loader))[0][:2].to(device), pool).shape[1]
+    cfg = getattr(model, "config", None) or {}
+    if "embed_dim" in cfg:
+        dim = int(cfg["embed_dim"])
+    else:   # any other encoder: one batch tells the width
+        dim = embed(model, next(iter(val_loader))[0][:2].to(device), pool).shape[1]
     head = ProbeHead(dim, num_classes).to(device)
     if world > 1:
         head = nn.parallel.DistributedDataParallel(head)

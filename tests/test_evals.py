@@ -60,7 +60,7 @@ def test_lars_trains_a_toy_regression():
     first = None
     for _ in range(300):
         loss = ((lin(x) - y) ** 2).mean()
-        first = first or float(loss)
+        first = first or float(loss.detach())
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -59,11 +59,34 @@ def test_eval_clis_write_into_the_checkpoint_run(pretrained_run, capsys):
     common = ["--ckpt", str(ckpt), "--data", str(data), "--num-workers", "0", "--device", "cpu"]
     assert knn.main(common) == 0
     assert linprobe.main(common + ["--cached", "--epochs", "5"]) == 0
-    assert finetune.main(common + ["--epochs", "1", "--batch-size", "16", "--warmup-epochs", "0.5"]) == 0
+    assert linprobe.main(common + ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "16"]) == 0
+    ft = ["--epochs", "1", "--batch-size", "16", "--warmup-epochs", "0.5"]
+    assert finetune.main(common + ft) == 0
+    assert finetune.main(common + ft + ["--from-scratch"]) == 0
     assert "written to run store" in capsys.readouterr().out
     ev = runstore.open(run_dir).evals()
-    for kind in ("knn", "linprobe", "finetune"):
+    for kind in ("knn", "linprobe", "linprobe_full", "finetune", "finetune_scratch"):
         last = ev[ev["kind"] == kind].iloc[-1]
         assert last["epoch"] == 2, (kind, ev)          # the checkpoint's epoch
         assert 0 <= last["top1"] <= last["top5"] <= 1
     assert ev[ev["kind"] == "finetune"].iloc[-1]["loss"] > 0
+
+
+def test_finetune_vit_carries_the_pretrained_encoder(pretrained_run):
+    """timm ViT built from the checkpoint runs the same encoder: its tokens, put through the MAE's
+    final norm (which the avg-pool ViT keeps as fc_norm), equal the MAE's forward_features."""
+    import torch
+
+    from evals.common import load_mae
+    from evals.finetune import build_vit
+
+    run_dir, _ = pretrained_run
+    mae = load_mae(sorted((run_dir / "checkpoints").glob("*.pth"))[-1]).model.eval()
+    vit = build_vit(mae, num_classes=10, drop_path=0.0, pretrained=True).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ours = mae.forward_features(x)
+        theirs = vit.fc_norm(vit.forward_features(x))
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        scratch = build_vit(mae, num_classes=10, drop_path=0.0, pretrained=False).eval()
+        assert not torch.allclose(ours, scratch.fc_norm(scratch.forward_features(x)), atol=1e-2)
