@@ -2,7 +2,7 @@
 
 Same constructor keywords and the same ``state_dict`` keys as the official ``MaskedAutoencoderViT``,
 so official checkpoints load unchanged; built, like the official code, on timm's ``PatchEmbed`` and
-``Block`` (fused qkv projection, attention through ``scaled_dot_product_attention``). Methods are named
+``Block`` (fused qkv projection, attention through ``scaled_dot_product_attention``; see ``blocks.py``). Methods are named
 after the paper's steps: ``patchify``, ``random_masking``, ``forward_encoder``, ``forward_decoder``,
 ``forward_loss``.
 
@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 
+from .blocks import vit_block
 from .masking import SAMPLERS, make_noise, sample_mask
 from .pos_embed import sincos_2d
 
@@ -60,9 +60,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)  # fixed sin-cos
 
-        self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(depth)])
+        self.blocks = nn.ModuleList([vit_block(embed_dim, num_heads, mlp_ratio, norm_layer) for _ in range(depth)])
         self.norm = norm_layer(embed_dim)
 
         # --------------------------------------------------------------------------
@@ -72,8 +70,7 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
 
         self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
+            vit_block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer) for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)  # decoder to patch
 
@@ -81,9 +78,6 @@ class MaskedAutoencoderViT(nn.Module):
         # Ablation only: the encoder's own mask token (absent from the default state dict).
         if mask_token_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-
-        for blk in (*self.blocks, *self.decoder_blocks):
-            blk.attn.fused_attn = True  # scaled_dot_product_attention whatever timm's global default is
 
         self.target = target
         self.norm_pix_loss = target == "norm_pix"
@@ -212,17 +206,34 @@ class MaskedAutoencoderViT(nn.Module):
         latent is full length (N, 1+L, D): masked positions carry the encoder's mask token instead.
         """
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        x = self.patch_embed(imgs)
-        x = x + self.pos_embed[:, 1:, :]
+        n = imgs.shape[0]
+        ids_keep, ids_restore, mask = self.sample_mask(n, mask_ratio, noise, generator, imgs.device)
         if self.mask_token_in_encoder:
-            _, ids_restore, mask = self.sample_mask(x.shape[0], mask_ratio, noise, generator, x.device)
+            x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
             mask = mask.to(x.dtype)
-            masked_tok = self.encoder_mask_token + self.pos_embed[:, 1:, :]
-            x = torch.lerp(x, masked_tok.to(x.dtype), mask.unsqueeze(-1))  # exact select: mask is 0 or 1
+            masked_tok = (self.encoder_mask_token + self.pos_embed[:, 1:, :]).to(x.dtype)
+            x = torch.lerp(x, masked_tok, mask.unsqueeze(-1))  # an exact select: mask is 0 or 1
         else:
-            x, mask, ids_restore = self.random_masking(x, mask_ratio, noise, generator)
-        x = torch.cat([self._cls_tokens(x.shape[0]).to(x.dtype), x], dim=1)
+            x = self.embed_visible(imgs, ids_keep)
+        x = torch.cat([self._cls_tokens(n).to(x.dtype), x], dim=1)
         return self._run_encoder(x), mask, ids_restore
+
+    def embed_visible(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + position of the visible patches only: (N, K, D).
+
+        The same numbers as embedding all patches and then gathering the visible ones (the official
+        order), but the p x p stride-p convolution is applied as the equivalent linear map to the K kept
+        patches only, so 75% of the embedding work (forward and backward) is never done.
+        """
+        p = self.patch_size
+        n, c, h, w = imgs.shape
+        if (h, w) != tuple(self.patch_embed.img_size):
+            raise ValueError(f"input size {h}x{w} does not match the model ({self.patch_embed.img_size})")
+        pixels = imgs.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, c * p * p)
+        proj = self.patch_embed.proj
+        x = F.linear(_gather_tokens(pixels, ids_keep), proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)
+        pos = self.pos_embed[:, 1:, :].expand(n, -1, -1)
+        return x + _gather_tokens(pos, ids_keep).to(x.dtype)
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """The encoder on ALL patches (no masking), after the final norm: (N, 1+L, D). For probes and kNN."""
@@ -249,10 +260,10 @@ class MaskedAutoencoderViT(nn.Module):
         x = self.decoder_embed(x)
         n, L = ids_restore.shape
         if x.shape[1] != L + 1:  # visible tokens only: fill in mask tokens and unshuffle
-            mask_tokens = self.mask_token.to(x.dtype).expand(n, L + 1 - x.shape[1], -1)
-            x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
-            x_ = _gather_tokens(x_, ids_restore)
-            x = torch.cat([x[:, :1, :], x_], dim=1)
+            # [cls, visible..., mask tokens...] gathered with ids_restore shifted past cls: the official
+            # cat / gather / cat in one cat and one gather
+            x = torch.cat([x, self.mask_token.to(x.dtype).expand(n, L + 1 - x.shape[1], -1)], dim=1)
+            x = _gather_tokens(x, torch.cat([ids_restore.new_zeros(n, 1), ids_restore + 1], dim=1))
         x = x + self.decoder_pos_embed
         for blk in self.decoder_blocks:
             x = blk(x)
@@ -262,18 +273,16 @@ class MaskedAutoencoderViT(nn.Module):
     # ------------------------------------------------------------------ loss
     def target_patches(self, imgs: torch.Tensor) -> torch.Tensor:
         """What the decoder learns to predict: pixels per patch, normalised per patch for ``norm_pix``."""
-        target = self.patchify(imgs).float()
+        target = self.patchify(imgs.detach()).float()
         if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            var, mean = torch.var_mean(target, dim=-1, keepdim=True)  # unbiased variance, as official
             target = (target - mean) / (var + 1.e-6)**.5
         return target
 
     def forward_loss(self, imgs, pred, mask):
         """Mean squared error per patch, averaged over masked patches (or all, with loss_on_all_patches)."""
         target = self.target_patches(imgs)
-        loss = (pred.float() - target) ** 2
-        loss = loss.mean(dim=-1)  # [N, L], mean loss per patch
+        loss = F.mse_loss(pred.float(), target, reduction="none").mean(dim=-1)  # [N, L], mean loss per patch
         if self.loss_on_all_patches:
             return loss.mean()
         mask = mask.float()

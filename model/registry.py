@@ -4,22 +4,28 @@
 ``img_size=32``). All presets use LayerNorm eps 1e-6 and, unlike the official constructor default,
 per-patch normalised pixel targets (``norm_pix_loss=True``), as the paper recommends.
 
-Parameter counts (encoder / total with decoder, from ``python -m model.registry``):
+Presets (trainable parameters, from ``python -m model.registry``; decoder 512 wide x 8 blocks x 16 heads
+for the ImageNet sizes, as the official models):
 
-=============================  =====  ==========================  =======================
-name                           px/p   encoder (width/depth/heads) decoder (w/d/h)
-=============================  =====  ==========================  =======================
-mae_vit_{tiny,small,base,large,huge}_patch{16,14}   224   192/12/3, 384/12/6, 768/12/12,
-                                                          1024/24/16, 1280/32/16    512/8/16
-mae_vit_pico_patch8_64         64/8   96/4/3                      64/1/2
-mae_vit_nano_patch8_64         64/8   128/6/4                     96/2/3
-mae_vit_micro_patch8_64        64/8   192/6/3                     128/2/4
-mae_vit_mini_patch8_64         64/8   256/8/4                     128/2/4
-mae_vit_small_patch8_64        64/8   384/8/6                     192/2/6
-mae_vit_micro_patch4_32        32/4   192/6/3                     128/2/4
-=============================  =====  ==========================  =======================
+============================  =======  ======================  ================  =========  ========
+name                          img / p  encoder width/depth/hd  decoder w/d/hd    encoder    total
+============================  =======  ======================  ================  =========  ========
+mae_vit_tiny_patch16          224/16   192/12/3                512/8/16          5.5M       31.2M
+mae_vit_small_patch16         224/16   384/12/6                512/8/16          21.6M      47.4M
+mae_vit_base_patch16          224/16   768/12/12               512/8/16          85.6M      111.7M
+mae_vit_large_patch16         224/16   1024/24/16              512/8/16          303.1M     329.2M
+mae_vit_huge_patch14          224/14   1280/32/16              512/8/16          630.4M     656.6M
+mae_vit_pico_patch8_64        64/8     96/4/3                  64/1/2            0.47M      0.54M
+mae_vit_nano_patch8_64        64/8     128/6/4                 96/2/3            1.21M      1.47M
+mae_vit_micro_patch8_64       64/8     192/6/3                 128/2/4           2.71M      3.15M
+mae_vit_mini_patch8_64        64/8     256/8/4                 128/2/4           6.37M      6.82M
+mae_vit_small_patch8_64       64/8     384/8/6                 192/2/6           14.27M     15.27M
+mae_vit_micro_patch4_32       32/4     192/6/3                 128/2/4           2.68M      3.11M
+============================  =======  ======================  ================  =========  ========
 
-``mae_vit_micro_patch8_64`` is the CPU reference of DESIGN.md (64 patches, 16 visible at 75%).
+Every ImageNet size also exists with patch 14 (``mae_vit_{tiny,small,base,large}_patch14``) and huge
+with patch 16. ``mae_vit_micro_patch8_64`` is the CPU reference of DESIGN.md (64 patches, 16 visible
+at 75%), the main demo model; the 64 px family spans ~30x in parameters for scaling sweeps.
 """
 from __future__ import annotations
 
