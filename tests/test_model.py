@@ -299,3 +299,32 @@ def test_config_is_json_and_rebuilds_the_model():
     m2 = MaskedAutoencoderViT(**cfg)
     assert m2.config == m.config and m2.mask_ratio == 0.6
     assert [k for k in m2.state_dict()] == [k for k in m.state_dict()]
+
+
+# ----------------------------------------------------------------------------- speed paths are exact
+def test_visible_only_patch_embedding_equals_embed_then_gather():
+    m = tiny()
+    x, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    ids_keep = torch.argsort(noise, 1)[:, :4]
+    full = m.patch_embed(x) + m.pos_embed[:, 1:]
+    expected = torch.gather(full, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 64))
+    assert torch.allclose(m.embed_visible(x, ids_keep), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="input size"):
+        m.embed_visible(torch.randn(1, 3, 40, 40), ids_keep[:1])
+
+
+def test_lean_attention_matches_timm_attention():
+    from timm.layers import Attention
+    from model.blocks import FusedQKVAttention
+    torch.manual_seed(0)
+    ref = Attention(64, 4, qkv_bias=True)
+    lean = FusedQKVAttention(64, 4, qkv_bias=True)
+    lean.load_state_dict(ref.state_dict())
+    x1 = torch.randn(3, 9, 64, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = ref(x1), lean(x2)
+    assert torch.allclose(y1, y2, atol=1e-6)
+    y1.square().sum().backward()
+    y2.square().sum().backward()
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert torch.allclose(ref.qkv.weight.grad, lean.qkv.weight.grad, atol=1e-5)
