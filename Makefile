@@ -3,7 +3,7 @@
 #   make test   - the test suite
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench imagenette-table clean
 
 setup:
 	@bash scripts/setup.sh
@@ -18,6 +18,10 @@ bench: setup
 	$(PY) -m benchmarks.model_bench
 	$(PY) -m pipeline.bench
 	$(PY) -m trainer.bench
+
+# Proof on real photographs (about an hour on 2 cores): MAE vs random init vs pixels, fine-tune vs scratch
+imagenette-table: setup
+	$(PY) -m evals.imagenette_table
 
 clean:
 	rm -rf runs/demo data/sample
