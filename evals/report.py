@@ -192,8 +192,10 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
         "epochs": uniq("epochs"),
         "batch": f"{uniq('data.batch_size')} per process x {uniq('optim.accum_steps', '1')} accumulation steps",
         "recipe": f"blr {uniq('optim.blr')}, warm-up {uniq('optim.warmup_epochs')} ep, mask ratio {uniq('model.mask_ratio')}",
-        "evals": f"kNN + linear probe on frozen features after the last epoch (max_train "
-                 f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})",
+        "evals": (f"kNN + cached linear probe on frozen cls features after the last epoch (max_train "
+                  f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})"
+                  if any(int((c.get("evals") or {}).get("every") or 0) for c in cfgs)
+                  else "none (this sweep measures training time only)"),
         "compute": (f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min")
         + f" wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}",
     }
@@ -233,7 +235,7 @@ def sweep_section(sweep_dir, include_plotlyjs: bool | str = False) -> tuple[str,
     parts.append("<div class='row'><div class='col'>" + _table_html(display_table(table)) + "</div>")
     parts.append("<div class='col'>" + fig_html + "</div></div>")
     if ref is not None:
-        pref = pd.DataFrame(ref.as_records()).drop(columns=["x"], errors="ignore")
+        pref = pd.DataFrame(ref.as_records()).drop(columns=["x"], errors="ignore").dropna(axis=1, how="all")
         parts.append(f"<p class='ref'><b>Paper ({html.escape(ref.source)})</b>: {html.escape(ref.claim)} "
                      f"<br>{html.escape(ref.model)}, {html.escape(ref.data)}, {html.escape(str(ref.epochs))} "
                      f"epochs. {html.escape(ref.notes)}</p>" + _table_html(pref))

@@ -444,6 +444,29 @@ def sweep_table(sweep_dir) -> pd.DataFrame:
     return table
 
 
+def find_sweeps(root, max_depth: int = 3) -> list[Path]:
+    """Sweep directories (holding plan.json) at or under ``root``, sorted; for the inspector's list."""
+    root = Path(root)
+    found: list[Path] = []
+
+    def walk(d: Path, depth: int) -> None:
+        if store.is_sweep_dir(d):
+            found.append(d)
+            return
+        if depth >= max_depth:
+            return
+        try:
+            children = sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith("."))
+        except OSError:
+            return
+        for c in children:
+            walk(c, depth + 1)
+
+    if root.is_dir():
+        walk(root, 0)
+    return found
+
+
 # ----------------------------------------------------------------------------- running
 def host_info() -> dict:
     """Where the sweep ran: host, CPUs, torch threads, GPU (the report states the compute used)."""

@@ -157,6 +157,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_points(sample, tmp_path
             proc.kill()
             proc.wait()
 
+    # what the inspector sees of the killed sweep: one finished point, one that is not
+    assert sweep.find_sweeps(tmp_path) == [out]
+    partial = sweep.sweep_table(out).set_index("point")["status"]
+    assert partial["first"] == "finished" and partial["second"] != "finished"
+
     first_files = {p: p.stat().st_mtime_ns for p in (out / "first").rglob("*") if p.is_file()}
     assert runstore.open(out / "first").status == "finished"
     second = runstore.open(out / "second")
