@@ -10,7 +10,9 @@ timings on a shared machine are noisy and only ratios measured together mean any
    encoder) at 75% masking, on a ViT-L-shaped model (24 blocks, 64-wide heads, decoder half as wide with
    8 blocks) narrowed to fit a CPU. Goal: >= 2.8x (the paper reports 2.8-4.1x).
 
-Run: ``python -m benchmarks.model_bench [--quick] [--device cuda --bf16]``.
+Run: ``python -m benchmarks.model_bench [--quick] [--threads 1] [--device cuda --bf16]``.
+On a CPU shared with other jobs, ``--threads 1`` gives far steadier ratios: two intra-op threads
+competing with other processes spend most of their time waiting for each other.
 """
 from __future__ import annotations
 
