@@ -637,14 +637,15 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
     """
     spec = load_spec(name)
     sweep_dir = Path(out) if out else default_out(spec["name"], preset)
-    points = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir)
-    all_names = [p.name for p in points]
+    planned = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir)
+    all_names = [p.name for p in planned]
+    points = planned
     if only:
         unknown = set(only) - set(all_names)
         if unknown:
             raise SweepError(f"unknown point(s) {sorted(unknown)}; points: {', '.join(all_names)}")
-        points = [p for p in points if p.name in only]
-    validate(points)
+        points = [p for p in planned if p.name in only]
+    validate(planned)
 
     old_plan = None
     if store.is_sweep_dir(sweep_dir):
@@ -652,7 +653,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
         if old_plan.get("sweep") != spec["name"]:
             raise SweepError(f"{sweep_dir}: holds sweep {old_plan.get('sweep')!r}, not {spec['name']!r}; "
                              f"choose another --out")
-        _check_plan(sweep_dir, old_plan, points)
+        _check_plan(sweep_dir, old_plan, planned)
 
     if dry_run:
         echo(f"sweep {spec['name']} ({spec.get('title', '')}), preset {preset}, dir {sweep_dir}")
@@ -666,7 +667,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "configs").mkdir(exist_ok=True)
     merged = {p["name"]: p for p in (old_plan or {}).get("points", [])}
-    for p in points:
+    for p in planned:  # the plan holds every point (the table lists the ones not run yet as pending)
         merged[p.name] = {"name": p.name, "value": p.value, "paper": p.paper, "set": p.overrides,
                           "config": p.config, "hash": p.config_hash()}
     store.write_plan(sweep_dir, {
@@ -765,7 +766,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     print(_format_table(table))
-    return 0 if (table["status"] == "finished").all() else 1
+    ran = table if not args.points else table[table["point"].isin(args.points.split(","))]
+    return 0 if (ran["status"] == "finished").all() else 1
 
 
 if __name__ == "__main__":
