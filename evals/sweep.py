@@ -1,5 +1,6 @@
 """Run the paper's ablations and scaling studies as named, resumable sweeps.
 
+    python -m pipeline.build_ffcv ../shared/data/imagenette data/imagenette_ffcv --max-resolution 64  # once
     python -m evals.sweep --list
     python -m evals.sweep mask_ratio --preset cpu                    # -> runs/sweeps/mask_ratio
     python -m evals.sweep sampler --preset cpu --epochs 2 --dry-run  # show the plan, run nothing
