@@ -1,1 +1,13 @@
-"""trainer package."""
+"""MAE pretraining loop (see DESIGN.md, docs/INTERFACES.md).
+
+Modules, one job each:
+  pretrain.py     the loop and CLI: ``python -m trainer.pretrain --config configs/X.yaml [key=value ...]``
+  config.py       dataclass schema, YAML presets + dotted overrides, validation, config diffs on resume
+  optim.py        AdamW (0.9, 0.95), no decay on biases / norms / tokens, lr = blr * eff_batch / 256
+  schedule.py     linear warm-up then half-cosine, a pure function of the fractional epoch
+  noise.py        masking noise as a function of (seed, step), sliced per rank / micro-batch
+  checkpoint.py   atomic checkpoint files with SHA-256 sidecars, retention, RNG states
+  distributed.py  torchrun / srun detection, gloo (CPU) or nccl (GPU), small collectives
+  recons.py       fixed images + fixed noise -> reconstruction panels in the run store
+  bench.py        full loop vs model alone throughput: ``python -m trainer.bench``
+"""
