@@ -22,7 +22,7 @@ from trainer.pretrain import main
 from .test_trainer_helpers import (ROOT, env, final_weights, max_checkpoint_step, pretrain_cmd, run_pretrain,
                                    tiny_data, write_config)  # noqa: F401  (tiny_data is a fixture)
 
-STEPS = 20  # 4 epochs x 5 steps of 8 images
+STEPS = 40  # 8 epochs x 5 steps of 8 images: >= 20 steps of slack after the last kill target
 
 
 def _kill_at(cmd, run_dir, target: int, log) -> None:
@@ -41,13 +41,14 @@ def _kill_at(cmd, run_dir, target: int, log) -> None:
 
 
 def test_kill9_twice_then_resume_is_bit_exact(tmp_path, tiny_data):
-    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "killed", checkpoint={"every_steps": 1})
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "killed", epochs=8,
+                       checkpoint={"every_steps": 1})
     ref = subprocess.Popen(pretrain_cmd(cfg, f"run_dir={tmp_path / 'ref'}"), cwd=ROOT, env=env(),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    first = rng.randint(2, 8)
-    second = rng.randint(first + 2, 15)
+    first = rng.randint(2, 10)
+    second = rng.randint(first + 2, 20)
     with open(tmp_path / "killed.log", "w") as log:
         _kill_at(pretrain_cmd(cfg), tmp_path / "killed", first, log)
         _kill_at(pretrain_cmd(cfg), tmp_path / "killed", second, log)
