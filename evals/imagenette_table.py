@@ -30,6 +30,7 @@ from evals.features import extract_features
 from evals.finetune import TensorAugment, build_vit, finetune
 from evals.knn import knn_classify
 from evals.linprobe import train_probe_on_features
+from pipeline.shared_data import imagenette_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=__doc__.split("\n\n")[0] + " Prints a markdown table.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--src", default="/work/shared/data/imagenette", help="Imagenette train/ + val/")
+    p.add_argument("--src", default=str(imagenette_dir()), help="Imagenette train/ + val/ (default: %(default)s)")
     p.add_argument("--work", default=None,
                    help="where data and the run go (default: data/ and runs/ in the repo; "
                         "--smoke: /tmp/imagenette_smoke)")

@@ -16,11 +16,12 @@ import pytest
 from pipeline.beton import BetonError, check_beton, read_samples
 from pipeline.build_ffcv import build, main
 from pipeline.sample import make_sample_dataset
+from pipeline.shared_data import imagenette_dir
 from pipeline.sources import load_rgb
 from tests.test_sources import EXPECTED, make_bad_tree
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGENETTE = Path("/work/shared/data/imagenette")
+IMAGENETTE = imagenette_dir()
 pytestmark = pytest.mark.timeout(240)
 
 

@@ -17,8 +17,9 @@ from PIL import Image
 from pipeline import IMAGENET_MEAN, IMAGENET_STD, make_loader
 from pipeline.loaders import base
 from pipeline.loaders.files import list_images
+from pipeline.shared_data import imagenette_dir
 
-IMAGENETTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenette"
+IMAGENETTE = imagenette_dir()
 BACKENDS = ("torch", "dali", "ffcv")
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
