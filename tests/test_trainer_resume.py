@@ -114,3 +114,18 @@ def test_nonfinite_loss_stops_or_skips(tmp_path, tiny_data, capsys):
     status = json.loads((tmp_path / "skip" / "status.json").read_text())
     assert "skipped" in capsys.readouterr().err
     assert json.dumps(status).count("nonfinite_skips") == 1
+
+
+def test_resume_redoes_epoch_end_evals_lost_after_the_checkpoint(tmp_path, tiny_data, capsys):
+    """Epoch-end evals run after that epoch's checkpoint; a run stopped in between (here: a finished
+    run whose evals never ran) gets them on resume instead of silently missing an eval epoch."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=2)
+    assert main(["--config", str(cfg)]) == 0
+    assert runstore.open(tmp_path / "run").evals().empty
+    evals = ["evals.every=2", "evals.max_train=40", "evals.max_val=20", "evals.linprobe=false"]
+    assert main(["--config", str(cfg), *evals]) == 0
+    assert "evals are missing" in capsys.readouterr().err
+    ev = runstore.open(tmp_path / "run").evals()
+    assert ev["kind"].tolist() == ["knn"] and ev["epoch"].tolist() == [2]
+    assert main(["--config", str(cfg), *evals]) == 0       # present now: not run a second time
+    assert len(runstore.open(tmp_path / "run").evals()) == 1

@@ -346,6 +346,19 @@ def _train(cfg, resume: str | bool = False) -> int:
                f"effective batch {eff_batch} ({B} x {A} accum x {W}), lr {base_lr:.3g}, "
                f"{steps_per_epoch} steps/epoch, epochs {epoch}->{cfg.epochs}")
 
+    # Epoch-end evals run after that epoch's checkpoint is saved; a run killed or preempted in
+    # between resumes at (epoch, batch 0) and redoes them here, so no eval epoch goes missing.
+    if loaded is not None and batch_in_epoch == 0 and epoch > 0:
+        due = bool(cfg.evals.every) and epoch % cfg.evals.every == 0
+        missing = False
+        if info.is_main and due:
+            done = writer.reader().evals()
+            missing = done.empty or not (done["epoch"] == epoch).any()
+        (missing,) = distributed.any_flags(info, [missing])
+        if missing:
+            _say(info, f"resume: epoch {epoch}'s evals are missing from the run store; running them now")
+            epoch_end_work(epoch)
+
     # -- the loop ---------------------------------------------------------------------------------
     from tqdm import tqdm
 
