@@ -26,7 +26,9 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
 fi
 
 [ -x $VENV/bin/python ] || { echo "[setup] creating $VENV"; $PY -m venv $VENV; }
-PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+# pip on these machines warns about every missing local index folder it is configured with: filter that noise.
+pip_q() { set -o pipefail; "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
+PIP=pip_q
 $PIP install -U pip setuptools wheel
 # torch first: the CUDA 12 build (runs on CPU too) that lies on this machine's disk.
 $PIP install torch==2.14.1 torchvision==0.29.1
