@@ -191,7 +191,7 @@ def throughput_figure(metrics_by_run: Mapping[str, pd.DataFrame], *, x: str = "s
     if not any_trace:
         return empty_figure("No throughput logged yet (images_per_s, data_wait).", "Throughput")
     _layout(fig, "Throughput and data wait", height=540)
-    fig.update_layout(margin={"t": 120}, legend={"y": 1.12})
+    fig.update_layout(margin={"t": 90, "b": 110}, legend={"orientation": "h", "yanchor": "top", "y": -0.14, "x": 0})
     fig.update_xaxes(title=x, row=2, col=1)
     return fig
 

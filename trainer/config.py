@@ -98,7 +98,7 @@ class CheckpointConfig:
 @dataclass
 class LogConfig:
     progress: bool = True  # tqdm bar per epoch (rank 0)
-    flush_every: int = 50  # metric rows buffered before a runstore write
+    flush_every: int = 500  # metric rows buffered before a runstore write (the store also flushes every 10 s)
 
 
 @dataclass
