@@ -39,7 +39,7 @@ def stage(title: str, cmd: list[str], skip_if: Path | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-inspector", action="store_true", help="stop after evaluation (do not serve the app)")
-    ap.add_argument("--port", type=int, default=7860, help="inspector port (default 7860)")
+    ap.add_argument("--port", type=int, default=None, help="inspector port (default: 7860 or the next free one)")
     args = ap.parse_args(argv)
 
     data, beton, run = ROOT / "data/sample", ROOT / "data/sample_ffcv", ROOT / "runs/demo"
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_inspector:
         return 0
     print("\n== 5/5 inspector (Ctrl-C to stop)", flush=True)
-    return subprocess.call([sys.executable, "-m", "inspector", "--runs", str(ROOT / "runs"),
-                            "--port", str(args.port)], cwd=ROOT)
+    port = ["--port", str(args.port)] if args.port else []
+    return subprocess.call([sys.executable, "-m", "inspector", "--runs", str(ROOT / "runs"), *port], cwd=ROOT)
 
 
 if __name__ == "__main__":
