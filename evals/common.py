@@ -117,6 +117,17 @@ def default_run_dir(ckpt: str | os.PathLike) -> Path | None:
     return None
 
 
+def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> Path | None:
+    """The run store results go to: --run (must already be a run directory: checked before any
+    work, so a long evaluation never ends in a write error) or the checkpoint's own run."""
+    if run is None:
+        return default_run_dir(ckpt)
+    if not (Path(run) / "config.yaml").is_file():
+        raise SystemExit(f"--run {run}: not a run directory (no config.yaml); omit --run to print the "
+                         f"result only, or point it at a run made by trainer.pretrain")
+    return Path(run)
+
+
 def image_size_of(model: torch.nn.Module) -> int:
     """Input resolution of an MAE model (from its config, else its patch embedding)."""
     cfg = getattr(model, "config", None) or {}

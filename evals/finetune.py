@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evals.common import (Timer, all_reduce_sum, default_run_dir, dist_info, image_size_of,
+from evals.common import (Timer, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    run = checked_run_dir(args.run, args.ckpt)
     timer = Timer()
     device, rank, world = init_distributed(args.device)
     torch.manual_seed(args.seed + rank)
@@ -277,7 +278,6 @@ def main(argv=None) -> int:
     if history:
         settings["history"] = history
     kind = "finetune_scratch" if args.from_scratch else "finetune"
-    run = args.run or default_run_dir(args.ckpt)
     write_result(run, ck.epoch, {"kind": kind, **res, "seconds": timer(), "settings": settings})
     return 0
 

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from evals.common import (Timer, default_run_dir, image_size_of, init_distributed, load_mae,
+from evals.common import (Timer, checked_run_dir, image_size_of, init_distributed, load_mae,
                           make_eval_loader, resolve_data, write_result)
 from evals.features import extract_features
 
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    run = checked_run_dir(args.run, args.ckpt)
     timer = Timer()
     device, _, _ = init_distributed(args.device)
     ck = load_mae(args.ckpt)
@@ -95,7 +96,6 @@ def main(argv=None) -> int:
     fva, yva = extract_features(model, va, device, args.pool, args.max_val, desc="val features")
     res = knn_classify(ftr.to(device), ytr, fva.to(device), yva, k=args.k, T=args.temperature,
                        num_classes=tr.num_classes)
-    run = args.run or default_run_dir(args.ckpt)
     write_result(run, ck.epoch, {"kind": "knn", **res, "loss": None,
                                  "k": args.k, "temperature": args.temperature, "pool": args.pool,
                                  "n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0]),

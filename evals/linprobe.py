@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evals.common import (Timer, all_reduce_sum, default_run_dir, dist_info, image_size_of,
+from evals.common import (Timer, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast, embed, extract_features
@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    run = checked_run_dir(args.run, args.ckpt)
     if args.blr is None:
         args.blr = CACHED_BLR if args.cached else 0.1
     timer = Timer()
@@ -267,7 +268,6 @@ def main(argv=None) -> int:
         res = train_probe_on_loader(model, tr, va, num_classes, device, args.pool, args.epochs,
                                     args.blr, args.warmup_epochs, args.weight_decay)
         kind, extra = "linprobe_full", {}
-    run = args.run or default_run_dir(args.ckpt)
     write_result(run, ck.epoch, {"kind": kind, **res, "pool": args.pool, "epochs": args.epochs,
                                  "blr": args.blr, "batch_size": args.batch_size * world,
                                  "checkpoint": str(ck.path), "seconds": timer(), **extra})

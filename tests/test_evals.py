@@ -162,3 +162,14 @@ def test_cached_linear_probe_is_at_chance_on_random_labels():
     res = train_probe_on_features(x[:400], y[:400], x[400:], y[400:], num_classes=4, epochs=20,
                                   min_steps=200)
     assert res["top1"] < 0.4
+
+
+def test_a_bad_run_dir_is_refused_before_any_work(tmp_path):
+    from evals.common import checked_run_dir
+
+    with pytest.raises(SystemExit, match="not a run directory"):
+        checked_run_dir(tmp_path / "nope", tmp_path / "x.pth")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("{}")
+    assert checked_run_dir(tmp_path / "run", tmp_path / "x.pth") == tmp_path / "run"
+    assert checked_run_dir(None, tmp_path / "x.pth") is None      # outside a run: print only
