@@ -117,6 +117,19 @@ def default_run_dir(ckpt: str | os.PathLike) -> Path | None:
     return None
 
 
+def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or timm ViT)") -> None:
+    """The arguments every eval CLI shares: --ckpt, --data, --backend, --run, --num-workers, --device."""
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--data", required=True,
+                   help="directory with train.beton+val.beton or train/+val/ class folders")
+    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
+                   help="loader back end (auto: ffcv for .beton, torch for folders)")
+    p.add_argument("--run", default=None,
+                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
 def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> Path | None:
     """The run store results go to: --run (must already be a run directory: checked before any
     work, so a long evaluation never ends in a write error) or the checkpoint's own run."""

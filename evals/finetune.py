@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evals.common import (Timer, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
+from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast
@@ -204,15 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "random init (--from-scratch). Defaults follow the encoder width (ViT-B vs "
                     "L/H). Prints top-1/top-5/loss and writes a 'finetune' (or 'finetune_scratch') "
                     "record into the checkpoint's run store. DDP: torchrun --nproc_per_node=N.")
-    p.add_argument("--ckpt", required=True,
-                   help="checkpoint (ours, official MAE, HF or timm); with --from-scratch only "
-                        "its architecture is used")
-    p.add_argument("--data", required=True,
-                   help="directory with train/+val/ class folders or train.beton+val.beton")
-    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
-                   help="eval loader back end (auto: ffcv for .beton, torch for folders)")
-    p.add_argument("--run", default=None,
-                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    add_common_args(p, ckpt_help="checkpoint (ours, official MAE, HF or timm); with --from-scratch only "
+                                 "its architecture is used")
     p.add_argument("--from-scratch", action="store_true", help="random init, same recipe")
     p.add_argument("--epochs", type=int, default=None, help="default 100 (B) / 50 (L/H)")
     p.add_argument("--warmup-epochs", type=float, default=5)
@@ -230,9 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rand-aug", default="rand-m9-mstd0.5-inc1",
                    help="timm RandAugment spec ('' for none)")
     p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs")
-    p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
 
 

@@ -14,7 +14,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from evals.common import (Timer, checked_run_dir, image_size_of, init_distributed, load_mae,
+from evals.common import (Timer, add_common_args, checked_run_dir, image_size_of, init_distributed, load_mae,
                           make_eval_loader, resolve_data, write_result)
 from evals.features import extract_features
 
@@ -59,21 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "features of an MAE encoder: centre-cropped train images are the memory bank, "
                     "val images are classified. Prints top-1/top-5 and writes a 'knn' eval record "
                     "into the checkpoint's run store.")
-    p.add_argument("--ckpt", required=True, help="checkpoint (ours, official MAE, HF or timm ViT)")
-    p.add_argument("--data", required=True,
-                   help="directory with train.beton+val.beton or train/+val/ class folders")
-    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
-                   help="loader back end (auto: ffcv for .beton, torch for folders)")
-    p.add_argument("--run", default=None,
-                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    add_common_args(p)
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--pool", default="cls", choices=["cls", "avg"])
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--max-train", type=int, default=None, help="cap on memory-bank samples")
     p.add_argument("--max-val", type=int, default=None, help="cap on evaluated samples")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
 
 

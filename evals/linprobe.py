@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from evals.common import (Timer, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
+from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast, embed, extract_features
@@ -208,13 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "top-5/loss and writes a 'linprobe_full' (or 'linprobe' with --cached) record "
                     "into the checkpoint's run store. Multi-GPU: torchrun --nproc_per_node=N -m "
                     "evals.linprobe ...")
-    p.add_argument("--ckpt", required=True, help="checkpoint (ours, official MAE, HF or timm ViT)")
-    p.add_argument("--data", required=True,
-                   help="directory with train.beton+val.beton or train/+val/ class folders")
-    p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
-                   help="loader back end (auto: ffcv for .beton, torch for folders)")
-    p.add_argument("--run", default=None,
-                   help="run directory to write into (default: CKPT/../.. when it is a run)")
+    add_common_args(p)
     p.add_argument("--cached", action="store_true", help="train the head on cached features")
     p.add_argument("--pool", default="cls", choices=["cls", "avg"])
     p.add_argument("--epochs", type=int, default=90)
@@ -225,11 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ImageNet-size data; with --cached {CACHED_BLR}). LARS steps are relative "
                         "to ||w||, so few steps (small data) need a larger blr: see the module doc")
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--max-train", type=int, default=None, help="--cached: cap on train samples")
     p.add_argument("--max-val", type=int, default=None, help="--cached: cap on val samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
 
 
