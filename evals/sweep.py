@@ -271,17 +271,6 @@ def _fit_schedule(cfg: dict, evals_on: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- reading results
-def _frame(data) -> pd.DataFrame:
-    if data is None:
-        return pd.DataFrame()
-    if isinstance(data, pd.DataFrame):
-        return data
-    try:
-        return pd.DataFrame(data)
-    except (ValueError, TypeError):
-        return pd.DataFrame([data]) if isinstance(data, dict) else pd.DataFrame()
-
-
 def _status_text(status) -> str:
     if isinstance(status, dict):
         status = status.get("status", status.get("state"))
@@ -305,7 +294,7 @@ def _epochs_done(run, run_dir: Path | None = None) -> int:
     done = 0
     if run is not None:
         try:
-            ck = _frame(run.checkpoints())
+            ck = run.checkpoints()
             if "epoch" in ck and len(ck):
                 done = int(pd.to_numeric(ck["epoch"], errors="coerce").fillna(0).max())
         except Exception:
@@ -398,7 +387,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
     row["status"] = _status_text(getattr(run, "status", None))
     row["epochs_done"] = _epochs_done(run)
     try:
-        metrics = _frame(run.metrics())
+        metrics = run.metrics()
     except Exception:
         metrics = pd.DataFrame()
     if not metrics.empty and "loss" in metrics:
@@ -414,7 +403,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
             if len(ips):
                 row["images_per_s"] = float(ips.median())
     try:
-        evals = _frame(run.evals())
+        evals = run.evals()
     except Exception:
         evals = pd.DataFrame()
     row["knn_top1"] = _last_eval(evals, "knn")
@@ -522,7 +511,7 @@ def _eval_seconds(run, since_epoch: int) -> float:
     """Seconds spent in online evals after ``since_epoch``. Each record's ``seconds`` includes the
     shared feature extraction, so per epoch the longest record is counted (kNN itself is ~instant)."""
     try:
-        ev = _frame(run.evals())
+        ev = run.evals()
     except Exception:
         return 0.0
     if ev.empty or "seconds" not in ev or "epoch" not in ev:
@@ -539,7 +528,7 @@ def _missing_final_evals(point: Point, run) -> list[str]:
         return []
     wanted = [k for k in ("knn", "linprobe") if ev_cfg.get(k, True)]
     try:
-        ev = _frame(run.evals())
+        ev = run.evals()
     except Exception:
         ev = pd.DataFrame()
     have = set(ev.loc[pd.to_numeric(ev["epoch"], errors="coerce") == point.epochs, "kind"]) \

@@ -50,7 +50,7 @@ class _ImageFiles(Dataset):
         except Exception as e:  # name the file: a bare PIL error says nothing about which one
             raise RuntimeError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
         gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
-        return transforms.augment_pil(im, self.image_size, self.train, gen), self.labels[index]
+        return transforms.augment(im, self.image_size, self.train, gen), self.labels[index]
 
 
 def _collate_bytes(items):
@@ -118,5 +118,5 @@ class TorchLoader(base.EpochState):
         out = []
         for img, index, epoch in zip(decoded, indices, epochs):
             gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
-            out.append(transforms.augment_tensor(img, self.image_size, self.train, gen))
+            out.append(transforms.augment(img, self.image_size, self.train, gen))
         return torch.stack(out), labels

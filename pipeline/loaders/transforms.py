@@ -74,29 +74,16 @@ def seeded_generator(seed: int) -> torch.Generator:
     return g
 
 
-def augment_pil(img: Image.Image, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
-    """PIL RGB image -> uint8 tensor 3 x size x size (train: RRC + flip from ``gen``; eval: centre)."""
-    if train:
-        p = sample_rrc_params(img.height, img.width, gen)
-        img = F.resized_crop(img, p.top, p.left, p.height, p.width, [image_size, image_size],
-                             interpolation=InterpolationMode.BICUBIC, antialias=True)
-        if p.flip:
-            img = F.horizontal_flip(img)
-    else:
-        img = F.resize(img, [eval_resize_size(image_size)], interpolation=InterpolationMode.BICUBIC,
-                       antialias=True)
-        img = F.center_crop(img, [image_size, image_size])
-    return F.pil_to_tensor(img)
+def augment(img, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+    """PIL RGB image or decoded uint8 3 x H x W tensor (any device) -> uint8 tensor 3 x size x size.
 
-
-def augment_tensor(img: torch.Tensor, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
-    """The same as :func:`augment_pil` for a decoded uint8 3 x H x W tensor (any device).
-
-    Used by the batched nvJPEG path; the same generator draws give the same box as the PIL path,
-    the pixels differ only by the resize kernel's implementation (tensor bicubic vs PIL's).
+    train: RandomResizedCrop box + flip drawn from ``gen``; eval: resize + centre crop. The same
+    generator draws give the same box for both inputs (the batched nvJPEG path uses tensors); the
+    pixels differ only by the resize kernel's implementation (tensor bicubic vs PIL's).
     """
     if train:
-        p = sample_rrc_params(img.shape[-2], img.shape[-1], gen)
+        height, width = F.get_size(img)
+        p = sample_rrc_params(height, width, gen)
         img = F.resized_crop(img, p.top, p.left, p.height, p.width, [image_size, image_size],
                              interpolation=InterpolationMode.BICUBIC, antialias=True)
         if p.flip:
@@ -105,7 +92,7 @@ def augment_tensor(img: torch.Tensor, image_size: int, train: bool, gen: torch.G
         img = F.resize(img, [eval_resize_size(image_size)], interpolation=InterpolationMode.BICUBIC,
                        antialias=True)
         img = F.center_crop(img, [image_size, image_size])
-    return img
+    return F.pil_to_tensor(img) if isinstance(img, Image.Image) else img
 
 
 def finish_batch(images: torch.Tensor, labels: torch.Tensor, device, dtype: torch.dtype,
