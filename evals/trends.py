@@ -124,6 +124,19 @@ def _compare(sweep, trend, claim, paper, a_names, b_names, strict, value_of=None
     return check
 
 
+def _numeric_points(t: pd.DataFrame, xcol: str, metric: str):
+    """(x, y) as numbers over the rows where both are known."""
+    x = pd.to_numeric(t[xcol], errors="coerce") if xcol in t else pd.Series(dtype=float)
+    y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
+    ok = x.notna() & y.notna()
+    return x[ok], y[ok]
+
+
+def _too_few(sweep, trend, claim, label, paper, n: int, need: int) -> TrendResult:
+    return TrendResult(sweep, trend, claim.format(metric=label), label, None,
+                       f"{n} point(s) with numbers; need {need}", paper)
+
+
 def _argmax_at_least(sweep, trend, claim, paper, threshold):
     """Trend 'the best value of the varied numeric axis is >= threshold'."""
     def check(table: pd.DataFrame) -> list[TrendResult]:
@@ -131,14 +144,10 @@ def _argmax_at_least(sweep, trend, claim, paper, threshold):
         out = []
         for metric in _metrics_in(t):
             label = ACCURACY_METRICS[metric]
-            x = pd.to_numeric(t["value"], errors="coerce") if "value" in t else pd.Series(dtype=float)
-            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
-            ok = x.notna() & y.notna()
-            if ok.sum() < 3:
-                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
-                                       f"{int(ok.sum())} point(s) with numbers; need 3", paper))
+            x, y = _numeric_points(t, "value", metric)
+            if len(x) < 3:
+                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 3))
                 continue
-            x, y = x[ok], y[ok]
             best = y.idxmax()
             lo, hi = x.idxmin(), x.idxmax()
             detail = (f"peak at {_fmt(x[best])} ({_fmt(y[best])}); at {_fmt(x[lo])}: {_fmt(y[lo])}, "
@@ -156,14 +165,10 @@ def _ends_rise(sweep, trend, claim, paper, xcol, require_rank: bool):
         out = []
         for metric in _metrics_in(t):
             label = ACCURACY_METRICS[metric]
-            x = pd.to_numeric(t[xcol], errors="coerce") if xcol in t else pd.Series(dtype=float)
-            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
-            ok = x.notna() & y.notna()
-            if ok.sum() < 2:
-                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
-                                       f"{int(ok.sum())} point(s) with numbers; need 2", paper))
+            x, y = _numeric_points(t, xcol, metric)
+            if len(x) < 2:
+                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 2))
                 continue
-            x, y = x[ok], y[ok]
             lo, hi = x.idxmin(), x.idxmax()
             rho = _spearman(x, y)
             holds = bool(y[hi] > y[lo])
@@ -182,14 +187,10 @@ def _narrowest_not_best(sweep, trend, claim, paper):
         out = []
         for metric in _metrics_in(t):
             label = ACCURACY_METRICS[metric]
-            x = pd.to_numeric(t["value"], errors="coerce") if "value" in t else pd.Series(dtype=float)
-            y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
-            ok = x.notna() & y.notna()
-            if ok.sum() < 2:
-                out.append(TrendResult(sweep, trend, claim.format(metric=label), label, None,
-                                       f"{int(ok.sum())} point(s) with numbers; need 2", paper))
+            x, y = _numeric_points(t, "value", metric)
+            if len(x) < 2:
+                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 2))
                 continue
-            x, y = x[ok], y[ok]
             lo = x.idxmin()
             others = y.drop(lo)
             best = others.idxmax()
