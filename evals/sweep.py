@@ -20,6 +20,13 @@ skipped (their run store says ``finished`` at the planned number of epochs), a h
 resumes through the trainer's own resume from its last checkpoint, and the plan (``plan.json``)
 makes sure the resumed sweep still has the settings it started with.
 
+Shared points: sweeps of one preset share their baseline (e.g. random 75% masking, norm-pix, the
+micro encoder, no mask token is a point of ``mask_token``, ``target``, ``sampler`` and ``model_size``).
+Before training a point, the sweep looks in the sibling sweep directories (``--out``'s parent) for a
+finished point with the same experiment (``experiment_key``: the trainer's resolved config, without
+where it is written) and copies that run instead of training it again; its sweep record carries the
+donor's wall-clock and ``reused_from``. ``--no-reuse`` trains every point.
+
 Config precedence, lowest first: base config (the preset's, or ``--base-config``) < the preset's
 ``set`` < ``--epochs`` < ``--set key=value`` < the point's own keys (a sweep's varied key always
 wins, e.g. ``epochs`` in the ``epochs`` sweep).
@@ -219,6 +226,36 @@ class Point:
         """Hash of the settings that define the experiment (not where it is written)."""
         flat = {k: v for k, v in _flatten(self.config).items() if k != "run_dir"}
         return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+_NOT_THE_EXPERIMENT = ("run_dir", "checkpoint.", "log.", "data.num_workers")
+
+
+def experiment_key(config: dict) -> str:
+    """Hash of what a run computes: the trainer's resolved config (defaults filled in, so a key set
+    to its default value counts as the default), without where and how often it writes files."""
+    resolved = copy.deepcopy(config)
+    try:
+        import inspect
+
+        from model import MaskedAutoencoderViT, model_config
+        from trainer.config import from_dict
+        cfg = from_dict(resolved, "sweep point")
+        resolved = cfg.to_dict()
+        # the model's constructor keywords as the trainer passes them (trainer.pretrain.build_model),
+        # over the preset's and the constructor's defaults
+        kwargs = dict(cfg.model.extra)
+        kwargs.setdefault("mask_ratio", cfg.model.mask_ratio)
+        if "target" not in kwargs:
+            kwargs["norm_pix_loss"] = cfg.model.norm_pix_loss
+        defaults = {k: v.default for k, v in inspect.signature(MaskedAutoencoderViT).parameters.items()
+                    if v.default is not inspect.Parameter.empty}
+        resolved["model"] = {"name": cfg.model.name,
+                             **defaults, **model_config(cfg.model.name, img_size=cfg.data.image_size, **kwargs)}
+    except Exception:  # no trainer or model, or a config they reject: hash what we have
+        pass
+    flat = {k: v for k, v in _flatten(resolved).items() if not k.startswith(_NOT_THE_EXPERIMENT)}
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def plan(spec: dict, preset: str = "cpu", base_config: str | Path | None = None, epochs: int | None = None,
@@ -565,6 +602,56 @@ def ensure_final_evals(point: Point, run_dir: Path, echo=print) -> bool:
     return True
 
 
+def find_donor(point: Point, sweep_dir: Path) -> tuple[Path, Path, str] | None:
+    """A finished run of the same experiment in a sibling sweep directory, as (sweep_dir, run_dir,
+    point name), or None. Only runs that finished all planned epochs with their final evals count."""
+    key = experiment_key(point.config)
+    sweep_dir = Path(sweep_dir).absolute()
+    for other in find_sweeps(sweep_dir.parent, max_depth=1):
+        if other.absolute() == sweep_dir:
+            continue
+        try:
+            doc = store.read_plan(other)
+        except store.SweepDirError:
+            continue
+        for q in _plan_points(doc):
+            if q.epochs != point.epochs or experiment_key(q.config) != key:
+                continue
+            run = _open_run(other / q.name)
+            if _is_done(q, run) and not _missing_final_evals(q, run):
+                return other, other / q.name, q.name
+    return None
+
+
+def reuse_point(point: Point, sweep_dir: Path, donor: tuple[Path, Path, str], echo=print) -> None:
+    """Copy the donor's run into ``sweep_dir/POINT`` (through a temporary directory and a rename, so
+    a kill never leaves a half copy that looks finished) and log it with the donor's timing."""
+    import shutil
+    donor_sweep, donor_run, donor_point = donor
+    run_dir = Path(sweep_dir) / point.name
+    tmp = run_dir.with_name(f".{run_dir.name}.reuse-tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(donor_run, tmp)
+    cfg_file = tmp / "config.yaml"
+    if cfg_file.is_file():  # the copy's own config says where it lives now
+        doc = yaml.safe_load(cfg_file.read_text()) or {}
+        if isinstance(doc, dict) and "run_dir" in doc:
+            doc["run_dir"] = str(run_dir)
+            cfg_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    os.replace(tmp, run_dir)
+    recs = store.records(donor_sweep)
+    wall, _ = _timing(recs, donor_point)
+    ended = recs[(recs["point"] == donor_point) & (recs["status"] != "running")] if len(recs) else recs
+    eval_s = float(pd.to_numeric(ended["eval_s"], errors="coerce").fillna(0).sum()) \
+        if len(ended) and "eval_s" in ended else 0.0
+    echo(f"[sweep] {point.name}: same experiment as {donor_run} (finished); copied it instead of training")
+    store.log_end(sweep_dir, point.name, point.value, run_dir, "done", _results(point_row(point, sweep_dir)),
+                  rc=0, invocation_s=wall if wall == wall else 0.0, epochs_before=0, epochs_after=point.epochs,
+                  eval_s=round(eval_s, 3), reused_from=str(donor_run))
+
+
 def _run_point(point: Point, cfg_path: Path, run_dir: Path, launcher: str | None) -> int:
     """Train one point (resuming when it has a checkpoint); return the trainer's exit code."""
     argv = ["--config", str(cfg_path), f"run_dir={run_dir}"]
@@ -618,12 +705,13 @@ def default_out(name: str, preset: str) -> Path:
 
 def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, base_config=None,
               epochs: int | None = None, sets=(), only: list[str] | None = None, dry_run: bool = False,
-              launcher: str | None = None, echo=print) -> pd.DataFrame:
+              launcher: str | None = None, reuse: bool = True, echo=print) -> pd.DataFrame:
     """Run (or resume) sweep ``name``; return its table. See the module doc for the layout.
 
     Raises SweepError on a bad spec or config, or when a resumed sweep's settings changed; a point
     whose trainer fails is marked ``failed`` and the sweep moves on; a preempted point (trainer exit
-    code 75) stops the sweep with ``SweepPreempted`` so that a scheduler can requeue it.
+    code 75) stops the sweep with ``SweepPreempted`` so that a scheduler can requeue it. With
+    ``reuse``, a point never started here whose experiment finished in a sibling sweep is copied.
     """
     spec = load_spec(name)
     sweep_dir = Path(out) if out else default_out(spec["name"], preset)
@@ -650,6 +738,9 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
         for p in points:
             run = _open_run(sweep_dir / p.name)
             state = "done" if _is_done(p, run) else ("partial" if run is not None else "todo")
+            donor = find_donor(p, sweep_dir) if reuse and run is None else None
+            if donor is not None:
+                state = f"reuse ({donor[1]})"
             sets_txt = " ".join(f"{k}={v}" for k, v in p.overrides.items())
             echo(f"  {p.name:24s} {state:8s} epochs={p.epochs:<5d} {sets_txt}")
         return pd.DataFrame([{"point": p.name, "value": p.value, "epochs": p.epochs} for p in points])
@@ -680,6 +771,10 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
                               rc=0, invocation_s=0.0, epochs_before=p.epochs, epochs_after=p.epochs, eval_s=0.0)
             else:
                 echo(f"[sweep {spec['name']}] {p.name}: finished earlier, skipped")
+            continue
+        donor = find_donor(p, sweep_dir) if reuse and run is None else None
+        if donor is not None:
+            reuse_point(p, sweep_dir, donor, echo)
             continue
         cfg_path = sweep_dir / "configs" / f"{p.name}.yaml"
         cfg_path.write_text(yaml.safe_dump(p.config, sort_keys=False))
@@ -736,6 +831,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", help="run each point as a subprocess under this launcher, e.g. "
                                        "'python' or 'torchrun --nproc_per_node=8' (default: in this process)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and each point's state; run nothing")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="train every point, even when a sibling sweep already finished the same experiment")
     args = ap.parse_args(argv)
 
     if args.list or not args.name:
@@ -746,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = run_sweep(args.name, preset=args.preset, out=args.out, base_config=args.base_config,
                           epochs=args.epochs, sets=args.set, dry_run=args.dry_run, launcher=args.launcher,
+                          reuse=not args.no_reuse,
                           only=args.points.split(",") if args.points else None)
     except SweepPreempted as exc:
         print(f"evals.sweep: {exc}", file=sys.stderr)

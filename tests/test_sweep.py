@@ -199,3 +199,47 @@ def test_missing_final_evals_are_filled_in(finished_sweep, tmp_path):
     assert set(ev["kind"]) == {"knn", "linprobe"} and set(ev["epoch"]) == {1}
     assert ev["top1"].between(0, 1).all()
     assert sweep.ensure_final_evals(point, run_dir, echo=lambda *a: None) is False
+
+
+def test_same_experiment_in_a_sibling_sweep_is_copied_not_trained(finished_sweep, monkeypatch):
+    """A point whose experiment already finished in a sibling sweep is copied (its own run store,
+    finished, with the donor's numbers); a point that differs in one setting is trained."""
+    out, donor_table = finished_sweep
+    tmp = out.parent
+    spec2 = {"name": "sampler", "title": "second tiny sweep", "paper": "sampler",
+             "axis": {"label": "sampler", "type": "category"},
+             # mask_sampler random is the model's default: the same experiment as the donor's ratio_75
+             "points": [{"name": "random_75", "value": "random 75",
+                         "set": {"model.mask_ratio": 0.75, "model.mask_sampler": "random"}},
+                        {"name": "grid_75", "value": "grid 75",
+                         "set": {"model.mask_ratio": 0.75, "model.mask_sampler": "grid"}}],
+             "presets": {"cpu": {"base": "base.yaml"}}}
+    spec_path = tmp / "tiny_sampler.yaml"
+    spec_path.write_text(yaml.safe_dump(spec2))
+    trained = []
+
+    def fake_run_point(point, cfg_path, run_dir, launcher):
+        trained.append(point.name)
+        return 1   # "failed": only which points would train matters here
+
+    monkeypatch.setattr(sweep, "_run_point", fake_run_point)
+    donor_files = {p: p.stat().st_mtime_ns for p in (out / "ratio_75").rglob("*") if p.is_file()}
+    out2 = tmp / "out_sampler"
+    table = sweep.run_sweep(str(spec_path), out=out2, echo=lambda *a: None).set_index("point")
+
+    assert trained == ["grid_75"]
+    assert table.loc["random_75", "status"] == "finished"
+    donor = donor_table.set_index("point").loc["ratio_75"]
+    for col in ("final_loss", "knn_top1", "linprobe_top1"):
+        assert table.loc["random_75", col] == pytest.approx(donor[col])
+    assert table.loc["random_75", "s_per_epoch"] > 0          # the donor's timing came along
+    copy = runstore.open(out2 / "random_75")
+    assert copy.status == "finished" and Path(copy.config["run_dir"]) == out2 / "random_75"
+    rec = _records_for(out2, "random_75")
+    assert list(rec["status"]) == ["done"] and rec["reused_from"].iloc[-1] == str(out / "ratio_75")
+    assert {p: p.stat().st_mtime_ns for p in (out / "ratio_75").rglob("*") if p.is_file()} == donor_files
+
+    # --no-reuse trains it
+    trained.clear()
+    sweep.run_sweep(str(spec_path), out=tmp / "out_noreuse", reuse=False, echo=lambda *a: None)
+    assert trained == ["random_75", "grid_75"]
