@@ -236,6 +236,10 @@ TRENDS: dict[str, list[tuple[str, Check]]] = {
             "target", "norm_pix_beats_pixel", "per-patch normalised pixels beat raw pixels ({metric})",
             "Table 1(d): 73.9 (w/ norm) vs 73.5 (w/o norm) linear",
             ("norm_pix", "pixel (w/ norm)"), ("pixel", "pixel (w/o norm)"), strict=True)),
+        ("norm_pix_beats_pca", _compare(
+            "target", "norm_pix_beats_pca", "per-patch normalised pixels beat whitened PCA coefficients ({metric})",
+            "Table 1(d): 73.9 (w/ norm) vs 72.3 (PCA) linear",
+            ("norm_pix", "pixel (w/ norm)"), ("pca", "PCA"), strict=True)),
     ],
     "sampler": [
         ("random_ge_block75", _compare(

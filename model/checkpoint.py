@@ -88,6 +88,9 @@ def mae_to_hf_state_dict(sd: dict, layout: str = "auto") -> dict:
 
     ``layout``: "v5" (transformers >= 5), "v4" (hub checkpoints), "auto" (the installed transformers).
     """
+    if "pca_components" in sd:
+        raise ValueError("this MAE predicts PCA coefficients (target='pca'); Hugging Face's ViTMAE predicts "
+                         "pixels, so only its encoder converts (mae_to_timm_vit_state_dict)")
     layout = _hf_layout(layout)
     block_map = _HF_BLOCK_V5 if layout == "v5" else _HF_BLOCK_V4
     out = {}
@@ -285,7 +288,10 @@ def load_checkpoint(path_or_dict, map_location="cpu", **overrides) -> MaskedAuto
             config = infer_config(sd)
         except (KeyError, ValueError) as e:
             raise ValueError(f"{src}: {e}") from None
-        config["norm_pix_loss"] = True
+        if "pca_components" in sd:  # a PCA-target model (ours): the head predicts pca_dims coefficients
+            config.update(target="pca", pca_dims=int(sd["pca_components"].shape[0]))
+        else:
+            config["norm_pix_loss"] = True
     config = {k: v for k, v in config.items() if k != "custom_norm_layer"}
     config.update(overrides)
     try:

@@ -8,8 +8,13 @@ after the paper's steps: ``patchify``, ``random_masking``, ``forward_encoder``, 
 
 Our additions are opt-in keywords: ``mask_sampler`` ("random" | "block" | "grid"),
 ``mask_token_in_encoder`` (the paper's ablation), ``loss_on_all_patches``, ``target``
-("pixel" | "norm_pix"; ``norm_pix_loss`` is the official alias) and ``mask_ratio`` (the default for
-``forward``). ``config`` holds the constructor keywords as a JSON-able dict for checkpoints.
+("pixel" | "norm_pix" | "pca"; ``norm_pix_loss`` is the official alias) and ``mask_ratio`` (the
+default for ``forward``). ``config`` holds the constructor keywords as a JSON-able dict for checkpoints.
+
+The ``pca`` target is the paper's Table 1(d) third option: the decoder predicts the ``pca_dims``
+leading PCA coefficients of each patch, whitened (unit variance each), instead of its pixels. The PCA
+basis is data: ``fit_pca_target(imgs)`` computes it from a sample of training images before training
+(the trainer does this), and it lives in buffers so that checkpoints carry it.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from .blocks import vit_block
 from .masking import SAMPLERS, make_noise, sample_mask
 from .pos_embed import sincos_2d
 
-TARGETS = ("pixel", "norm_pix")
+TARGETS = ("pixel", "norm_pix", "pca")
+PCA_FRACTION = 8  # the paper keeps the 96 largest of 768 coefficients (16 x 16 x 3 patches): 1/8
 
 
 def _gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -40,7 +46,8 @@ class MaskedAutoencoderViT(nn.Module):
                  decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16,
                  mlp_ratio=4., norm_layer=None, norm_pix_loss=None, *,
                  target: str | None = None, mask_sampler: str = "random", mask_token_in_encoder: bool = False,
-                 loss_on_all_patches: bool = False, mask_ratio: float = 0.75, norm_eps: float = 1e-6):
+                 loss_on_all_patches: bool = False, mask_ratio: float = 0.75, norm_eps: float = 1e-6,
+                 pca_dims: int | None = None):
         super().__init__()
         target = self._resolve_target(target, norm_pix_loss)
         if mask_sampler not in SAMPLERS:
@@ -72,14 +79,29 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_blocks = nn.ModuleList([
             vit_block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer) for _ in range(decoder_depth)])
         self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)  # decoder to patch
+        patch_dim = patch_size**2 * in_chans
+        if target == "pca":
+            pca_dims = int(pca_dims) if pca_dims is not None else max(1, patch_dim // PCA_FRACTION)
+            if not 1 <= pca_dims <= patch_dim:
+                raise ValueError(f"pca_dims must be in [1, {patch_dim}] (values per patch), got {pca_dims}")
+        elif pca_dims is not None:
+            raise ValueError(f"pca_dims is for target='pca', not target={target!r}")
+        out_dim = pca_dims if target == "pca" else patch_dim
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)  # decoder to patch
 
         # --------------------------------------------------------------------------
         # Ablation only: the encoder's own mask token (absent from the default state dict).
         if mask_token_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
 
+        if target == "pca":  # the PCA basis (rows), the mean patch and each coefficient's std; fit_pca_target
+            self.register_buffer("pca_mean", torch.zeros(patch_dim))
+            self.register_buffer("pca_components", torch.zeros(pca_dims, patch_dim))
+            self.register_buffer("pca_std", torch.ones(pca_dims))
+            self.register_buffer("pca_fitted", torch.zeros((), dtype=torch.bool))
+
         self.target = target
+        self.pca_dims = pca_dims
         self.norm_pix_loss = target == "norm_pix"
         self.mask_sampler = mask_sampler
         self.mask_token_in_encoder = mask_token_in_encoder
@@ -93,6 +115,8 @@ class MaskedAutoencoderViT(nn.Module):
             norm_pix_loss=self.norm_pix_loss, target=target, mask_sampler=mask_sampler,
             mask_token_in_encoder=mask_token_in_encoder, loss_on_all_patches=loss_on_all_patches,
             mask_ratio=mask_ratio, norm_eps=norm_eps)
+        if target == "pca":
+            self.config["pca_dims"] = pca_dims
         if custom_norm:
             self.config["custom_norm_layer"] = repr(norm_layer)  # informative: cannot be rebuilt from json
 
@@ -255,7 +279,8 @@ class MaskedAutoencoderViT(nn.Module):
         """Embed to decoder width, add a mask token at each masked position, unshuffle to the original
         patch order, add the decoder's positions, run the blocks and predict p*p*C pixels per patch.
 
-        Returns (N, L, p*p*C) predictions for every patch, in the original order (no cls).
+        Returns (N, L, p*p*C) predictions for every patch ((N, L, pca_dims) for target pca), in the
+        original order (no cls).
         """
         x = self.decoder_embed(x)
         n, L = ids_restore.shape
@@ -272,12 +297,53 @@ class MaskedAutoencoderViT(nn.Module):
 
     # ------------------------------------------------------------------ loss
     def target_patches(self, imgs: torch.Tensor) -> torch.Tensor:
-        """What the decoder learns to predict: pixels per patch, normalised per patch for ``norm_pix``."""
+        """What the decoder learns to predict: pixels per patch, normalised per patch for ``norm_pix``,
+        whitened PCA coefficients per patch for ``pca``."""
         target = self.patchify(imgs.detach()).float()
         if self.norm_pix_loss:
             var, mean = torch.var_mean(target, dim=-1, keepdim=True)  # unbiased variance, as official
             target = (target - mean) / (var + 1.e-6)**.5
+        elif self.target == "pca":
+            if not bool(self.pca_fitted):
+                raise RuntimeError("target='pca' needs its PCA basis: call model.fit_pca_target(images) on a "
+                                   "sample of training images first (trainer.pretrain does this)")
+            target = ((target - self.pca_mean) @ self.pca_components.T) / self.pca_std
         return target
+
+    @torch.no_grad()
+    def fit_pca_target(self, imgs: torch.Tensor) -> float:
+        """Fit the ``pca`` target's basis on ``imgs`` (N, C, H, W, normalised like the training
+        inputs; every patch of every image is a sample). Returns the fraction of the patch variance
+        the kept ``pca_dims`` coefficients explain."""
+        if self.target != "pca":
+            raise ValueError(f"fit_pca_target is for target='pca', this model's target is {self.target!r}")
+        x = self.patchify(imgs.detach().float()).reshape(-1, self.pca_mean.numel()).double()
+        if x.shape[0] < 2 * self.pca_dims:
+            raise ValueError(f"fit_pca_target: {x.shape[0]} patches are too few for {self.pca_dims} "
+                             f"components; pass more images")
+        mean = x.mean(0)
+        xc = x - mean
+        cov = xc.T @ xc / (x.shape[0] - 1)
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        k = self.pca_dims
+        comps = evecs[:, :k].T
+        # a basis vector's sign is arbitrary: fix it (largest |entry| positive) so fits are reproducible
+        idx = comps.abs().argmax(dim=1)
+        comps = comps * torch.sign(comps.gather(1, idx[:, None]))
+        self.pca_mean.copy_(mean.float())
+        self.pca_components.copy_(comps.float())
+        self.pca_std.copy_(evals[:k].clamp_min(1e-12).sqrt().float())
+        self.pca_fitted.fill_(True)
+        return float(evals[:k].sum() / evals.clamp_min(0).sum())
+
+    def pred_to_pixels(self, pred: torch.Tensor) -> torch.Tensor:
+        """Decoder output (N, L, out) -> per-patch pixel values (N, L, p*p*C) in the target's space:
+        the identity for ``pixel`` and ``norm_pix`` (still per-patch normalised), the PCA
+        reconstruction (mean + coefficients x basis) for ``pca``."""
+        if self.target != "pca":
+            return pred
+        return (pred.float() * self.pca_std) @ self.pca_components + self.pca_mean
 
     def forward_loss(self, imgs, pred, mask):
         """Mean squared error per patch, averaged over masked patches (or all, with loss_on_all_patches)."""
@@ -289,7 +355,7 @@ class MaskedAutoencoderViT(nn.Module):
         return (loss * mask).sum() / mask.sum()  # mean loss on removed patches
 
     def forward(self, imgs, mask_ratio=None, noise=None, generator=None):
-        """imgs (N, C, H, W) -> (loss, pred (N, L, p*p*C), mask (N, L), 1 = masked).
+        """imgs (N, C, H, W) -> (loss, pred (N, L, p*p*C) or (N, L, pca_dims), mask (N, L), 1 = masked).
 
         ``noise`` (N, L) makes the masking deterministic; ``generator`` draws it reproducibly instead.
         """

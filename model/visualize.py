@@ -28,6 +28,8 @@ def reconstruction_panels(model, imgs, pred, mask, mean, std) -> dict[str, np.nd
         mu = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)
         pred = pred * (var + 1.e-6) ** .5 + mu
+    if hasattr(model, "pred_to_pixels"):
+        pred = model.pred_to_pixels(pred)  # PCA coefficients -> pixels (identity for the pixel targets)
     recon = model.unpatchify(pred)
     p = model.patch_size
     pix_mask = model.unpatchify(mask.unsqueeze(-1).expand(-1, -1, p * p * imgs.shape[1]))  # 1 = masked pixel

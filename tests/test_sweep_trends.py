@@ -61,7 +61,15 @@ def test_unfinished_points_are_ignored():
 def test_norm_pix_beats_pixel(norm, pix, expected):
     t = table([{"point": "pixel", "value": "pixel", "linprobe_top1": pix},
                {"point": "norm_pix", "value": "norm_pix", "linprobe_top1": norm}])
-    assert verdicts("target", t) == {("norm_pix_beats_pixel", "linear probe"): expected}
+    assert verdicts("target", t) == {("norm_pix_beats_pixel", "linear probe"): expected,
+                                     ("norm_pix_beats_pca", "linear probe"): None}   # no PCA point
+
+
+def test_norm_pix_beats_pca_per_metric():
+    t = table([{"point": "norm_pix", "value": "norm_pix", "linprobe_top1": 40.0, "knn_top1": 30.0},
+               {"point": "pca", "value": "pca", "linprobe_top1": 35.0, "knn_top1": 31.0}])
+    v = verdicts("target", t)
+    assert v[("norm_pix_beats_pca", "linear probe")] is True and v[("norm_pix_beats_pca", "kNN")] is False
 
 
 def test_mask_token_accuracy_and_speed_are_separate_verdicts():
@@ -126,4 +134,4 @@ def test_every_registered_sweep_reports_none_on_an_empty_table():
         assert results and all(r.holds is None for r in results), sweep
     assert check_trends("no_such_sweep", table([])) == []
     frame = trends_frame(check_trends("target", table([])))
-    assert list(frame["verdict"]) == ["not enough data"]
+    assert list(frame["verdict"]) == ["not enough data"] * 2   # norm-pix vs pixel, norm-pix vs PCA

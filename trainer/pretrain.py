@@ -126,6 +126,35 @@ def build_loader(cfg, info, train: bool = True):
                        rank=info.rank, world_size=info.world_size, **cfg.data.options)
 
 
+PCA_FIT_IMAGES = 4096  # images whose patches fit the pca target's basis (~260k patches at 64 px, 8-px patches)
+
+
+def fit_pca_target(model, cfg, info, max_images: int = PCA_FIT_IMAGES) -> None:
+    """Fit a ``target: pca`` model's PCA basis on training images, before the first step.
+
+    The images come from an evaluation-mode loader over the training set (centre crops, no
+    augmentation, no shuffling), so fitting draws no random numbers and leaves the training loader
+    and every RNG untouched: a run is the same with or without it up to the basis. Under DDP every
+    rank fits on its shard and rank 0's basis is broadcast, so all ranks train towards one target.
+    On resume the basis comes from the checkpoint (it is in the model's buffers).
+    """
+    loader = build_loader(cfg, info, train=False)
+    chunks, n = [], 0
+    for images, _ in loader:
+        chunks.append(images.float())
+        n += images.shape[0]
+        if n >= max_images:
+            break
+    imgs = torch.cat(chunks)[:max_images].to(info.device)
+    explained = model.fit_pca_target(imgs)
+    if info.enabled:
+        import torch.distributed as dist
+        for buf in (model.pca_mean, model.pca_components, model.pca_std):
+            dist.broadcast(buf, src=0)
+    _say(info, f"target pca: {model.pca_dims} whitened components fit on {imgs.shape[0]} training images "
+               f"({explained:.1%} of the patch variance)")
+
+
 def _check_same_shape(saved: dict, model, path) -> None:
     """Refuse to resume into a model whose parameter shapes differ from the checkpoint's."""
     own = model.state_dict()
@@ -258,6 +287,9 @@ def _train(cfg, resume: str | bool = False) -> int:
         changes += new
         _say(info, f"resumed from {path} at epoch {epoch}, step {step}, batch {batch_in_epoch}/{len(loader)}")
         del state
+
+    if loaded is None and getattr(model, "target", None) == "pca" and not bool(model.pca_fitted):
+        fit_pca_target(model, cfg, info)
 
     writer = None
     if info.is_main:
