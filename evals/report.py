@@ -186,6 +186,9 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
     device = host.get("gpu") and f"{host.get('gpu_count', 1)} x {host['gpu']}" or \
         f"CPU only ({host.get('cpu_count', '?')} cores, {host.get('torch_threads', '?')} torch threads)"
     wall = pd.to_numeric(table.get("wall_s"), errors="coerce").sum()
+    reused = table["reused_from"].fillna("").astype(str) != "" if "reused_from" in table else pd.Series(False, table.index)
+    copied = pd.to_numeric(table.loc[reused, "wall_s"], errors="coerce").sum() if reused.any() else 0.0
+    fmt = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
     return {
         "model": uniq("model.name"),
         "data": f"{uniq('data.train_path')} (backend {uniq('data.backend')}, {uniq('data.image_size')} px)",
@@ -196,8 +199,10 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
                   f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})"
                   if any(int((c.get("evals") or {}).get("every") or 0) for c in cfgs)
                   else "none (this sweep measures training time only)"),
-        "compute": (f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min")
-        + f" wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}",
+        "compute": fmt(wall) + f" wall-clock in total on {host.get('host', '?')}: {device}, torch {host.get('torch', '?')}"
+        + (f" (of which {fmt(copied)} for {int(reused.sum())} point(s) copied from another sweep: "
+           + ", ".join(f"{pt} = {src}" for pt, src in zip(table.loc[reused, "point"], table.loc[reused, "reused_from"]))
+           + ")" if reused.any() else ""),
     }
 
 

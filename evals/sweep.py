@@ -66,7 +66,7 @@ EXIT_PREEMPTED = 75
 TABLE_COLUMNS = [
     "point", "value", "paper_setting", "model", "encoder_params_m", "params_m", "epochs",
     "epochs_done", "final_loss", "knn_top1", "linprobe_top1", "s_per_epoch", "images_per_s",
-    "wall_s", "status", "run_dir",
+    "wall_s", "status", "run_dir", "reused_from",
 ]
 
 
@@ -415,10 +415,14 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
         "model": _get_dotted(point.config, "model.name"), "encoder_params_m": enc_m, "params_m": tot_m,
         "epochs": point.epochs, "epochs_done": 0, "final_loss": math.nan, "knn_top1": math.nan,
         "linprobe_top1": math.nan, "s_per_epoch": math.nan, "images_per_s": math.nan,
-        "wall_s": math.nan, "status": "pending", "run_dir": str(run_dir),
+        "wall_s": math.nan, "status": "pending", "run_dir": str(run_dir), "reused_from": "",
     }
     records = store.records(sweep_dir) if records is None else records
     row["wall_s"], row["s_per_epoch"] = _timing(records, point.name)
+    if len(records) and "reused_from" in records:
+        mine = records.loc[records["point"] == point.name, "reused_from"].dropna().astype(str)
+        mine = mine[mine != ""]
+        row["reused_from"] = mine.iloc[-1] if len(mine) else ""
     if run is None:
         return row
     row["status"] = _status_text(getattr(run, "status", None))

@@ -237,6 +237,9 @@ def test_same_experiment_in_a_sibling_sweep_is_copied_not_trained(finished_sweep
     assert copy.status == "finished" and Path(copy.config["run_dir"]) == out2 / "random_75"
     rec = _records_for(out2, "random_75")
     assert list(rec["status"]) == ["done"] and rec["reused_from"].iloc[-1] == str(out / "ratio_75")
+    assert table.loc["random_75", "reused_from"] == str(out / "ratio_75") and table.loc["grid_75", "reused_from"] == ""
+    setup = report._setup(sweep_store.read_plan(out2), table.reset_index())
+    assert "1 point(s) copied from another sweep: random_75 = " in setup["compute"]
     assert {p: p.stat().st_mtime_ns for p in (out / "ratio_75").rglob("*") if p.is_file()} == donor_files
 
     # --no-reuse trains it
