@@ -228,7 +228,8 @@ class Point:
         return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-_NOT_THE_EXPERIMENT = ("run_dir", "checkpoint.", "log.", "data.num_workers")
+# where and how often files are written, and how many CPU threads / loader workers compute it
+_NOT_THE_EXPERIMENT = ("run_dir", "checkpoint.", "log.", "data.num_workers", "threads")
 
 
 def experiment_key(config: dict) -> str:
@@ -524,7 +525,7 @@ def _check_plan(sweep_dir: Path, plan_doc: dict, points: list[Point]) -> None:
         a = {k: v for k, v in _flatten(old[p.name]["config"]).items() if k not in ("run_dir", "epochs")}
         b = {k: v for k, v in _flatten(p.config).items() if k not in ("run_dir", "epochs")}
         harmless = ("evals.", "recons.", "checkpoint.", "log.", "data.num_workers", "data.train_path",
-                    "data.val_path", "optim.warmup_epochs")
+                    "data.val_path", "optim.warmup_epochs", "threads")
         diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(harmless)]
         if diff:
             k = diff[0]
