@@ -364,6 +364,8 @@ def _param_counts_cached(key: str) -> tuple[float, float]:
         m = dict(cfg.get("model", {}))
         name = m.pop("name")
         m.pop("mask_ratio", None)
+        if "target" in m:  # as trainer.pretrain.build_model: an explicit target wins over norm_pix_loss
+            m.pop("norm_pix_loss", None)
         img = _get_dotted(cfg, "data.image_size")
         if img:
             m["img_size"] = img

@@ -69,3 +69,14 @@ def test_paper_reference_values_are_consistent():
     wall = paper_refs.get("wall_clock")
     assert wall.row("ViT-L dec 8").extra == {"hours": 15.4, "speedup": 2.8}
     assert round(42.4 / 15.4, 1) == 2.8   # the speed-ups are the hours' ratios
+
+
+def test_every_cpu_point_has_its_parameter_count():
+    """The table's parameter columns come from the point's config (incl. target: pca over norm_pix_loss)."""
+    for name in sweep.list_sweeps():
+        spec = sweep.load_spec(name)
+        if "cpu" not in spec["presets"]:
+            continue
+        for p in sweep.plan(spec, "cpu"):
+            enc, tot = sweep._param_counts(p.config)
+            assert enc > 0 and tot > enc, (name, p.name)
