@@ -241,18 +241,15 @@ def experiment_key(config: dict) -> str:
 
         from model import MaskedAutoencoderViT, model_config
         from trainer.config import from_dict
+        from trainer.pretrain import model_kwargs
         cfg = from_dict(resolved, "sweep point")
         resolved = cfg.to_dict()
-        # the model's constructor keywords as the trainer passes them (trainer.pretrain.build_model),
-        # over the preset's and the constructor's defaults
-        kwargs = dict(cfg.model.extra)
-        kwargs.setdefault("mask_ratio", cfg.model.mask_ratio)
-        if "target" not in kwargs:
-            kwargs["norm_pix_loss"] = cfg.model.norm_pix_loss
+        # the model's constructor keywords as the trainer builds it, over the preset's and the
+        # constructor's defaults
         defaults = {k: v.default for k, v in inspect.signature(MaskedAutoencoderViT).parameters.items()
                     if v.default is not inspect.Parameter.empty}
         resolved["model"] = {"name": cfg.model.name,
-                             **defaults, **model_config(cfg.model.name, img_size=cfg.data.image_size, **kwargs)}
+                             **defaults, **model_config(cfg.model.name, **model_kwargs(cfg))}
     except Exception:  # no trainer or model, or a config they reject: hash what we have
         pass
     flat = {k: v for k, v in _flatten(resolved).items() if not k.startswith(_NOT_THE_EXPERIMENT)}

@@ -104,14 +104,20 @@ def _amp(cfg, device: torch.device):
     return (lambda: torch.autocast(device_type=device.type, dtype=dtype)), dtype, scaler
 
 
-def build_model(cfg, device: torch.device):
-    from model import create_model
-
+def model_kwargs(cfg) -> dict:
+    """The keywords ``create_model(cfg.model.name, **kw)`` gets: the model section's extra keys, the
+    masking ratio, the image size and norm_pix_loss (unless an explicit ``target`` replaces it)."""
     kwargs = dict(cfg.model.extra)
     kwargs.setdefault("mask_ratio", cfg.model.mask_ratio)
     if "target" not in kwargs:
         kwargs["norm_pix_loss"] = cfg.model.norm_pix_loss
-    model = create_model(cfg.model.name, img_size=cfg.data.image_size, **kwargs).to(device)
+    return {"img_size": cfg.data.image_size, **kwargs}
+
+
+def build_model(cfg, device: torch.device):
+    from model import create_model
+
+    model = create_model(cfg.model.name, **model_kwargs(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
