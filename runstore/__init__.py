@@ -14,6 +14,7 @@ only committed data, so they work while a trainer writes and after it is killed.
 from .reader import Run, is_run_dir, list_runs, open
 from .status import STALE, STALE_AFTER_S, STATES
 from .sweep import list_sweeps, log_sweep_point, points_done, sweep
+from ._files import LockedError, exclusive_lock, sweep_stale_temps, write_atomic
 from .table import StoreFormatError
 from .writer import EVAL_COLUMNS, METRIC_COLUMNS, RunExistsError, RunWriter, append_eval, create
 
@@ -23,4 +24,5 @@ __all__ = [
     "create", "open", "list_runs", "is_run_dir", "Run", "RunWriter", "RunExistsError", "StoreFormatError",
     "append_eval", "log_eval", "METRIC_COLUMNS", "EVAL_COLUMNS", "STATES", "STALE", "STALE_AFTER_S",
     "log_sweep_point", "sweep", "points_done", "list_sweeps",
+    "LockedError", "exclusive_lock", "sweep_stale_temps", "write_atomic",
 ]

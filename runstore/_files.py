@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -117,3 +118,73 @@ def file_lock(path: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+class LockedError(RuntimeError):
+    """Another live process holds an exclusive ownership lock (see `exclusive_lock`)."""
+
+    def __init__(self, what: Path, pid: int | None):
+        self.what, self.pid = Path(what), pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"{what}: in use by {who} (one writer at a time; wait for it to finish or stop it)")
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: Path, what: Path | None = None) -> Iterator[None]:
+    """Hold `lock_file` exclusively for the whole `with` block, or raise `LockedError` at once.
+
+    For long-lived ownership (a trainer owning its run directory, `build_ffcv` owning OUT), unlike
+    `file_lock`, which waits. `flock` is released by the kernel when the holder dies, so a lock is
+    never stale after SIGKILL; the holder's pid is written into the file only to name it in the error.
+    """
+    lock_file = Path(lock_file)
+    what = Path(what) if what is not None else lock_file.parent
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            except (OSError, ValueError):
+                pid = None
+            raise LockedError(what, pid) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def sweep_stale_temps(directory: Path, max_age_s: float = 0.0) -> list[Path]:
+    """Remove temporary files left by a writer killed mid-write (`.NAME.*.tmp`, `NAME.tmpPID`).
+
+    Call it only while holding the directory's exclusive lock, so no live writer's temp file goes."""
+    import time
+
+    removed: list[Path] = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    now = time.time()
+    for p in directory.iterdir():
+        n = p.name
+        if not p.is_file() or p.is_symlink():
+            continue
+        if n.startswith(".") and (n.endswith(".tmp") or re.search(r"\.tmp\d+$", n)):
+            try:
+                if now - p.stat().st_mtime >= max_age_s:
+                    p.unlink()
+                    removed.append(p)
+            except OSError:
+                pass
+    return removed

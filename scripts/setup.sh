@@ -30,7 +30,7 @@ fi
 pip_q() { set -o pipefail; "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }; }
 PIP=pip_q
 $PIP install -U pip setuptools wheel
-# torch first: the CUDA 12 build (runs on CPU too) that lies on this machine's disk.
+# torch first: the CUDA 13 build (runs on CPU too) that lies on this machine's disk.
 $PIP install torch==2.14.1 torchvision==0.29.1
 # FFCV builds from source against the system OpenCV/libjpeg-turbo and needs numpy at build time.
 $PIP install numpy pkgconfig cython
