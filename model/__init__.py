@@ -2,8 +2,8 @@
 
 See docs/INTERFACES.md for the contract. ``model`` reads files only in ``model.checkpoint``.
 """
-from .checkpoint import (hf_config_kwargs, hf_to_mae_state_dict, load_checkpoint, mae_to_hf_state_dict,
-                         mae_to_timm_vit_state_dict, save_model_state)
+from .checkpoint import (UnsafeCheckpointError, hf_config_kwargs, hf_to_mae_state_dict, load_checkpoint,
+                         mae_to_hf_state_dict, mae_to_timm_vit_state_dict, safe_torch_load, save_model_state)
 from .mae import MaskedAutoencoderViT
 from .masking import SAMPLERS, sample_mask
 from .registry import create_model, list_models, model_config
@@ -19,5 +19,5 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "MaskedAutoencoder", "MaskedAutoencoderViT", "SAMPLERS",
     "create_model", "hf_config_kwargs", "hf_to_mae_state_dict", "list_models", "load_checkpoint",
     "mae_to_hf_state_dict", "mae_to_timm_vit_state_dict", "model_config", "reconstruction_panels",
-    "sample_mask", "save_model_state",
+    "safe_torch_load", "sample_mask", "save_model_state", "UnsafeCheckpointError",
 ]

@@ -14,6 +14,7 @@ says so, because its reconstructions are meaningless. This is the only module of
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import pickle
@@ -227,21 +228,52 @@ def _strip_prefixes(sd: dict) -> dict:
     return out
 
 
-def _read(path: Path, map_location):
+# Globals a checkpoint may name besides torch's weights-only defaults. Official MAE training checkpoints
+# (``misc.save_model``) store the run's ``argparse.Namespace`` under "args"; nothing else is needed, and
+# every entry here is a class whose unpickling only sets attributes (no code runs).
+SAFE_CHECKPOINT_GLOBALS = (argparse.Namespace,)
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose pickle needs a global outside the allow-list: it is refused, never unpickled."""
+
+
+def _disallowed_global(message: str) -> str | None:
+    """The global torch's weights-only unpickler refused, from its error text ("GLOBAL posix.system ...")."""
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+def safe_torch_load(path, map_location="cpu", mmap: bool = False):
+    """``torch.load(path, weights_only=True)`` with ``SAFE_CHECKPOINT_GLOBALS`` allowed; the one reader
+    of checkpoint files in the project.
+
+    A file that needs any other global raises ``UnsafeCheckpointError`` naming the file and the global;
+    there is deliberately no fallback to full unpickling, which would run whatever code the file names.
+    Any other read failure is a ``ValueError`` naming the file; a missing file is ``FileNotFoundError``.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        # Our trainer's checkpoints may hold numpy RNG state, which the weights-only loader refuses.
-        # Only load files you trust.
-        pass
+        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        name = _disallowed_global(str(e))
+        if name is not None:
+            raise UnsafeCheckpointError(
+                f"{path}: refused: the checkpoint needs the Python global {name}, which is not allowed "
+                f"(checkpoints may hold only tensors, plain containers and numbers, and "
+                f"{', '.join(f'{c.__module__}.{c.__qualname__}' for c in SAFE_CHECKPOINT_GLOBALS)}); "
+                f"it was not unpickled") from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - report any reader failure with the file's name
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(e).__name__
 
 
 def _state_dict_of(obj, src: str) -> tuple[dict, dict | None]:
@@ -266,7 +298,7 @@ def load_checkpoint(path_or_dict, map_location="cpu", **overrides) -> MaskedAuto
     """
     if isinstance(path_or_dict, (str, os.PathLike)):
         src = str(path_or_dict)
-        obj = _read(Path(path_or_dict), map_location)
+        obj = safe_torch_load(path_or_dict, map_location)
     else:
         src, obj = "<checkpoint dict>", path_or_dict
     sd, config = _state_dict_of(obj, src)
