@@ -50,6 +50,8 @@ class MaskedAutoencoderViT(nn.Module):
                  pca_dims: int | None = None):
         super().__init__()
         target = self._resolve_target(target, norm_pix_loss)
+        self.loss_on_all_patches = loss_on_all_patches  # read by check_mask_ratio
+        self.check_mask_ratio(mask_ratio)
         if mask_sampler not in SAMPLERS:
             raise ValueError(f"mask_sampler must be one of {SAMPLERS}, got {mask_sampler!r}")
         if img_size % patch_size:
@@ -90,9 +92,13 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)  # decoder to patch
 
         # --------------------------------------------------------------------------
-        # Ablation only: the encoder's own mask token (absent from the default state dict).
+        # Ablation only: the encoder's own mask token (absent from the default state dict). The
+        # decoder's mask_token then fills nothing (the encoder output is full length): it stays in the
+        # state dict under its official name, so checkpoints keep one layout, but is frozen, so DDP
+        # without find_unused_parameters does not wait for its gradient and the optimiser skips it.
         if mask_token_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            self.mask_token.requires_grad_(False)
 
         if target == "pca":  # the PCA basis (rows), the mean patch and each coefficient's std; fit_pca_target
             self.register_buffer("pca_mean", torch.zeros(patch_dim))
@@ -105,7 +111,6 @@ class MaskedAutoencoderViT(nn.Module):
         self.norm_pix_loss = target == "norm_pix"
         self.mask_sampler = mask_sampler
         self.mask_token_in_encoder = mask_token_in_encoder
-        self.loss_on_all_patches = loss_on_all_patches
         self.mask_ratio = mask_ratio
         self.config = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans,
@@ -121,6 +126,25 @@ class MaskedAutoencoderViT(nn.Module):
             self.config["custom_norm_layer"] = repr(norm_layer)  # informative: cannot be rebuilt from json
 
         self.initialize_weights()
+
+    def check_mask_ratio(self, mask_ratio: float) -> None:
+        """A training mask ratio must hide something and show something: (0, 1). Ratio 0 is defined
+        only with ``loss_on_all_patches`` (a plain autoencoder); otherwise the masked-patch loss would
+        average over no patches."""
+        ratio = float(mask_ratio)
+        low_ok = ratio >= 0.0 if self.loss_on_all_patches else ratio > 0.0
+        if not (low_ok and ratio < 1.0):
+            interval = "[0, 1) with loss_on_all_patches" if self.loss_on_all_patches else \
+                "(0, 1) (0 only with loss_on_all_patches=True)"
+            raise ValueError(f"mask_ratio must be in {interval}, got {mask_ratio}")
+
+    def unused_parameters(self) -> list[str]:
+        """Parameters this configuration never uses in the loss (kept for the state-dict layout).
+
+        The constructor freezes them; a caller that unfreezes one must wrap the model in DDP with
+        ``find_unused_parameters=True`` (``trainer.distributed.wrap_ddp`` reads this list).
+        """
+        return ["mask_token"] if self.mask_token_in_encoder else []
 
     @staticmethod
     def _resolve_target(target, norm_pix_loss):
@@ -279,12 +303,16 @@ class MaskedAutoencoderViT(nn.Module):
         """Embed to decoder width, add a mask token at each masked position, unshuffle to the original
         patch order, add the decoder's positions, run the blocks and predict p*p*C pixels per patch.
 
+        ``x`` is ``forward_encoder``'s latent: cls + the visible tokens in kept order, or, with
+        ``mask_token_in_encoder``, cls + all L tokens already in patch order.
         Returns (N, L, p*p*C) predictions for every patch ((N, L, pca_dims) for target pca), in the
         original order (no cls).
         """
         x = self.decoder_embed(x)
         n, L = ids_restore.shape
-        if x.shape[1] != L + 1:  # visible tokens only: fill in mask tokens and unshuffle
+        # Decided by the option, not by the sequence length: with nothing masked (ratio 0) the visible
+        # tokens are full length too, but still in shuffled order and must be put back.
+        if not self.mask_token_in_encoder:
             # [cls, visible..., mask tokens...] gathered with ids_restore shifted past cls: the official
             # cat / gather / cat in one cat and one gather
             x = torch.cat([x, self.mask_token.to(x.dtype).expand(n, L + 1 - x.shape[1], -1)], dim=1)
@@ -352,13 +380,16 @@ class MaskedAutoencoderViT(nn.Module):
         if self.loss_on_all_patches:
             return loss.mean()
         mask = mask.float()
-        return (loss * mask).sum() / mask.sum()  # mean loss on removed patches
+        # mean loss on removed patches; an empty mask (refused by check_mask_ratio, but a caller may pass
+        # one) sums to 0 rather than 0 / 0 = NaN
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
     def forward(self, imgs, mask_ratio=None, noise=None, generator=None):
         """imgs (N, C, H, W) -> (loss, pred (N, L, p*p*C) or (N, L, pca_dims), mask (N, L), 1 = masked).
 
         ``noise`` (N, L) makes the masking deterministic; ``generator`` draws it reproducibly instead.
         """
+        self.check_mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
         if noise is None and generator is not None:
             noise = make_noise(imgs.shape[0], self.num_patches, generator=generator)
             noise = noise.to(imgs.device)

@@ -75,9 +75,11 @@ def grid_mask(batch, grid, mask_ratio=0.75, noise=None, generator=None, device=N
     return masks_from_scores(2.0 * hidden + _tie_break(noise), num_visible(L, mask_ratio))
 
 
-def _seed_from(noise: torch.Tensor) -> int:
-    """A seed that depends only on the noise values, so block masks are reproducible from noise alone."""
-    data = noise.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+def _seed_from(noise_row: torch.Tensor) -> int:
+    """A seed that depends only on one sample's noise, so its block mask is reproducible from that row
+    alone: the same sample gets the same mask whether its row sits in a batch of 1 or of 4096, on one
+    process or on one rank of many (the trainer gives each sample its row of one global noise matrix)."""
+    data = noise_row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return int.from_bytes(hashlib.sha1(data).digest()[:8], "little")
 
 
@@ -117,8 +119,9 @@ def _beit_blocks(rng: random.Random, gh: int, gw: int, num_masked: int, min_area
 def block_mask(batch, grid, mask_ratio, noise=None, generator=None, device=None, min_area: int | None = None):
     """BEiT-style blockwise masking: masked patches come in rectangles instead of salt-and-pepper.
 
-    Rectangle placement uses a Python RNG seeded from ``noise`` (so the same noise gives the same mask)
-    or, without noise, from ``generator``. ``min_area`` defaults to BEiT's 16 patches of 196, scaled to
+    Rectangle placement uses a Python RNG per sample, seeded from that sample's row of ``noise`` (so the
+    same noise row gives the same mask, whatever else is in the batch); without noise, the noise is
+    drawn from ``generator``. ``min_area`` defaults to BEiT's 16 patches of 196, scaled to
     the grid.
     """
     gh, gw = grid
@@ -128,8 +131,9 @@ def block_mask(batch, grid, mask_ratio, noise=None, generator=None, device=None,
     len_keep = num_visible(L, mask_ratio)
     if min_area is None:
         min_area = max(1, round(16 * L / 196))
-    rng = random.Random(_seed_from(noise))
-    blocks = torch.stack([_beit_blocks(rng, gh, gw, L - len_keep, min_area) for _ in range(noise.shape[0])])
+    rows = noise.detach().to("cpu", torch.float32)  # one device-to-host copy for the whole batch
+    blocks = torch.stack([_beit_blocks(random.Random(_seed_from(row)), gh, gw, L - len_keep, min_area)
+                          for row in rows])
     hidden = blocks.to(noise.device, torch.float32)
     return masks_from_scores(2.0 * hidden + _tie_break(noise), len_keep)
 

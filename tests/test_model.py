@@ -328,3 +328,92 @@ def test_lean_attention_matches_timm_attention():
     y2.square().sum().backward()
     assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
     assert torch.allclose(ref.qkv.weight.grad, lean.qkv.weight.grad, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- options under DDP, mask ratio
+OPTIONS = {  # every model option the trainer exposes, as constructor keywords
+    "default": {}, "mask_token_in_encoder": {"mask_token_in_encoder": True}, "pixel": {"target": "pixel"},
+    "block": {"mask_sampler": "block"}, "grid": {"mask_sampler": "grid"},
+    "loss_on_all_patches": {"loss_on_all_patches": True},
+    "ratio_0_all_patches": {"loss_on_all_patches": True, "mask_ratio": 0.0}, "ratio_0.9": {"mask_ratio": 0.9},
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_every_trainable_parameter_gets_a_gradient(option):
+    """DDP (without find_unused_parameters) needs every trainable parameter in the loss's graph; the
+    mask-token ablation used to leave the decoder's mask_token out and died at DDP's second step."""
+    m = tiny(**OPTIONS[option]).train()
+    loss = m(torch.randn(2, 3, 32, 32), noise=torch.rand(2, 16))[0]
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing and torch.isfinite(loss)
+    assert m.unused_parameters() == ([] if option != "mask_token_in_encoder" else ["mask_token"])
+
+
+def test_mask_token_ablation_keeps_the_official_state_dict_keys():
+    """The ablation's unused decoder mask_token stays in the state dict (frozen), so ablation
+    checkpoints written before and after this fix load into each other and keep official key names."""
+    m = tiny(mask_token_in_encoder=True)
+    assert "mask_token" in m.state_dict() and not m.mask_token.requires_grad
+    assert m.encoder_mask_token.requires_grad
+    m.load_state_dict(tiny(mask_token_in_encoder=True).state_dict())
+
+
+def test_mask_ratio_zero_keeps_the_decoder_in_patch_order():
+    """Nothing masked (a plain autoencoder, loss on all patches): the decoder must still unshuffle the
+    encoder's tokens. It used to skip that when the sequence was full length, so predictions depended
+    on the masking noise's order."""
+    m = tiny(loss_on_all_patches=True, mask_ratio=0.0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ordered = m.forward_decoder(m.forward_features(x), torch.arange(16).expand(2, 16))
+    loss1, pred1, mask1 = m(x, noise=torch.rand(2, 16))
+    _, pred2, _ = m(x, noise=torch.rand(2, 16))
+    assert torch.all(mask1 == 0)
+    torch.testing.assert_close(pred1, ordered, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pred2, ordered, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_ratio_outside_the_open_interval_is_refused():
+    for bad in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="mask_ratio"):
+            tiny(mask_ratio=bad)
+    m = tiny()
+    with pytest.raises(ValueError, match="mask_ratio"):
+        m(torch.randn(1, 3, 32, 32), mask_ratio=0.0)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        tiny(loss_on_all_patches=True, mask_ratio=1.0)
+    tiny(loss_on_all_patches=True, mask_ratio=0.0)  # a plain autoencoder: defined
+
+
+def test_loss_never_divides_by_an_empty_mask():
+    m = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    _, pred, mask = m(x, noise=torch.rand(2, 16))
+    loss = m.forward_loss(x, pred, torch.zeros_like(mask))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+
+
+def test_block_mask_of_a_sample_depends_only_on_its_own_noise():
+    """Under DDP a rank masks its rows of the global noise; the single process masks all rows. Block
+    masks used to be seeded from the whole batch's noise, so the same sample got another mask."""
+    noise = torch.rand(8, 64)
+    full = block_mask(8, (8, 8), 0.75, noise=noise)
+    for part, rows in ((block_mask(4, (8, 8), 0.75, noise=noise[1::2]), slice(1, None, 2)),
+                       (block_mask(1, (8, 8), 0.75, noise=noise[5:6]), slice(5, 6))):
+        for got, want in zip(part, full):
+            assert torch.equal(got, want[rows])
+
+
+def test_config_refuses_mask_ratio_zero_unless_loss_on_all_patches(capsys):
+    from trainer.config import ConfigError, load_config
+    from trainer.pretrain import main
+    for bad in ("0", "0.0", "1.0"):
+        with pytest.raises(ConfigError, match="model.mask_ratio"):
+            load_config(None, [f"model.mask_ratio={bad}"])
+    assert main(["--print-config", "model.mask_ratio=0"]) == 2
+    assert "model.mask_ratio" in capsys.readouterr().err
+    cfg = load_config(None, ["model.mask_ratio=0", "model.loss_on_all_patches=true"])
+    assert cfg.model.mask_ratio == 0.0
+    with pytest.raises(ConfigError, match="model.mask_ratio"):
+        load_config(None, ["model.mask_ratio=1.0", "model.loss_on_all_patches=true"])

@@ -266,8 +266,15 @@ def _check_values(cfg: TrainConfig, origin: str) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"{origin}: '{key}' must be >= 0, got {flat[key]!r}")
-    if not 0.0 <= cfg.model.mask_ratio < 1.0:
-        raise ConfigError(f"{origin}: 'model.mask_ratio' must be in [0, 1), got {cfg.model.mask_ratio}")
+    # Ratio 0 leaves the masked-patch loss nothing to average; it is defined (a plain autoencoder)
+    # only when the loss covers all patches. The model enforces the same rule (check_mask_ratio).
+    if bool(cfg.model.extra.get("loss_on_all_patches", False)):
+        if not 0.0 <= cfg.model.mask_ratio < 1.0:
+            raise ConfigError(f"{origin}: 'model.mask_ratio' must be in [0, 1) with model.loss_on_all_patches, "
+                              f"got {cfg.model.mask_ratio}")
+    elif not 0.0 < cfg.model.mask_ratio < 1.0:
+        raise ConfigError(f"{origin}: 'model.mask_ratio' must be in (0, 1) (0 only with "
+                          f"model.loss_on_all_patches: true), got {cfg.model.mask_ratio}")
     if len(cfg.optim.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"{origin}: 'optim.betas' must be two numbers in [0, 1), got {cfg.optim.betas}")
     cfg.optim.betas = [float(b) for b in cfg.optim.betas]
