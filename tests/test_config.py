@@ -77,4 +77,4 @@ def test_diff_configs_flags_harmless_keys():
     a = load_config(None).to_dict()
     b = load_config(None, ["evals.every=5", "epochs=20", "optim.blr=1e-3"]).to_dict()
     d = {c["key"]: c["harmless"] for c in diff_configs(a, b)}
-    assert d == {"evals.every": True, "epochs": True, "optim.blr": False}
+    assert d == {"evals.every": True, "epochs": False, "optim.blr": False}  # epochs: the cosine stretches

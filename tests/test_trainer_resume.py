@@ -89,9 +89,9 @@ def test_sigterm_saves_exits_75_and_resumes_with_recorded_change(tmp_path, tiny_
     assert run.status == "preempted"
     saved = torch.load(max(p for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.pth")), weights_only=True)
     assert saved["step"] >= 3
-    # resume with a shorter run and a logging change: allowed, recorded in the next checkpoint
+    # resume with a shorter run (allowed explicitly: the schedule changes) and a logging change: recorded
     stop_at = saved["epoch"] + 1
-    done = run_pretrain(cfg, f"epochs={stop_at}", "log.flush_every=7")
+    done = run_pretrain(cfg, f"epochs={stop_at}", "log.flush_every=7", "--allow-change", "epochs")
     assert done.returncode == 0, done.stderr
     assert "config 'epochs' changed" in done.stderr
     final = torch.load(tmp_path / "run" / "checkpoints" / "final.pth", weights_only=True)

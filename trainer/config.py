@@ -359,8 +359,9 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
 
 
 # Keys whose change on resume never alters the weights' trajectory (logging, evals, output, speed
-# knobs, and the epoch count, which extends the run). Anything else is allowed but flagged.
-HARMLESS_PREFIXES = ("run_dir", "evals.", "recons.", "checkpoint.", "log.", "data.num_workers", "epochs",
+# knobs). Anything else is flagged; the schedule and the global batch are refused unless allowed
+# explicitly (``trainer.resume``): ``epochs`` is among them, since the cosine depends on it.
+HARMLESS_PREFIXES = ("run_dir", "evals.", "recons.", "checkpoint.", "log.", "data.num_workers",
                      "compile", "dist_timeout_minutes", "data.train_path", "data.val_path")
 # Keys that change parameter shapes: resuming across them is an error.
 SHAPE_KEYS = ("model.name", "data.image_size", "model.patch_size", "model.embed_dim", "model.depth",

@@ -8,7 +8,8 @@ Exit codes (for schedulers):
     1   crashed (an exception; traceback printed, run status "crashed")
     2   bad configuration or command line
     3   non-finite loss (message names step and epoch; the last good checkpoint is kept)
-    4   cannot resume (no usable checkpoint for --resume CKPT, or the model shape changed)
+    4   cannot resume (no usable checkpoint for --resume CKPT, the model shape changed, or a change of
+        schedule or effective batch that ``--allow-change`` does not name; see ``trainer.resume``)
     75  preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved, status is "preempted".
         75 is EX_TEMPFAIL from sysexits.h; requeue the job and it resumes where it stopped
         (e.g. Slurm: ``#SBATCH --signal=TERM@120`` and ``scontrol requeue`` on exit 75).
@@ -41,6 +42,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, noise as masking_noise, recons
+from . import resume as resume_rules
 from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, from_dict, load_config
 from .optim import build_optimizer, effective_batch, scaled_lr
 from .schedule import lr_at, set_lr
@@ -52,8 +54,7 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-class ResumeError(RuntimeError):
-    pass
+ResumeError = resume_rules.ResumeError
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -216,14 +217,14 @@ def optimizer_step(optimizer, scaler, raw_model, clip_grad: float) -> None:
 
 # ----------------------------------------------------------------------------- the run
 
-def train(cfg, resume: str | bool = False) -> int:
+def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     """Run (or resume) one training run; returns the exit code. Process-global switches it sets
     (threads, deterministic algorithms, signal handlers) are restored on return, so that it can
     also be called in-process (tests, notebooks)."""
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)})
     try:
-        return _train(cfg, resume)
+        return _train(cfg, resume, frozenset(allow_change))
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
@@ -231,7 +232,7 @@ def train(cfg, resume: str | bool = False) -> int:
             signal.signal(s, h)
 
 
-def _train(cfg, resume: str | bool = False) -> int:
+def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     info = distributed.init(cfg.device, cfg.dist_timeout_minutes)
     device = info.device
     _setup_runtime(cfg, device)
@@ -268,18 +269,18 @@ def _train(cfg, resume: str | bool = False) -> int:
         state, path = loaded
         state["_new_config"] = cfg.to_dict()
         _check_same_shape(state, model, path)
+        # refuses (exit 4) a changed schedule or global batch unless allowed; the position in the epoch
+        # is recomputed for the new layout (same global batch: the exact sample)
+        position = resume_rules.plan(state, cfg.to_dict(), W, path, allow_change)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         set_lr(optimizer, base_lr)  # the schedule rewrites it every step anyway
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         epoch, step, skips = state["epoch"], state["step"], state.get("nonfinite_skips", 0)
-        batch_in_epoch = state.get("batch_in_epoch", 0)
-        if batch_in_epoch and state.get("effective_batch") != eff_batch // A * A or state.get("world_size") != W:
-            samples = state.get("samples_in_epoch", 0)
-            batch_in_epoch = (samples // (B * W)) // A * A
-            _say(info, f"warning: batch layout changed since {path.name}; continuing at batch "
-                       f"{batch_in_epoch} of epoch {epoch} (not bit-exact)")
+        batch_in_epoch = position.batch_in_epoch
+        for note in position.notes:
+            _say(info, note)
         rngs = state.get("rng", [])
         if len(rngs) == W:
             ckpt.set_rng_state(rngs[info.rank], device)
@@ -311,9 +312,8 @@ def _train(cfg, resume: str | bool = False) -> int:
     raw_model = model  # what we save, evaluate and visualise
     if cfg.compile:
         model = torch.compile(model)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.enabled:  # find_unused_parameters only for a model option that needs it (see wrap_ddp)
+        model = distributed.wrap_ddp(model, info)
 
     recon_sets = recons.prepare(cfg, raw_model.num_patches) if info.is_main and cfg.recons.every else []
     stop = _Stop()
@@ -524,6 +524,10 @@ def parse_args(argv):
     p.add_argument("--run-dir", help="override run_dir")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="resume from the run directory's newest good checkpoint, or from CKPT")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY[,KEY]",
+                   help="on resume, allow a change that is refused otherwise (exit 4): "
+                        f"{', '.join(resume_rules.ALLOWABLE)}, or all. Same effective batch "
+                        "(batch x accum x processes) needs nothing: it continues at the exact sample")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.blr=3e-4")
     return p.parse_args(argv)
@@ -532,6 +536,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        allow_change = resume_rules.parse_allow(args.allow_change)
         cfg = load_config(args.config, list(args.overrides))
         if args.run_dir:
             d = cfg.to_dict()
@@ -545,7 +550,7 @@ def main(argv=None) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return EXIT_OK
     try:
-        return train(cfg, resume=args.resume)
+        return train(cfg, resume=args.resume, allow_change=allow_change)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

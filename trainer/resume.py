@@ -1,0 +1,108 @@
+"""What a resume may change, and where in the epoch it continues.
+
+A checkpoint records its position as micro-batches done in the epoch (``batch_in_epoch``) and as
+samples done (``samples_in_epoch``). The loaders cut one (seed, epoch) permutation into global
+steps of ``batch x accum x world`` consecutive samples (ranks interleaved inside a step, see
+``pipeline.loaders.base``), and the masking noise of a step is a function of (seed, step) indexed by
+the position inside the global batch (``trainer.noise``). So when the global batch is unchanged, a
+new split of it (per-process batch, accumulation, process count) sees exactly the same samples with
+the same masks at every step: the resume continues at the exact sample, only the summation order of
+the gradients differs.
+
+Everything else that changes the weights' trajectory in a way a user might not mean is refused
+(exit 4) with the keys named, unless ``--allow-change KEY`` names every one of them:
+- the global batch (it sets the lr by the linear scaling rule and the steps per epoch; mid-epoch it
+  also moves the position off a step boundary),
+- the schedule: ``epochs``, ``optim.warmup_epochs``, ``optim.blr``, ``optim.lr``, ``optim.min_lr``
+  (the lr is a function of the fractional epoch and of these, so the rest of the run would follow a
+  curve no fresh run has).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import flatten
+from .optim import scaled_lr
+
+SCHEDULE_KEYS = ("epochs", "optim.warmup_epochs", "optim.blr", "optim.lr", "optim.min_lr")
+LAYOUT_KEYS = ("data.batch_size", "optim.accum_steps", "world_size")  # world_size: processes, not a config key
+ALLOWABLE = SCHEDULE_KEYS + LAYOUT_KEYS
+
+
+class ResumeError(RuntimeError):
+    """The checkpoint cannot be continued as asked (exit 4)."""
+
+
+@dataclass
+class Position:
+    batch_in_epoch: int  # micro-batches of this rank already done in the epoch, in the new layout
+    notes: list[str]  # what the trainer should say about the resume
+
+
+def parse_allow(values) -> set[str]:
+    """``--allow-change`` values (repeatable, comma-separated) -> keys; unknown keys are an error."""
+    keys = {k.strip() for v in values or () for k in str(v).split(",") if k.strip()}
+    if "all" in keys:
+        return set(ALLOWABLE)
+    unknown = sorted(keys - set(ALLOWABLE))
+    if unknown:
+        from .config import ConfigError
+        raise ConfigError(f"--allow-change: unknown key '{unknown[0]}'; keys a resume can be allowed to change: "
+                          f"{', '.join(ALLOWABLE)} (or all)")
+    return keys
+
+
+def _refuse(path, what: str, keys: list[str]) -> ResumeError:
+    return ResumeError(f"cannot resume from {path}: {what}. Restore the original value"
+                       f"{'s' if len(keys) > 1 else ''}, start a new run directory, or pass "
+                       f"--allow-change {','.join(keys)} to continue anyway")
+
+
+def plan(state: dict, new_config: dict, world_size: int, path, allow=frozenset()) -> Position:
+    """Check what changed since the checkpoint ``state`` and where the epoch continues.
+
+    Raises ResumeError naming the keys of a refused change; returns the position in the new layout."""
+    old = flatten(state.get("config") or {})
+    new = flatten(new_config)
+    B, A, W = new["data.batch_size"], new["optim.accum_steps"], world_size
+    if not old:  # not one of our checkpoints' full records (an old format): nothing to compare
+        return Position(int(state.get("batch_in_epoch", 0)), [])
+    old_B, old_A = old.get("data.batch_size", B), old.get("optim.accum_steps", A)
+    old_W = int(state.get("world_size", W))
+    notes: list[str] = []
+
+    schedule = [k for k in SCHEDULE_KEYS if k in old and old[k] != new.get(k)]
+    refused = [k for k in schedule if k not in allow]
+    if refused:
+        what = ", ".join(f"{k} {old[k]!r} -> {new.get(k)!r}" for k in refused)
+        raise _refuse(path, f"the lr schedule would change ({what}; the rest of the run would follow a curve "
+                            f"no fresh run has)", refused)
+    for k in schedule:
+        notes.append(f"resume: allowed schedule change {k} {old[k]!r} -> {new.get(k)!r}")
+
+    old_layout = {"data.batch_size": old_B, "optim.accum_steps": old_A, "world_size": old_W}
+    new_layout = {"data.batch_size": B, "optim.accum_steps": A, "world_size": W}
+    layout = [k for k in LAYOUT_KEYS if old_layout[k] != new_layout[k]]
+    old_eff = int(state.get("effective_batch") or old_B * old_A * old_W)
+    new_eff = B * A * W
+    batch_in_epoch = int(state.get("batch_in_epoch", 0))
+    samples = int(state.get("samples_in_epoch", batch_in_epoch * old_B * old_W))
+    steps_done = samples // new_eff
+    repeated = samples - steps_done * new_eff
+    shown = ", ".join(f"{k} {old_layout[k]} -> {new_layout[k]}" for k in layout)
+    if old_eff != new_eff:
+        lr_old = old.get("optim.lr") or scaled_lr(old.get("optim.blr", 0.0), old_eff)
+        lr_new = new.get("optim.lr") or scaled_lr(new.get("optim.blr", 0.0), new_eff)
+        change = (f"the effective batch changes {old_eff} -> {new_eff} ({shown}): lr {lr_old:.3g} -> {lr_new:.3g} "
+                  f"and the steps per epoch change"
+                  + (f"; mid-epoch, {repeated} of the {samples} samples done in this epoch would be seen twice"
+                     if repeated else ""))
+        refused = [k for k in layout if k not in allow]
+        if refused:
+            raise _refuse(path, change + f". Keep data.batch_size x optim.accum_steps x processes = {old_eff}",
+                          refused)
+        notes.append(f"resume: allowed change: {change}; continuing at step {steps_done} of the epoch")
+    elif layout and samples:
+        notes.append(f"resume: batch layout changed ({shown}), same effective batch {new_eff}: continuing "
+                     f"at sample {samples} of the epoch (step {steps_done}), the same samples and masks per step")
+    return Position(steps_done * A, notes)
