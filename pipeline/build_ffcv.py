@@ -340,8 +340,10 @@ def _print_summary(result, rows, log):
             f"{size}, {s['seconds']:.1f} s -> {s['path'] or 'nothing written'}")
         reasons = Counter(re.sub(r"\(.*", "", r[4]).strip() for r in rows
                           if r[0] == name and r[3] == "skipped")
-        for reason, n in reasons.most_common(8):
+        for reason, n in reasons.most_common(12):
             log(f"    skipped {n:6d}  {reason}")
+        if len(reasons) > 12:
+            log(f"    ... {len(reasons) - 12} more kinds of reason: see report.csv")
     log(f"{result['classes']} classes -> {result['classes_json']}; per-file report -> {result['report']}")
 
 

@@ -1,15 +1,34 @@
-"""Finding and checking the images of a source dataset.
+"""The one place that decides what a source folder holds and what each image decodes to.
 
-Two jobs, both used before any image reaches a loader or FFCV's writer:
+Every consumer uses it: ``pipeline.build_ffcv`` and the ``torch`` and ``dali`` loaders (through
+:func:`pipeline.loaders.files.list_images`), so the class list, the files of each class and the
+pixels of each file are the same whatever the back end (issue 12).
 
 * :func:`open_rgb` / :func:`load_rgb` turn *any* file PIL can read into a plain 8-bit RGB image,
   or raise :class:`BadImageError` with a short human reason. Every odd case seen in real
-  image folders is handled here, once, so the converter and the loaders agree on what a file
-  decodes to (alpha, 16-bit, palette, grayscale, CMYK, EXIF rotation, truncation, bombs).
+  image folders is handled here, once (alpha, 16-bit, palette, grayscale, CMYK, EXIF rotation,
+  truncation, bombs).
+* :func:`decode_hazard` says, from the header only, when another decoder (DALI, nvJPEG,
+  ``torchvision.io``) could read a file differently from :func:`open_rgb`; :func:`decoded_copy`
+  makes an 8-bit RGB PNG of such a file (through :func:`open_rgb`) that every decoder reads alike.
 * :func:`scan_source` finds the splits and class folders of an ImageNet-style tree, a single
-  split folder, or ILSVRC's flat validation folder with its ``LOC_val_solution.csv``, and lists
-  every file it will try (nothing is dropped silently: hidden or stray files are listed as
-  ``skipped`` entries with a reason).
+  split folder, ILSVRC's flat validation folder with its ``LOC_val_solution.csv`` or Kaggle's
+  ``ILSVRC/Data/CLS-LOC`` layout, and lists every file it will try (nothing is dropped silently:
+  hidden or stray files are listed as ``skipped`` entries with a reason). :func:`scan_split` is
+  the loaders' view of one split folder.
+
+Rules (the same for everyone):
+
+* class folders: every sub-folder of a split, except hidden (``.*``) and system folders
+  (:data:`SYSTEM_FOLDERS`: ``__MACOSX``, ``@eaDir``, ``$RECYCLE.BIN``, ...). A class folder with no
+  image is kept in the class list (so indices do not depend on which files survived) and reported;
+  the class list of a split folder is the union over its sibling split folders (``train``/``val``),
+  so a class missing from ``val`` cannot shift ``val``'s labels away from ``train``'s.
+* image files: :data:`IMAGE_EXTENSIONS` in any letter case, anywhere below a class folder; hidden
+  files (``.*``, including macOS ``._*`` resource forks and ``.DS_Store``) and system files
+  (``Thumbs.db``, ``desktop.ini``) are skipped with a reason.
+* symbolic links (to files and folders) are followed, because subsets are often made of links;
+  a folder reached twice (a link loop) is read once, and a broken link is reported.
 
 Class index = position of the class folder name in the sorted list of class names (the
 project-wide contract in docs/INTERFACES.md).
@@ -34,6 +53,16 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's own bomb limit (~89.5 MP)
 DEFAULT_MIN_SIZE = 8
 ALPHA_BACKGROUND = (255, 255, 255)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif",
+                    ".tiff", ".ppm", ".pgm", ".pbm", ".pnm")
+# Folders that operating systems, NAS boxes and archivers add next to real data.
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information",
+                            "lost+found", "#recycle", "@Recycle", "#snapshot", "@tmp", "__pycache__"})
+SYSTEM_FILES = frozenset({"Thumbs.db", "ehthumbs.db", "desktop.ini", "Icon\r"})
+# How far above a flat validation folder LOC_val_solution.csv may sit: Kaggle's layout puts it
+# next to ILSVRC/, i.e. four levels above ILSVRC/Data/CLS-LOC/val.
+CSV_SEARCH_LEVELS = 4
+KAGGLE_SUBDIR = Path("ILSVRC") / "Data" / "CLS-LOC"
 
 
 class BadImageError(ValueError):
@@ -47,6 +76,10 @@ class BadImageError(ValueError):
 
 class SourceError(ValueError):
     """The source as a whole is unusable (missing, empty, no labels); the message names the path."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The source path does not exist (both a :class:`SourceError` and a ``FileNotFoundError``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,6 +202,87 @@ def load_rgb(path, **kwargs) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# Files other decoders would read differently
+# --------------------------------------------------------------------------------------------
+
+# (format, mode) pairs that DALI (CPU and nvJPEG), torchvision.io and PIL decode to the same RGB
+# pixels (up to IDCT rounding). Anything else -- CMYK/YCCK JPEG, 16-bit, palette, alpha or a
+# transparent colour, GIF, EXIF rotation -- is a hazard: DALI drops alpha instead of compositing
+# it on white (measured: 87 levels of mean difference on a half-transparent PNG) and cannot read
+# GIF at all, and nvJPEG's CMYK and orientation handling is not PIL's.
+_PLAIN = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("BMP", "RGB"),
+          ("WEBP", "RGB"), ("TIFF", "RGB"), ("TIFF", "L"), ("PPM", "RGB"), ("PPM", "L")}
+
+
+def decode_hazard(path) -> str | None:
+    """Why a decoder other than :func:`open_rgb` could decode ``path`` differently, or ``None``.
+
+    Reads the header only (PIL's lazy ``open``: about 0.2 ms a file). ``path`` may also be a binary
+    file object. A file PIL cannot identify is a hazard too ("unreadable ..."): converting it
+    through :func:`decoded_copy` then raises :class:`BadImageError` naming it.
+    """
+    try:
+        with Image.open(path) as img:
+            fmt, mode = img.format, img.mode
+            transparent = "transparency" in img.info
+            orientation = _orientation(img)
+    except Exception as e:  # noqa: BLE001 - any header failure means "not plainly decodable"
+        return f"unreadable header ({type(e).__name__})"
+    if (fmt, mode) not in _PLAIN:
+        return f"{fmt} {mode} image"
+    if transparent:
+        return f"{fmt} with a transparent colour"
+    if orientation not in (None, 1):
+        return f"EXIF orientation {orientation}"
+    return None
+
+
+def decode_hazards(paths, workers: int | None = None) -> dict:
+    """:func:`decode_hazard` of many files -> ``{path: reason}`` for the hazardous ones only.
+
+    Header reads are Python-bound, so big lists use a process pool (ImageNet's 1.28 M files take
+    about 4 CPU-minutes serially)."""
+    paths = [str(p) for p in paths]
+    workers = workers or min(16, os.cpu_count() or 1)
+    if workers > 1 and len(paths) > 4000:
+        from multiprocessing import get_context
+        with get_context("fork").Pool(workers) as pool:
+            reasons = pool.map(decode_hazard, paths, chunksize=512)
+    else:
+        reasons = [decode_hazard(p) for p in paths]
+    return {p: r for p, r in zip(paths, reasons) if r}
+
+
+def decode_cache_dir() -> Path:
+    """Where :func:`decoded_copy` keeps its PNGs: ``$MAEPIPE_DECODE_CACHE`` or
+    ``~/.cache/maepipe/decoded``."""
+    env = os.environ.get("MAEPIPE_DECODE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "maepipe" / "decoded"
+
+
+def decoded_copy(path, cache_dir=None) -> str:
+    """An 8-bit RGB PNG of ``open_rgb(path)``, made once and kept in ``cache_dir``; its path.
+
+    Why: a back end with its own decoder (DALI) then reads exactly the pixels the betons and the
+    torch loader get. The name is a digest of the file's real path, size and mtime, so an edited
+    file gets a new copy; PNG is lossless, and plain RGB PNGs are decoded alike everywhere.
+    """
+    import hashlib
+    cache = Path(cache_dir) if cache_dir else decode_cache_dir()
+    st = os.stat(path)
+    key = hashlib.blake2b(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode(),
+                          digest_size=16).hexdigest()
+    out = cache / key[:2] / f"{key}.png"
+    if not out.is_file():
+        img = open_rgb(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        img.save(tmp, "PNG", compress_level=1)
+        os.replace(tmp, out)  # atomic: a concurrent rank never reads half a PNG
+    return str(out)
+
+
+# --------------------------------------------------------------------------------------------
 # Scanning
 # --------------------------------------------------------------------------------------------
 
@@ -182,6 +296,8 @@ class SplitSource:
     files: list = field(default_factory=list)   # [(path str, class folder name)]
     skipped: list = field(default_factory=list)  # [(path str, reason)]
     empty_classes: list = field(default_factory=list)
+    folders: list = field(default_factory=list)  # class folders found (kind "folders")
+    labels_file: Path | None = None              # the CSV of a flat validation folder
 
 
 @dataclass
@@ -192,41 +308,97 @@ class Source:
     class_names: dict                            # folder -> human name ("" if unknown)
     warnings: list = field(default_factory=list)
 
+    def labels(self, split: str) -> list:
+        """Class indices of ``splits[split].files``, in file order."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [index[c] for _, c in self.splits[split].files]
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name in ("Thumbs.db", "__MACOSX")
+
+def folder_skip_reason(name: str) -> str | None:
+    """Why a folder named ``name`` is not a class (or part of one), or ``None``."""
+    if name.startswith("."):
+        return "hidden folder ignored"
+    if name in SYSTEM_FOLDERS:
+        return f"system folder ignored ({name})"
+    return None
+
+
+def file_skip_reason(name: str) -> str | None:
+    """Why a file named ``name`` is not an image candidate, or ``None``."""
+    if name.startswith("._"):
+        return "macOS resource fork (._*) ignored"
+    if name.startswith("."):
+        return "hidden file ignored"
+    if name in SYSTEM_FILES:
+        return f"system file ignored ({name})"
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in IMAGE_EXTENSIONS:
+        return f"not an image file (extension {ext or 'none'!r})"
+    return None
+
+
+def _class_folders(root) -> list:
+    """Sorted class folder entries of a split folder (symlinked folders included)."""
+    return sorted((e for e in os.scandir(root) if e.is_dir() and not folder_skip_reason(e.name)),
+                  key=lambda e: e.name)
 
 
 def _scan_class_folders(split: SplitSource) -> None:
     """Fill ``split`` from ``root/<class>/**`` (recursively, like torchvision's ImageFolder)."""
     for entry in sorted(os.scandir(split.root), key=lambda e: e.name):
         if entry.is_dir():
-            if _is_hidden(entry.name):
-                split.skipped.append((entry.path, "hidden folder ignored"))
+            why = folder_skip_reason(entry.name)
+            if why:
+                split.skipped.append((entry.path, why))
                 continue
+            split.folders.append(entry.name)
             n_before = len(split.files)
-            for dirpath, dirnames, filenames in os.walk(entry.path, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
-                for fn in sorted(filenames):
-                    p = os.path.join(dirpath, fn)
-                    if _is_hidden(fn):
-                        split.skipped.append((p, "hidden file ignored"))
-                    else:
-                        split.files.append((p, entry.name))
+            _walk_class(entry.path, entry.name, split)
             if len(split.files) == n_before:
                 split.empty_classes.append(entry.name)
-        else:
-            split.skipped.append((entry.path, "not inside a class folder"))
+        elif entry.name != VAL_SOLUTION_CSV:
+            split.skipped.append((entry.path, file_skip_reason(entry.name) or "not inside a class folder"))
+
+
+def _walk_class(top: str, cls: str, split: SplitSource) -> None:
+    seen = set()   # real paths of folders read: a link loop is read once, never forever
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            split.skipped.append((dirpath, "folder reached twice through a symbolic link (loop): read once"))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for d in sorted(dirnames):
+            why = folder_skip_reason(d)
+            if why:
+                split.skipped.append((os.path.join(dirpath, d), why))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+        for fn in sorted(filenames):
+            p = os.path.join(dirpath, fn)
+            why = file_skip_reason(fn)
+            if why is None and os.path.islink(p) and not os.path.exists(p):
+                why = "unreadable: broken symbolic link"
+            if why:
+                split.skipped.append((p, why))
+            else:
+                split.files.append((p, cls))
 
 
 def read_val_solution(csv_path) -> dict:
     """``LOC_val_solution.csv`` -> {image id: wnid} (first box's synset, as in ILSVRC's labels)."""
     labels = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            pred = (row.get("PredictionString") or "").split()
-            if row.get("ImageId") and pred:
-                labels[row["ImageId"]] = pred[0]
+    try:
+        with open(csv_path, newline="") as f:
+            for row in csv.DictReader(f):
+                pred = (row.get("PredictionString") or "").split()
+                if row.get("ImageId") and pred:
+                    labels[row["ImageId"]] = pred[0]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SourceError(f"{csv_path}: cannot read validation labels ({e})") from None
     if not labels:
         raise SourceError(f"{csv_path}: no labels found (expected columns ImageId,PredictionString)")
     return labels
@@ -234,16 +406,22 @@ def read_val_solution(csv_path) -> dict:
 
 def _scan_flat_val(split: SplitSource, csv_path: Path) -> None:
     labels = read_val_solution(csv_path)
+    split.labels_file = Path(csv_path)
     for entry in sorted(os.scandir(split.root), key=lambda e: e.name):
-        if entry.is_dir() or _is_hidden(entry.name):
-            split.skipped.append((entry.path, "hidden file ignored" if _is_hidden(entry.name)
-                                  else "folder inside a flat validation folder"))
+        if entry.is_dir():
+            split.skipped.append((entry.path, folder_skip_reason(entry.name)
+                                  or "folder inside a flat validation folder"))
             continue
-        if entry.name == csv_path.name and Path(entry.path) == csv_path:
+        if entry.name == VAL_SOLUTION_CSV:
             continue
+        why = file_skip_reason(entry.name)
+        if why is None and entry.is_symlink() and not os.path.exists(entry.path):
+            why = "unreadable: broken symbolic link"
         wnid = labels.get(Path(entry.name).stem)
-        if wnid is None:
-            split.skipped.append((entry.path, f"no label in {csv_path.name}"))
+        if why:
+            split.skipped.append((entry.path, why))
+        elif wnid is None:
+            split.skipped.append((entry.path, f"no label in {csv_path}"))
         else:
             split.files.append((entry.path, wnid))
 
@@ -279,8 +457,59 @@ def _find_file(name: str, *dirs: Path):
     return None
 
 
+def _find_up(name: str, start: Path, levels: int = CSV_SEARCH_LEVELS):
+    """``start/name`` or the first ``name`` in the ``levels`` folders above ``start``."""
+    start = Path(start).absolute()
+    return _find_file(name, start, *list(start.parents)[:levels])
+
+
 def _has_subdirs(p: Path) -> bool:
-    return any(e.is_dir() and not _is_hidden(e.name) for e in os.scandir(p))
+    return any(e.is_dir() and not folder_skip_reason(e.name) for e in os.scandir(p))
+
+
+def _split_dirs(root: Path) -> list:
+    return [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES]
+
+
+def _unlabelled(d: Path, levels=CSV_SEARCH_LEVELS) -> str:
+    return (f"split folder {d} has no class folders and no {VAL_SOLUTION_CSV} was found in it or "
+            f"the {levels} folders above it: give the labels with --val-labels FILE "
+            f"(val_labels= in Python), or leave the split out with --splits")
+
+
+def _scan_split_dir(name: str, d: Path, val_labels, warn: list, strict: bool = True):
+    """One split folder -> :class:`SplitSource`; ``None`` for an unlabelled split not required."""
+    if _has_subdirs(d):
+        s = SplitSource(name, d, "folders")
+        _scan_class_folders(s)
+        return s
+    csv_path = val_labels or _find_up(VAL_SOLUTION_CSV, d)
+    if csv_path is None:
+        if strict:
+            raise SourceError(_unlabelled(d))
+        warn.append(f"split {name!r} ({d}) is unlabelled (no class folders, no {VAL_SOLUTION_CSV}): "
+                    f"skipped; ILSVRC's test labels are not public (--val-labels FILE to label it)")
+        return None
+    s = SplitSource(name, d, "ilsvrc_flat_val")
+    _scan_flat_val(s, Path(csv_path))
+    return s
+
+
+def _sibling_classes(split_dir: Path, val_labels=None) -> set:
+    """Class names of the split folders next to ``split_dir`` (for the union rule)."""
+    if split_dir.name.lower() not in SPLIT_NAMES:
+        return set()
+    out = set()
+    for d in _split_dirs(split_dir.parent):
+        if d.resolve() == split_dir.resolve():
+            continue
+        if _has_subdirs(d):
+            out.update(e.name for e in _class_folders(d))
+        elif d.name.lower() != "test":
+            csv_path = val_labels if val_labels else _find_up(VAL_SOLUTION_CSV, d)
+            if csv_path is not None:
+                out.update(read_val_solution(csv_path).values())
+    return out
 
 
 def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Source:
@@ -288,53 +517,62 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
 
     Layouts, tried in this order:
 
+    0. Kaggle's ImageNet download: ``src/ILSVRC/Data/CLS-LOC/{train,val,test}`` is used as the tree.
     1. ImageNet tree: ``src/<split>/<class>/*`` for split names train/val/valid/validation/test;
-       a split folder without class sub-folders is read as ILSVRC's flat validation folder when a
-       ``LOC_val_solution.csv`` is found (``val_labels``, the split folder, ``src`` or its parent).
+       a split folder without class sub-folders is read as ILSVRC's flat validation folder with
+       the ``LOC_val_solution.csv`` given as ``val_labels`` or found in it or up to
+       :data:`CSV_SEARCH_LEVELS` folders above (Kaggle keeps it three above ``CLS-LOC``).
     2. A single split: ``src/<class>/*``; the split is named after ``src`` when that is a split
        name, else ``train``.
     3. A flat ILSVRC validation folder with a ``LOC_val_solution.csv`` (split ``val``).
 
-    ``splits`` keeps only the named splits. Human names come from ``class_names`` (file) or, when
-    found, ``classes.tsv`` / ``LOC_synset_mapping.txt`` next to the data. Raises
-    :class:`SourceError` (naming the path) for a missing or empty source.
+    ``splits`` keeps only the named splits. A split that cannot be labelled is a
+    :class:`SourceError` naming ``--val-labels`` -- except an unrequested ``test`` split, which is
+    skipped with a warning (ILSVRC's test labels are not public). Classes: the union of the
+    class folders (and CSV labels) of all splits, and of the sibling split folders when ``src`` is
+    itself one split of a tree. Human names come from ``class_names`` (file) or, when found,
+    ``classes.tsv`` / ``LOC_synset_mapping.txt`` next to the data. Raises :class:`SourceError`
+    (naming the path) for a missing or empty source.
     """
     root = Path(src)
     if not root.exists():
-        raise SourceError(f"source not found: {root}")
+        raise SourceNotFoundError(f"source not found: {root}")
     if not root.is_dir():
         raise SourceError(f"source is not a folder: {root}")
     val_labels = Path(val_labels) if val_labels else None
     if val_labels is not None and not val_labels.is_file():
-        raise SourceError(f"validation label file not found: {val_labels}")
+        raise SourceError(f"validation label file not found: {val_labels} (--val-labels)")
     found: dict = {}
     warn: list = []
-    split_dirs = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES]
+    data_root = root
+    if (root / KAGGLE_SUBDIR).is_dir() and not _split_dirs(root):
+        data_root = root / KAGGLE_SUBDIR
+        warn.append(f"Kaggle ImageNet layout: reading {data_root}")
+    split_dirs = _split_dirs(data_root)
+    extra = set()
     if split_dirs:
+        if splits:
+            split_dirs = [d for d in split_dirs if d.name in splits]
         for d in split_dirs:
-            if _has_subdirs(d):
-                s = SplitSource(d.name, d, "folders")
-                _scan_class_folders(s)
-            else:
-                csv_path = val_labels or _find_file(VAL_SOLUTION_CSV, d, root, root.parent)
-                if csv_path is None:
-                    warn.append(f"split {d.name!r} ({d}) has no class folders and no "
-                                f"{VAL_SOLUTION_CSV}: skipped (unlabelled)")
-                    continue
-                s = SplitSource(d.name, d, "ilsvrc_flat_val")
-                _scan_flat_val(s, Path(csv_path))
-            found[d.name] = s
+            strict = bool(splits) or d.name.lower() != "test"
+            s = _scan_split_dir(d.name, d, val_labels, warn, strict=strict)
+            if s is not None:
+                found[d.name] = s
     elif _has_subdirs(root):
         name = root.name if root.name.lower() in SPLIT_NAMES else "train"
-        s = SplitSource(name, root, "folders")
-        _scan_class_folders(s)
-        found[name] = s
+        found[name] = _scan_split_dir(name, root, val_labels, warn)
+        extra = _sibling_classes(root, val_labels)
     else:
-        csv_path = val_labels or _find_file(VAL_SOLUTION_CSV, root, root.parent)
+        csv_path = val_labels or _find_up(VAL_SOLUTION_CSV, root)
         if csv_path is not None:
-            s = SplitSource("val", root, "ilsvrc_flat_val")
+            name = root.name if root.name.lower() in SPLIT_NAMES else "val"
+            s = SplitSource(name, root, "ilsvrc_flat_val")
             _scan_flat_val(s, Path(csv_path))
-            found["val"] = s
+            found[name] = s
+            extra = _sibling_classes(root, val_labels)
+        elif root.name.lower() in SPLIT_NAMES and any(
+                file_skip_reason(e.name) is None for e in os.scandir(root)):
+            raise SourceError(_unlabelled(root))
     if splits:
         missing = [x for x in splits if x not in found]
         if missing:
@@ -343,22 +581,41 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
     if not found or not any(s.files for s in found.values()):
         raise SourceError(f"no images found in {root}: expected <split>/<class>/<image>, "
                           f"<class>/<image>, or a flat folder with {VAL_SOLUTION_CSV}")
-    classes = set()
+    own = set()
     for s in found.values():
-        if s.kind == "folders":
-            classes.update(e.name for e in os.scandir(s.root) if e.is_dir() and not _is_hidden(e.name))
-        else:
-            classes.update(lbl for _, lbl in s.files)
-    classes = sorted(classes)
+        own.update(s.folders if s.kind == "folders" else (lbl for _, lbl in s.files))
+    if extra - own:
+        warn.append(f"{len(extra - own)} class(es) found only in the split folders next to {root} "
+                    f"are kept in the class list, so labels match theirs")
+    classes = sorted(own | extra)
     folder_sets = {k: {lbl for _, lbl in s.files} | set(s.empty_classes) for k, s in found.items()}
     for k, fs in folder_sets.items():
         if fs != set(classes) and found[k].kind == "folders":
             warn.append(f"split {k!r} has {len(fs)} of the {len(classes)} classes")
     names_file = Path(class_names) if class_names else (
-        _find_file("classes.tsv", root, root.parent) or _find_file(SYNSET_MAPPING, root, root.parent))
+        _find_file("classes.tsv", data_root, data_root.parent)
+        or _find_up(SYNSET_MAPPING, data_root, CSV_SEARCH_LEVELS - 1))
     names = {}
     if names_file is not None:
         if not names_file.is_file():
             raise SourceError(f"class-names file not found: {names_file}")
         names = read_class_names(names_file)
     return Source(root, found, classes, {c: names.get(c, "") for c in classes}, warn)
+
+
+def scan_split(path, *, val_labels=None) -> Source:
+    """The loaders' scan of one split folder (class sub-folders, or a flat ILSVRC validation
+    folder): a :class:`Source` with exactly one split. A dataset root (``train/`` and ``val/``
+    inside) is refused: a loader reads one split."""
+    root = Path(path)
+    if root.is_dir() and (root / KAGGLE_SUBDIR).is_dir():
+        root = root / KAGGLE_SUBDIR
+    if root.is_dir():
+        inner = [d.name for d in _split_dirs(root) if _has_subdirs(d)]
+        if inner:
+            raise SourceError(f"{root}: looks like a dataset root (holds {inner}); a loader reads "
+                              f"one split: pass e.g. {root / inner[0]}")
+    source = scan_source(root, val_labels=val_labels)
+    if len(source.splits) != 1:
+        raise SourceError(f"{root}: found splits {sorted(source.splits)}; pass one of them")
+    return source

@@ -169,7 +169,9 @@ def test_scan_layouts(tmp_path):
     assert s.splits["train"].empty_classes == ["n03"]
     assert any("val" in w and "2 of the 3" in w for w in s.warnings)
     single = scan_source(tree / "val")
-    assert list(single.splits) == ["val"] and single.classes == ["n01", "n02"]
+    # one split of a tree keeps its siblings' classes: val's labels stay train's labels
+    assert list(single.splits) == ["val"] and single.classes == ["n01", "n02", "n03"]
+    assert any("next to" in w for w in single.warnings), single.warnings
 
     flat = tmp_path / "ILSVRC" / "val"
     flat.mkdir(parents=True)

@@ -2,65 +2,78 @@
 
 Accepted ``path``:
 
-* a folder with one subfolder per class (``train/<class>/*.JPEG``); class index = position of the
-  folder name in the sorted list of folder names (docs/INTERFACES.md), files sorted by path;
+* a split folder with one subfolder per class (``train/<class>/*.JPEG``) or ILSVRC's flat
+  validation folder with ``LOC_val_solution.csv``: scanned by :func:`pipeline.sources.scan_split`,
+  the same scanner ``pipeline.build_ffcv`` uses, so the classes, the files of each class and every
+  label are the ones in the ``.beton`` files (class index = position of the folder name in the
+  sorted list of class names, docs/INTERFACES.md; files in scan order);
 * a text file list, one ``relative/path label`` per line (DALI's ``file_list`` format), paths
   relative to the list's folder; class names come from ``classes.json`` / ``classes.tsv`` beside it
   when present, else the label numbers.
+
+``plain_decode=True`` (the DALI back end) also finds the files whose decoding by a decoder other
+than :func:`pipeline.sources.open_rgb` could differ (CMYK, 16-bit, alpha, palette, GIF, EXIF
+rotation; :func:`pipeline.sources.decode_hazard`) and points ``read_paths`` at an ``open_rgb``
+PNG copy of each (:func:`pipeline.sources.decoded_copy`), so every back end sees the same pixels.
 """
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+from ..sources import (IMAGE_EXTENSIONS, SourceError, SourceNotFoundError, decode_hazards,
+                       decoded_copy, scan_split)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class FileSplit:
     root: Path
-    paths: list[str]      # absolute paths
+    paths: list[str]      # the source files (absolute when the scan was given an absolute path)
     labels: list[int]
     classes: list[str]
+    skipped: list = field(default_factory=list)     # [(path, reason)] files the scan left out
+    hazards: dict = field(default_factory=dict)     # {path: reason} (plain_decode only)
+    read_paths: list[str] = field(default_factory=list)  # what a non-PIL decoder should read
+
+    def __post_init__(self):
+        if not self.read_paths:
+            self.read_paths = list(self.paths)
 
 
-def list_images(path: str | os.PathLike) -> FileSplit:
-    """Scan ``path`` (class folder tree or file list) into a :class:`FileSplit`; clear error if empty."""
+def list_images(path: str | os.PathLike, *, val_labels=None, plain_decode: bool = False) -> FileSplit:
+    """Scan ``path`` (split folder, flat ILSVRC val folder or file list) into a :class:`FileSplit`.
+
+    Raises :class:`pipeline.sources.SourceError` (a ``ValueError`` naming the path) when the path is
+    missing, holds no image, is a dataset root, or is a flat validation folder without labels."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such image folder or file list")
-    split = _from_list(p) if p.is_file() else _from_folder(p)
+        raise SourceNotFoundError(f"{p}: no such image folder or file list")
+    split = _from_list(p) if p.is_file() else _from_folder(p, val_labels)
     if not split.paths:
-        raise ValueError(f"{p}: no images found (expected <class>/*{'|'.join(IMAGE_EXTENSIONS)} "
-                         f"or a file list of 'path label' lines)")
+        raise SourceError(f"{p}: no images found (expected <class>/<image> with one of "
+                          f"{' '.join(IMAGE_EXTENSIONS)} or a file list of 'path label' lines)")
+    if plain_decode:
+        split.hazards = decode_hazards(split.paths)
+        if split.hazards:
+            # one PNG per odd file, made once; a bad file raises BadImageError naming it here
+            split.read_paths = [decoded_copy(q) if q in split.hazards else q for q in split.paths]
+            kinds = sorted({r.split(" (")[0] for r in split.hazards.values()})
+            log.warning("%s: %d file(s) would decode differently outside PIL (%s): read through "
+                        "pipeline.sources.open_rgb copies", p, len(split.hazards), ", ".join(kinds[:5]))
     return split
 
 
-def _from_folder(root: Path) -> FileSplit:
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        hint = ""
-        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(root)):
-            hint = " (images found directly in it: put them in class subfolders)"
-        raise ValueError(f"{root}: no class subfolders{hint}")
-    if {"train", "val"} <= set(classes) and not _has_images(root / classes[0]):
-        raise ValueError(f"{root}: looks like a dataset root; pass {root}/train or {root}/val")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        for dirpath, dirnames, files in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(files):  # hidden files are skipped, as pipeline.build_ffcv does
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    paths.append(os.path.join(dirpath, f))
-                    labels.append(label)
-    return FileSplit(root, paths, labels, classes)
-
-
-def _has_images(d: Path) -> bool:
-    return any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(d))
+def _from_folder(root: Path, val_labels=None) -> FileSplit:
+    source = scan_split(root, val_labels=val_labels)
+    (name, split), = source.splits.items()
+    return FileSplit(root, [f for f, _ in split.files], source.labels(name), source.classes,
+                     skipped=list(split.skipped))
 
 
 def _from_list(list_file: Path) -> FileSplit:

@@ -11,19 +11,24 @@ Why it looks the way it does:
 * ``decode="batched"`` reads bytes in workers and decodes a whole batch with
   ``torchvision.io.decode_jpeg(device=...)`` in the main process: on CUDA that is nvJPEG (the GPU
   decode baseline of the bench); on CPU it runs the same code with libjpeg-turbo, which is what the
-  tests exercise.
+  tests exercise. A file :func:`pipeline.sources.decode_hazard` flags (CMYK, alpha, 16-bit,
+  palette, EXIF rotation, ...) is decoded in the worker by ``open_rgb`` instead, so both modes give
+  the pixels the ``.beton`` files hold.
+* every file is decoded by :func:`pipeline.sources.open_rgb`, the converter's decoder (alpha
+  composited on white, 16-bit scaled, EXIF orientation applied), and listed by the same scanner.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
+from ..sources import decode_hazard, open_rgb
 from . import base, transforms
 from .files import list_images
 
@@ -43,12 +48,12 @@ class _ImageFiles(Dataset):
         path = self.paths[index]
         if self.decode == "batched":
             data = np.fromfile(path, dtype=np.uint8)
-            return torch.from_numpy(data), self.labels[index], index, epoch
-        try:
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-        except Exception as e:  # name the file: a bare PIL error says nothing about which one
-            raise RuntimeError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from e
+            if decode_hazard(io.BytesIO(data)) is None:
+                return torch.from_numpy(data), self.labels[index], index, epoch
+            # decode_jpeg/decode_image would drop alpha, not scale 16 bits, ...: decode it here
+            img = torch.from_numpy(np.asarray(open_rgb(path))).permute(2, 0, 1).contiguous()
+            return img, self.labels[index], index, epoch
+        im = open_rgb(path)   # BadImageError names the file and says what is wrong with it
         gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
         return transforms.augment(im, self.image_size, self.train, gen), self.labels[index]
 
@@ -80,8 +85,8 @@ class TorchLoader(base.EpochState):
 
     def __init__(self, path, batch_size=128, image_size=224, train=True, num_workers=2, device="cpu",
                  dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
-                 drop_last=True, shuffle=True, decode="pil", prefetch_factor=2):
-        split = list_images(path)
+                 drop_last=True, shuffle=True, decode="pil", prefetch_factor=2, val_labels=None):
+        split = list_images(path, val_labels=val_labels)
         super().__init__(len(split.paths), batch_size, seed, rank, world_size, drop_last, shuffle)
         if decode not in ("pil", "batched"):
             raise ValueError(f"decode must be 'pil' or 'batched', got {decode!r}")
@@ -107,14 +112,22 @@ class TorchLoader(base.EpochState):
             yield transforms.finish_batch(images, labels, self.device, self.dtype, self.channels_last)
 
     def _decode_batch(self, data, labels, indices, epochs):
-        """Decode a list of encoded files on ``self.device`` at once, then crop each image."""
-        try:
-            with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec
-                warnings.simplefilter("ignore", DeprecationWarning)
-                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device,
+        """Decode a list of encoded files on ``self.device`` at once, then crop each image.
+
+        Items that are already 3-D uint8 images were decoded by ``open_rgb`` in the worker."""
+        encoded = [i for i, d in enumerate(data) if d.dim() == 1]
+        decoded = [d.to(self.device) if d.dim() == 3 else None for d in data]
+        if encoded:
+            blobs = [data[i] for i in encoded]
+            try:
+                with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for torchcodec
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    out = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=self.device,
                                       apply_exif_orientation=True)
-        except RuntimeError:  # a PNG or odd JPEG in the batch: decode one by one on the CPU
-            decoded = [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in data]
+            except RuntimeError:  # a PNG or odd JPEG in the batch: decode one by one on the CPU
+                out = [decode_image(d, mode=ImageReadMode.RGB).to(self.device) for d in blobs]
+            for i, img in zip(encoded, out):
+                decoded[i] = img
         out = []
         for img, index, epoch in zip(decoded, indices, epochs):
             gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
