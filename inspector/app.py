@@ -63,6 +63,8 @@ class InspectorState:
         cfg = self.catalog.config(name)
         mcfg = dict(cfg.get("model") or {})
         mcfg.update(mcfg.pop("extra", None) or {})  # the trainer keeps other constructor kwargs here
+        if "target" in mcfg:  # an explicit target replaces norm_pix_loss (trainer.pretrain.model_kwargs),
+            mcfg.pop("norm_pix_loss", None)  # and the model refuses both at once (issue 12: PCA runs)
         img = (cfg.get("data") or {}).get("image_size")
         if img and "img_size" not in mcfg:
             mcfg["img_size"] = img
@@ -94,8 +96,9 @@ class InspectorState:
 # ===================================================================================== handlers
 def _refresh(state: InspectorState, selected, rec_name=None, live_name=None, forget=False):
     names = state.catalog.refresh(forget=forget)
-    msg = state.catalog.empty_message()
     summaries = state.catalog.summaries(names)
+    # nothing to show explains itself; otherwise runs that could not be read completely are named
+    msg = state.catalog.empty_message() or state.catalog.problems_message(names)
     for s in summaries:
         if s.get("params") is None:
             s["params"] = state.encoder_params(s["name"])

@@ -4,7 +4,10 @@ Why a separate module: the app must (a) start in seconds on a folder with many r
 read until a run is shown, (b) never turn a user-supplied name into a path, so every name is looked up
 in the list `runstore.list_runs` returned, and (c) keep working on half-written or crashed runs, so
 every read is wrapped and degrades to an empty table plus a note. All reading goes through `runstore`;
-this module never touches zarr itself and never writes.
+this module never touches zarr itself and never writes. A run that cannot be read (bad YAML, a
+corrupt store, a file linking outside the root) is one "broken" row naming the reason, and damage
+the readers worked around (a corrupt chunk) is listed as the run's problems: the user sees both in
+the UI, not only in the server log, and every other run keeps working.
 """
 from __future__ import annotations
 
@@ -28,11 +31,20 @@ log = logging.getLogger(__name__)
 # Column order of the runs table (the first thing a user sees).
 SUMMARY_COLUMNS = [
     "name", "status", "model", "dataset", "epochs", "last_loss",
-    "best_linprobe", "best_knn", "images_per_s", "params",
+    "best_linprobe", "best_knn", "images_per_s", "params", "problems",
 ]
 
 
 TERMINAL = ("finished", "crashed", "preempted")
+BROKEN = "broken"
+# reads whose failure makes a run "broken" (reconstructions are optional and reported where shown)
+_ESSENTIAL = ("config", "status", "metrics", "evals", "checkpoints")
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """Error text for a table cell: whitespace collapsed (YAML errors span lines), shortened."""
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 class UnknownRunError(KeyError):
@@ -73,6 +85,7 @@ class RunCatalog:
         self._cache: dict = {}
         self._summaries: dict = {}
         self._runs: dict[str, Any] = {}
+        self._problems: dict[str, dict[str, tuple[bool, list[str]]]] = {}  # name -> what -> (failed, lines)
         self._lock = threading.Lock()
         self.error: str | None = None
         self.refresh()
@@ -99,6 +112,7 @@ class RunCatalog:
         with self._lock:
             self._runs = runs
             self._cache.clear()
+            self._problems = {n: p for n, p in self._problems.items() if n in runs}
         return self.names()
 
     def _name_of(self, run) -> str:
@@ -188,19 +202,42 @@ class RunCatalog:
             hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
-        fn = getattr(run, what, None)
-        if fn is None:
-            return None
-        try:
-            value = fn(*args) if callable(fn) else fn
-        except Exception as exc:  # half-written stores: show what is there
+        failed, lines = False, []
+        try:  # inside the try: `config` and `status` are properties, read by getattr itself
+            fn = getattr(run, what, None)
+            value = (fn(*args) if callable(fn) else fn) if fn is not None else None
+            if isinstance(value, pd.DataFrame):  # damage the reader worked around (corrupt chunks)
+                lines = [one_line(w) for w in value.attrs.get("runstore_warnings", [])]
+        except Exception as exc:  # half-written or corrupt stores: show what is there, say what is not
             log.warning("run %s: %s%s failed: %s", name, what, args, exc)
             value = None
+            failed, lines = True, [one_line(exc)]
+        if what in _ESSENTIAL:
+            with self._lock:
+                self._problems.setdefault(name, {})[what] = (failed, lines)
         with self._lock:
             if len(self._cache) > 512:
                 self._cache.clear()
             self._cache[key] = (now, value)
         return value
+
+    def problems(self, name: str) -> tuple[bool, list[str]]:
+        """(broken, lines) from the latest reads of this run: broken when an essential read failed."""
+        with self._lock:
+            entries = list(self._problems.get(name, {}).values())
+        lines = list(dict.fromkeys(line for _, ls in entries for line in ls))
+        return any(failed for failed, _ in entries), lines
+
+    def problems_message(self, names: Iterable[str] | None = None) -> str | None:
+        """A markdown note listing the runs with problems (for the banner), else None."""
+        out = []
+        for n in (names if names is not None else self.names()):
+            broken, lines = self.problems(n)
+            if lines:
+                out.append(f"- `{n}`{' (broken)' if broken else ''}: " + "; ".join(lines))
+        if not out:
+            return None
+        return "**Some runs could not be read completely** (the rest of each run is shown):\n" + "\n".join(out)
 
     def config(self, name: str) -> dict:
         cfg = self._read(name, "config")
@@ -264,8 +301,13 @@ class RunCatalog:
         trainer's convention (metrics log fractional epochs, 1.0 at the end of the first) and each
         store is read once.
         """
-        return summarize(name, self.config(name), self.status(name), {}, self.metrics(name),
-                         self.evals(name))
+        s = summarize(name, self.config(name), self.status(name), {}, self.metrics(name),
+                      self.evals(name))
+        broken, lines = self.problems(name)
+        if broken:
+            s["status"] = BROKEN
+        s["problems"] = "; ".join(lines)
+        return s
 
     def summaries(self, names: Iterable[str] | None = None) -> list[dict]:
         """Summaries of many runs. Finished/crashed runs are remembered until their status file

@@ -4,11 +4,15 @@ Why its own module: it is the only part of the inspector that runs a model, so i
 that keep the app responsive and safe: a parameter-count limit checked *before* building the model
 (a ViT-H would take seconds per image and gigabytes of memory on a laptop), size and pixel limits on
 uploads checked before decoding (decompression bombs), and a small cache so moving a slider does
-not reload the checkpoint.
+not reload the checkpoint. Checkpoints are untrusted files: their `.sha256` (written by the trainer)
+is checked first, and they are read only by `model.checkpoint.safe_torch_load` (weights only, never
+full unpickling), so a crafted pickle cannot run code inside the inspector.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,7 +53,8 @@ def load_image(source, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         if a.ndim != 3 or a.shape[-1] not in (3, 4):
             raise LiveError(f"expected an H x W x 3 image array, got shape {a.shape}")
         if a.shape[0] * a.shape[1] > max_pixels:
-            raise LiveError(f"image has {a.shape[0] * a.shape[1]:,} pixels; the limit is {max_pixels:,}")
+            raise LiveError(f"image is too large: {a.shape[1]} x {a.shape[0]} = {a.shape[0] * a.shape[1]:,} "
+                            f"pixels; the limit is {max_pixels:,} pixels")
         return Image.fromarray(a[..., :3].astype(np.uint8))
     if isinstance(source, Image.Image):
         return source.convert("RGB")
@@ -68,15 +73,24 @@ def load_image(source, *, max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         with Image.open(path) as im:
             w, h = im.size  # read from the header, before any pixel is decoded
             if w * h > max_pixels:
-                raise LiveError(f"{name} is {w} x {h} = {w * h:,} pixels; the limit is {max_pixels:,}.")
+                raise _too_large(name, f"{w} x {h} = {w * h:,} pixels", max_pixels)
             im = ImageOps.exif_transpose(im)
             return im.convert("RGB")
     except LiveError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses headers over 2x its own limit inside Image.open, before we see the size;
+        # its message carries the pixel count ("Image size (400000000 pixels) exceeds ...")
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(name, f"{int(m.group(1)):,} pixels" if m else "over Pillow's limit", max_pixels) from None
+    except UnidentifiedImageError:
         raise LiveError(f"{name} is not an image Pillow can read (JPEG, PNG, WebP, ...).") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise LiveError(f"{name} could not be decoded as an image: {exc}") from None
+
+
+def _too_large(name: str, size: str, max_pixels: int) -> LiveError:
+    return LiveError(f"{name} is too large: {size}; the limit is {max_pixels:,} pixels. Resize it first.")
 
 
 def preprocess(img: Image.Image, size: int) -> torch.Tensor:
@@ -89,11 +103,43 @@ def preprocess(img: Image.Image, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- models
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path) -> None:
+    """LiveError unless `path` matches the `NAME.sha256` beside it ("<hex digest>  NAME", as
+    trainer/checkpoint.py writes it). No sidecar: nothing to check (official downloads have none;
+    the safe reader still guards them)."""
+    side = path.with_name(path.name + ".sha256")
+    if not side.exists():
+        return
+    try:
+        recorded = (side.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower()
+    except OSError as exc:
+        raise LiveError(f"checkpoint {path.name}: its checksum file {side.name} cannot be read "
+                        f"({exc.strerror or exc}); not loaded") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", recorded):
+        raise LiveError(f"checkpoint {path.name}: {side.name} holds no SHA-256 digest; not loaded")
+    actual = _sha256(path)
+    if actual != recorded:
+        raise LiveError(f"checkpoint {path.name} does not match its checksum ({side.name} records "
+                        f"{recorded[:12]}..., the file hashes to {actual[:12]}...): corrupt or replaced; "
+                        f"not loaded")
+
+
 def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint's contents after its checksum verifies, via the project's one safe reader."""
+    from model.checkpoint import safe_torch_load
+    verify_checksum(path)
     try:  # mmap: counting parameters of a huge checkpoint must not read it all into memory
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except RuntimeError:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(path, map_location="cpu", mmap=True)
+    except (ValueError, OSError) as exc:  # UnsafeCheckpointError is a ValueError: names file and global
+        raise LiveError(str(exc)) from None
 
 
 def _state_dict(ckpt) -> dict:
@@ -141,7 +187,11 @@ class ModelCache:
                     f"limited to {self.max_params / 1e6:.0f}M so it stays interactive. Start the inspector "
                     f"with --live-max-params {int(n * 1.01)} to allow it anyway.")
             from model import load_checkpoint
-            model = load_checkpoint(ckpt, map_location="cpu").eval()
+            try:
+                model = load_checkpoint(ckpt, map_location="cpu").eval()
+            except (ValueError, KeyError, TypeError) as exc:
+                msg = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+                raise LiveError(f"checkpoint {path.name}: {msg.removeprefix('<checkpoint dict>: ')}") from None
             self.loads += 1
             self._models[key] = model
             while len(self._models) > self.capacity:

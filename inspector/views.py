@@ -33,12 +33,12 @@ KIND_LABELS = {"linprobe": "linear probe", "linprobe_full": "linear probe (full)
                "finetune": "fine-tune"}
 
 RUNS_TABLE_COLUMNS = ["name", "status", "model", "dataset", "epochs", "last_loss", "best_linprobe",
-                      "best_knn", "images_per_s", "params"]
+                      "best_knn", "images_per_s", "params", "problems"]
 # what the Runs tab shows as column headers
 RUNS_TABLE_HEADERS = {"name": "run", "status": "status", "model": "model", "dataset": "dataset",
                       "epochs": "epochs (done/planned)", "last_loss": "last loss",
                       "best_linprobe": "best linear probe top-1 (%)", "best_knn": "best kNN top-1 (%)",
-                      "images_per_s": "images/s", "params": "encoder params"}
+                      "images_per_s": "images/s", "params": "encoder params", "problems": "problems"}
 PANEL_NAMES = ("original", "masked", "reconstruction", "pasted")
 
 
@@ -83,6 +83,7 @@ def runs_table(summaries: Iterable[Mapping]) -> pd.DataFrame:
     df["images_per_s"] = pd.to_numeric(df["images_per_s"], errors="coerce").round(1)
     params = pd.to_numeric(df["params"], errors="coerce")
     df["params"] = [format_params(p) for p in params]
+    df["problems"] = df["problems"].fillna("").astype(str)
     return df.sort_values("name").reset_index(drop=True)
 
 

@@ -20,6 +20,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -255,6 +256,8 @@ def safe_torch_load(path, map_location="cpu", mmap: bool = False):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if mmap and not zipfile.is_zipfile(path):  # torch mmaps only its zip format, not legacy files
+        mmap = False
     try:
         with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,27 @@ from .writer import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
 
 CHECKPOINT_COLUMNS = ["path", "epoch", "step", "tag", "time", "bytes", "exists"]
 STORES = ("metrics.zarr", "evals.zarr", "recons.zarr", "status.json")
+# the trainer's checkpoint names (trainer/checkpoint.py); runstore does not import the trainer
+_CHECKPOINT_NAME = re.compile(r"^(ckpt|milestone)-e(\d+)-s(\d+)\.pth$")
+
+
+class OutsideRootError(ValueError):
+    """A run's file resolves (through a symlink) to a place outside the runs root: never read."""
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any((path / s).exists() for s in STORES)
+    try:
+        return (path / "config.yaml").is_file() and any((path / s).exists() for s in STORES)
+    except OSError:  # unreadable folder (permissions, a dangling mount): not a run we can show
+        return False
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return False
 
 
 def latest_attempt(steps: np.ndarray) -> np.ndarray:
@@ -41,8 +60,11 @@ def latest_attempt(steps: np.ndarray) -> np.ndarray:
 class Run:
     """Read-only view of one run directory (works while a writer appends)."""
 
-    def __init__(self, run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S):
+    def __init__(self, run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S,
+                 root: str | os.PathLike | None = None):
         self.path = Path(run_dir).absolute()
+        # listed under a runs root (list_runs): every file read must resolve inside that root
+        self.root = Path(root).resolve() if root is not None else None
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: no such run directory")
         if not (self.path / "config.yaml").is_file():
@@ -52,11 +74,18 @@ class Run:
         self._config_key: tuple | None = None
         self._config: dict = {}
 
+    def _file(self, name: str | Path) -> Path:
+        """`self.path / name`, refused if a symlink takes it out of the runs root."""
+        p = self.path / name
+        if self.root is not None and (p.exists() or p.is_symlink()) and not _within(p, self.root):
+            raise OutsideRootError(f"{p}: links outside the runs root {self.root}; not read")
+        return p
+
     # ------------------------------------------------------------------ config and status
     @property
     def config(self) -> dict:
         """The run's config.yaml (re-read when the file changes, e.g. after a resume)."""
-        p = self.path / "config.yaml"
+        p = self._file("config.yaml")
         st = p.stat()
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         if key != self._config_key:
@@ -82,30 +111,44 @@ class Run:
         columns: read only these (`step` is always included)."""
         if columns is not None:
             columns = ["step"] + [c for c in columns if c != "step"]
-        df = read_table(self.path / "metrics.zarr", METRIC_COLUMNS, columns)
+        df = read_table(self._file("metrics.zarr"), METRIC_COLUMNS, columns)
         if raw:
             return df
+        problems = df.attrs.get("runstore_warnings", [])
         keep = latest_attempt(df["step"].to_numpy(dtype=np.int64))
-        return df[keep].reset_index(drop=True)
+        df = df[keep].reset_index(drop=True)
+        df.attrs["runstore_warnings"] = problems
+        return df
 
     def evals(self, kind: str | None = None, raw: bool = False) -> pd.DataFrame:
         """Evaluation records sorted by epoch. Columns: epoch (int64), kind (str), top1, top5, loss,
         seconds, settings (JSON str), time, then extras. For the same (epoch, kind, settings) only
         the last written is kept unless raw=True."""
-        df = read_table(self.path / "evals.zarr", EVAL_COLUMNS)
+        df = read_table(self._file("evals.zarr"), EVAL_COLUMNS)
+        problems = df.attrs.get("runstore_warnings", [])
         if not raw and len(df):
             df = df.drop_duplicates(subset=["epoch", "kind", "settings"], keep="last")
             df = df.sort_values("epoch", kind="stable").reset_index(drop=True)
         if kind is not None:
             df = df[df["kind"] == kind].reset_index(drop=True)
+        df.attrs["runstore_warnings"] = problems
         return df
 
     def checkpoints(self) -> pd.DataFrame:
         """Recorded checkpoints sorted by step: path (absolute str), epoch, step, tag, time, bytes,
-        exists (the file is still there: old ones are pruned by the trainer)."""
-        entries = load_json(self.path / CHECKPOINT_INDEX, default=[]) or []
+        exists (the file is still there: old ones are pruned by the trainer).
+
+        Without a readable index (deleted, or garbage) the list is rebuilt from the files in
+        `checkpoints/`, so a run whose index was lost still offers its checkpoints."""
+        try:
+            entries = load_json(self._file(CHECKPOINT_INDEX), default=None)
+        except ValueError as exc:
+            warnings.warn(f"{exc}; listing the checkpoint files instead", RuntimeWarning, stacklevel=2)
+            entries = None
+        if entries is None:
+            return self._checkpoints_from_files()
         rows = []
-        for e in entries:
+        for e in entries or []:
             p = Path(e["path"])
             p = p if p.is_absolute() else self.path / p
             rows.append({"path": str(p), "epoch": int(e.get("epoch", -1)), "step": int(e.get("step", -1)),
@@ -118,6 +161,32 @@ class Run:
                               "time": "float64", "bytes": "float64", "exists": "bool"})
         return df.sort_values(["step", "time"], kind="stable").reset_index(drop=True)
 
+    def _checkpoints_from_files(self) -> pd.DataFrame:
+        """Checkpoint rows from the `.pth` files themselves (epoch and step from the trainer's names;
+        `final.pth` takes them from the checkpoint it is a link of; other names get -1)."""
+        d = self.path / "checkpoints"
+        try:
+            files = sorted(p for p in d.iterdir() if p.suffix == ".pth" and not p.name.startswith(".")
+                           and p.is_file())
+        except OSError:  # no checkpoints folder yet
+            files = []
+        rows = []
+        for p in files:
+            m = _CHECKPOINT_NAME.match(p.name)
+            epoch, step = (int(m.group(2)), int(m.group(3))) if m else (-1, -1)
+            tag = "milestone" if m and m.group(1) == "milestone" else ("final" if p.name == "final.pth" else None)
+            st = p.stat()
+            rows.append({"path": str(p), "epoch": epoch, "step": step, "tag": tag, "time": st.st_mtime,
+                         "bytes": float(st.st_size), "exists": True, "_ino": (st.st_dev, st.st_ino)})
+        by_ino = {r["_ino"]: r for r in rows if r["step"] >= 0}
+        for r in rows:
+            if r["step"] < 0 and r["_ino"] in by_ino:  # final.pth is a hard link of the last checkpoint
+                r["epoch"], r["step"] = by_ino[r["_ino"]]["epoch"], by_ino[r["_ino"]]["step"]
+        df = pd.DataFrame([{k: v for k, v in r.items() if k != "_ino"} for r in rows], columns=CHECKPOINT_COLUMNS)
+        df = df.astype({"path": "str", "epoch": "int64", "step": "int64", "tag": "object",
+                        "time": "float64", "bytes": "float64", "exists": "bool"})
+        return df.sort_values(["step", "time", "path"], kind="stable").reset_index(drop=True)
+
     def latest_checkpoint(self, tag: str | None = None) -> Path | None:
         """The existing checkpoint with the highest step (optionally with this tag), or None."""
         df = self.checkpoints()
@@ -128,16 +197,16 @@ class Run:
 
     # ------------------------------------------------------------------ reconstructions
     def reconstruction_splits(self) -> list[str]:
-        return _recons.splits(self.path / "recons.zarr")
+        return _recons.splits(self._file("recons.zarr"))
 
     def reconstruction_epochs(self, split: str = "val") -> list[int]:
         """Epochs with stored reconstructions for `split`, ascending."""
-        return _recons.epochs(self.path / "recons.zarr", split)
+        return _recons.epochs(self._file("recons.zarr"), split)
 
     def reconstructions(self, epoch: int, split: str = "val") -> dict[str, Any]:
         """dict: image_ids (N), original / masked / reconstruction / pasted (uint8 N x H x W x 3),
         mask (uint8 N x L, 1 = masked), loss (float32 N), epoch, split, attrs. KeyError if absent."""
-        return _recons.read(self.path / "recons.zarr", epoch, split)
+        return _recons.read(self._file("recons.zarr"), epoch, split)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
@@ -199,20 +268,30 @@ def open(run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S) -> Run:
 
 def list_runs(root: str | os.PathLike, max_depth: int = 4) -> list[Run]:
     """Runs under `root` (a directory with config.yaml and a store), sorted by path; searched up to
-    `max_depth` levels down, not descending into runs or hidden folders. `root` may itself be a run."""
-    root = Path(root)
+    `max_depth` levels down, not descending into runs or hidden folders. `root` may itself be a run.
+
+    Never leaves `root`: a symlinked folder is followed only if it resolves inside `root` (a link
+    to `/` or to another user's runs lists nothing), and each run is listed once, under its real
+    path, however many links lead to it (links that loop back are harmless). The Runs returned
+    refuse to read files that links take outside `root`."""
+    root = Path(root).resolve()
     if not root.is_dir():
         return []
     found: list[Path] = []
+    seen: set[Path] = set()
 
     def walk(d: Path, depth: int) -> None:
-        if is_run_dir(d):
-            found.append(d)
+        real = d.resolve()
+        if real in seen or not _within(real, root):
+            return
+        seen.add(real)
+        if is_run_dir(real):
+            found.append(real)
             return
         if depth >= max_depth:
             return
         try:
-            children = sorted(c for c in d.iterdir() if c.is_dir())
+            children = sorted(c for c in real.iterdir() if c.is_dir())
         except OSError:
             return
         for c in children:
@@ -220,4 +299,4 @@ def list_runs(root: str | os.PathLike, max_depth: int = 4) -> list[Run]:
                 walk(c, depth + 1)
 
     walk(root, 0)
-    return [Run(p) for p in sorted(found)]
+    return [Run(p, root=root) for p in sorted(found)]

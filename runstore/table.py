@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -201,15 +202,70 @@ def _series(values: np.ndarray, kind: str) -> pd.Series:
     return pd.Series(np.asarray(values, dtype=_DTYPE[kind]))
 
 
+class CorruptStoreError(ValueError):
+    """A table store whose metadata cannot be read at all (the message names the file)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _read_column(group, name: str, n: int, kind: str, where: Path) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    """Column `name`'s first `n` values, salvaging what can be read.
+
+    Returns (values, bad_rows, problem): `bad_rows` marks rows of unreadable chunks (None if all
+    read), which hold the fill value (NaN / ""); `problem` is one line naming the store, the column
+    and the chunks, else None. One bad chunk must not cost the whole table (or the whole run)."""
+    dtype = object if kind == "str" else _DTYPE[kind]
+    try:
+        arr = group[name]
+        return np.asarray(arr[:n]), None, None
+    except Exception as exc:  # noqa: BLE001 - corrupt chunk or array metadata: salvage chunk by chunk
+        first = exc
+    values = np.full(n, _FILL[kind], dtype=dtype)
+    bad = np.zeros(n, dtype=bool)
+    try:
+        arr = group[name]
+        step = int(arr.chunks[0]) or n
+    except Exception:  # noqa: BLE001 - the array's own zarr.json is gone or garbage
+        bad[:] = True
+        return values, bad, f"{where}/{name}: column unreadable ({_one_line(first)})"
+    bad_chunks = []
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        try:
+            values[start:stop] = arr[start:stop]
+        except Exception:  # noqa: BLE001
+            bad[start:stop] = True
+            bad_chunks.append(start // step)
+    if not bad_chunks:  # the first failure was transient (e.g. a file replaced mid-read)
+        return values, None, None
+    return values, bad, (f"{where}/{name}: chunk(s) {bad_chunks} unreadable ({_one_line(first)}); "
+                         f"{int(bad.sum())} of {n} rows of this column are lost")
+
+
 def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | None = None) -> pd.DataFrame:
     """Committed rows of a table as a DataFrame (in write order); empty with `base` columns if none.
-    `columns`: read only these (unknown names are an error), for cheap reads of long runs."""
+    `columns`: read only these (unknown names are an error), for cheap reads of long runs.
+
+    A column with unreadable chunks is served with those rows missing (NaN / ""; for integer
+    columns, which cannot hold a gap, those rows are dropped from the table) and one line per
+    damaged column is both warned (RuntimeWarning) and listed in ``df.attrs["runstore_warnings"]``,
+    so a caller can show the damage. Unreadable store metadata raises CorruptStoreError naming it."""
     path = Path(path)
     try:
         group = zarr.open_group(str(path), mode="r")
     except FileNotFoundError:
         return empty_frame(base)
-    meta = _meta(group, path)
+    except Exception as exc:  # noqa: BLE001 - garbage zarr.json: name the file, not the JSON parser
+        raise CorruptStoreError(f"{path / 'zarr.json'}: unreadable zarr store metadata ({_one_line(exc)})") from None
+    try:
+        meta = _meta(group, path)
+    except StoreFormatError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise CorruptStoreError(f"{path / 'zarr.json'}: unreadable table metadata ({_one_line(exc)})") from None
     if meta is None:
         return empty_frame(base)
     n = int(meta["rows"])
@@ -223,11 +279,23 @@ def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | Non
         if unknown:
             raise KeyError(f"{path}: no column(s) {unknown}; columns are {order}")
         order = [c for c in order if c in columns]
-    data = {}
+    data, problems = {}, []
+    drop = np.zeros(n, dtype=bool)
     for name in order:
         kind = kinds[name]
         if name in group:
-            data[name] = _series(group[name][:n], kind)
+            values, bad, problem = _read_column(group, name, n, kind, path)
+            if problem:
+                problems.append(problem)
+                if kind == "int64":
+                    drop |= bad
+            data[name] = _series(values, kind)
         else:
             data[name] = _series(np.full(n, _FILL[kind], dtype=object if kind == "str" else _DTYPE[kind]), kind)
-    return pd.DataFrame(data, columns=order)
+    df = pd.DataFrame(data, columns=order)
+    if drop.any():
+        df = df[~drop].reset_index(drop=True)
+    for problem in problems:
+        warnings.warn(problem, RuntimeWarning, stacklevel=2)
+    df.attrs["runstore_warnings"] = problems
+    return df
