@@ -89,7 +89,10 @@ class Run:
         st = p.stat()
         key = (st.st_mtime_ns, st.st_size, st.st_ino)
         if key != self._config_key:
-            self._config = load_yaml(p) or {}
+            config = load_yaml(p) or {}
+            if not isinstance(config, dict):  # e.g. a bare list or string: nothing a run could have written
+                raise ValueError(f"{p}: expected a mapping of settings, found {type(config).__name__}")
+            self._config = config
             self._config_key = key
         return self._config
 
@@ -97,11 +100,18 @@ class Run:
     def status(self) -> str:
         """"created" | "running" | "finished" | "crashed" | "preempted" | "stale" (running by the
         file, but no heartbeat for `stale_after` s or its process is gone) | "unknown"."""
-        return effective_state(read_status(self.path), self.stale_after)
+        return effective_state(self._status(), self.stale_after)
 
     def status_info(self) -> dict:
         """status.json as stored, plus `status` (as above) and `heartbeat_age_s`."""
-        return describe(read_status(self.path), self.stale_after)
+        return describe(self._status(), self.stale_after)
+
+    def _status(self) -> dict:
+        self._file("status.json")  # refuses a status.json linked out of the runs root
+        doc = read_status(self.path)
+        if not isinstance(doc, dict):
+            raise ValueError(f"{self.path / 'status.json'}: expected a JSON object, found {type(doc).__name__}")
+        return doc
 
     # ------------------------------------------------------------------ tables
     def metrics(self, raw: bool = False, columns: list[str] | None = None) -> pd.DataFrame:

@@ -211,6 +211,13 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
+def _has(group, name: str) -> bool:
+    try:
+        return name in group
+    except Exception:  # noqa: BLE001 - its metadata is garbage: it exists; _read_column reports it
+        return True
+
+
 def _read_column(group, name: str, n: int, kind: str, where: Path) -> tuple[np.ndarray, np.ndarray | None, str | None]:
     """Column `name`'s first `n` values, salvaging what can be read.
 
@@ -283,7 +290,7 @@ def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | Non
     drop = np.zeros(n, dtype=bool)
     for name in order:
         kind = kinds[name]
-        if name in group:
+        if _has(group, name):
             values, bad, problem = _read_column(group, name, n, kind, path)
             if problem:
                 problems.append(problem)
