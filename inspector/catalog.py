@@ -68,7 +68,7 @@ def _is_within(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
         return True
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
         return False
 
 
@@ -133,14 +133,26 @@ class RunCatalog:
         found: dict[str, Path] = {}
         if not self.root.is_dir():
             return found
+        root = self.root.resolve()
         try:
-            dirs = [self.root] + sorted(c for c in self.root.iterdir() if c.is_dir() and not c.name.startswith("."))
-            for d in dirs:
-                for sw in runstore.list_sweeps(d):
-                    rel = Path(sw).resolve().relative_to(self.root.resolve()).as_posix()
-                    found[rel if rel != "." else Path(sw).name] = Path(sw)
-        except (OSError, ValueError, AttributeError) as exc:
+            dirs = [root] + sorted(c for c in root.iterdir() if c.is_dir() and not c.name.startswith("."))
+        except OSError as exc:
             log.warning("listing sweeps under %s failed: %s", self.root, exc)
+            return found
+        for d in dirs:
+            if not _is_within(d, root):  # a link out of the runs root: never followed
+                continue
+            try:
+                sweeps = runstore.list_sweeps(d)
+            except (OSError, ValueError) as exc:  # one unreadable folder must not hide the others
+                log.warning("listing sweeps under %s failed: %s", d, exc)
+                continue
+            for sw in sweeps:
+                real = Path(sw).resolve()
+                if not _is_within(real, root):
+                    continue
+                rel = real.relative_to(root).as_posix()
+                found.setdefault(rel if rel != "." else real.name, real)
         return found
 
     def sweep_table(self, name: str) -> pd.DataFrame:

@@ -269,3 +269,13 @@ def test_parameter_count_of_a_pca_run_is_shown(tmp_path):
     assert n is not None and n == state.encoder_params("pixels") > 0  # the encoder does not depend on the target
     _, table, *_ = _refresh(state, None)
     assert table.set_index("run").loc["pca", "encoder params"] != ""
+
+
+def test_sweep_listing_stays_inside_the_root_and_survives_outside_links(tmp_path):
+    from inspector.catalog import RunCatalog
+    runs = tmp_path / "runs"
+    runstore.log_sweep_point(runs / "sweeps" / "mask_ratio", "r0.5", params={"mask_ratio": 0.5})
+    runstore.log_sweep_point(tmp_path / "elsewhere" / "theirs", "r0.9", params={"mask_ratio": 0.9})
+    (runs / "sweeps" / "a_outlink").symlink_to(tmp_path / "elsewhere" / "theirs")  # a sweep folder outside
+    (runs / "a_out").symlink_to(tmp_path / "elsewhere")  # listed first: must not end the listing
+    assert list(RunCatalog(runs).sweeps()) == ["sweeps/mask_ratio"]
