@@ -68,6 +68,23 @@ def init(device: str = "auto", timeout_minutes: float = 60.0) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel, paying for ``find_unused_parameters`` only when needed.
+
+    Unused-parameter detection walks the autograd graph after every forward; DDP without it hangs or
+    fails at the second step when a trainable parameter gets no gradient. Which parameters an option
+    leaves out is known from the model's configuration (``model.unused_parameters()``; the model
+    freezes them itself), so detection is switched on only if one of them was made trainable again.
+    """
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    declared = getattr(inner, "unused_parameters", list)()
+    trainable_unused = [n for n in declared if inner.get_parameter(n).requires_grad]
+    return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+               find_unused_parameters=bool(trainable_unused))
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
