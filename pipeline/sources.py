@@ -484,15 +484,21 @@ def _scan_split_dir(name: str, d: Path, val_labels, warn: list, strict: bool = T
         _scan_class_folders(s)
         return s
     csv_path = val_labels or _find_up(VAL_SOLUTION_CSV, d)
-    if csv_path is None:
-        if strict:
-            raise SourceError(_unlabelled(d))
-        warn.append(f"split {name!r} ({d}) is unlabelled (no class folders, no {VAL_SOLUTION_CSV}): "
-                    f"skipped; ILSVRC's test labels are not public (--val-labels FILE to label it)")
-        return None
-    s = SplitSource(name, d, "ilsvrc_flat_val")
-    _scan_flat_val(s, Path(csv_path))
-    return s
+    s = None
+    if csv_path is not None:
+        s = SplitSource(name, d, "ilsvrc_flat_val")
+        _scan_flat_val(s, Path(csv_path))
+        if s.files or not any(r.startswith("no label") for _, r in s.skipped):
+            return s
+    problem = (_unlabelled(d) if s is None else
+               f"split folder {d}: none of its images is labelled in {csv_path}: give the right "
+               f"labels with --val-labels FILE (val_labels= in Python), or leave the split out "
+               f"with --splits")
+    if strict:
+        raise SourceError(problem)
+    warn.append(f"split {name!r} ({d}) is unlabelled: skipped (ILSVRC's test labels are not "
+                f"public; --val-labels FILE and --splits {name} to convert it)")
+    return None
 
 
 def _sibling_classes(split_dir: Path, val_labels=None) -> set:
