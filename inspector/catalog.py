@@ -11,6 +11,7 @@ the UI, not only in the server log, and every other run keeps working.
 """
 from __future__ import annotations
 
+import html
 import logging
 import math
 import os
@@ -224,6 +225,7 @@ class RunCatalog:
             log.warning("run %s: %s%s failed: %s", name, what, args, exc)
             value = None
             failed, lines = True, [one_line(exc)]
+        lines = [self._relative(line) for line in lines]
         if what in _ESSENTIAL:
             with self._lock:
                 self._problems.setdefault(name, {})[what] = (failed, lines)
@@ -232,6 +234,12 @@ class RunCatalog:
                 self._cache.clear()
             self._cache[key] = (now, value)
         return value
+
+    def _relative(self, text: str) -> str:
+        """Paths in a message relative to the runs root: shorter, and the root is shown above anyway."""
+        for prefix in {f"{self.root.resolve()}{os.sep}", f"{self.root.absolute()}{os.sep}"}:
+            text = text.replace(prefix, "")
+        return text
 
     def problems(self, name: str) -> tuple[bool, list[str]]:
         """(broken, lines) from the latest reads of this run: broken when an essential read failed."""
@@ -246,7 +254,8 @@ class RunCatalog:
         for n in (names if names is not None else self.names()):
             broken, lines = self.problems(n)
             if lines:
-                out.append(f"- `{n}`{' (broken)' if broken else ''}: " + "; ".join(lines))
+                # escaped: YAML errors quote text such as '<stream end>' that markdown would eat as HTML
+                out.append(f"- `{n}`{' (broken)' if broken else ''}: " + html.escape("; ".join(lines)))
         if not out:
             return None
         return "**Some runs could not be read completely** (the rest of each run is shown):\n" + "\n".join(out)
