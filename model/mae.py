@@ -21,6 +21,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import PatchEmbed
@@ -339,19 +340,33 @@ class MaskedAutoencoderViT(nn.Module):
         return target
 
     @torch.no_grad()
-    def fit_pca_target(self, imgs: torch.Tensor) -> float:
+    def fit_pca_target(self, imgs: torch.Tensor, all_ranks: bool | None = None) -> float:
         """Fit the ``pca`` target's basis on ``imgs`` (N, C, H, W, normalised like the training
         inputs; every patch of every image is a sample). Returns the fraction of the patch variance
-        the kept ``pca_dims`` coefficients explain."""
+        the kept ``pca_dims`` coefficients explain.
+
+        ``all_ranks`` (default: whenever a torch.distributed group of more than one process is
+        initialised) fits on the union of every rank's ``imgs``: the patch sums and second moments
+        are all-reduced, so each rank gets the basis one process would fit on all those images, and
+        a DDP run trains towards the same target as a single-process run with the same data. It is
+        then a collective: call it on every rank.
+        """
         if self.target != "pca":
             raise ValueError(f"fit_pca_target is for target='pca', this model's target is {self.target!r}")
         x = self.patchify(imgs.detach().float()).reshape(-1, self.pca_mean.numel()).double()
-        if x.shape[0] < 2 * self.pca_dims:
-            raise ValueError(f"fit_pca_target: {x.shape[0]} patches are too few for {self.pca_dims} "
+        # sufficient statistics (count, sum, sum of outer products): they add up across ranks
+        stats = torch.cat([x.new_full((1,), x.shape[0]), x.sum(0), (x.T @ x).reshape(-1)])
+        if all_ranks is None:
+            all_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if all_ranks:
+            dist.all_reduce(stats)
+        d = x.shape[1]
+        n, total, outer = stats[0], stats[1:1 + d], stats[1 + d:].reshape(d, d)
+        if n < 2 * self.pca_dims:
+            raise ValueError(f"fit_pca_target: {int(n)} patches are too few for {self.pca_dims} "
                              f"components; pass more images")
-        mean = x.mean(0)
-        xc = x - mean
-        cov = xc.T @ xc / (x.shape[0] - 1)
+        mean = total / n
+        cov = (outer - n * torch.outer(mean, mean)) / (n - 1)
         evals, evecs = torch.linalg.eigh(cov)  # ascending
         evals, evecs = evals.flip(0), evecs.flip(1)
         k = self.pca_dims

@@ -117,7 +117,7 @@ def test_trainer_fits_the_basis_once_and_resume_keeps_it(tmp_path, tiny_data):
     assert bool(w2["pca_fitted"]) and w2["pca_components"].shape == (12, 192)
     assert torch.allclose(w2["pca_components"] @ w2["pca_components"].T, torch.eye(12), atol=1e-4)
     # two more epochs resume from the checkpoint: the basis is the saved one, not a new fit
-    assert main(["--config", str(cfg), "epochs=4", "--resume"]) == 0
+    assert main(["--config", str(cfg), "epochs=4", "--resume", "--allow-change", "epochs"]) == 0
     w4 = final_weights(run)
     assert torch.equal(w4["pca_components"], w2["pca_components"])
     assert not torch.equal(w4["decoder_pred.weight"], w2["decoder_pred.weight"])
