@@ -10,13 +10,30 @@ problem. It costs a few milliseconds plus one pass over the metadata (about 20 M
 File layout (FFCV 1.0, format version 2)::
 
     header | field descriptors | per-sample metadata | pages of data (page aligned) | alloc table
+
+A sample's bytes are its metadata row (the label lives there, and the image's size, mode and data
+pointer) plus every allocation-table entry with its ``sample_id`` (the stored JPEG or raw pixels).
+FFCV keeps no checksum of either, so a zeroed or flipped region decodes into wrong pixels without
+a word. ``pipeline.build_ffcv`` therefore writes a sidecar ``<file>.sums`` (:func:`write_sums`):
+one 128-bit BLAKE2b digest per sample over exactly those bytes, plus one over the header, field
+descriptors and allocation table; :func:`verify_beton` recomputes them and names the bad samples
+(``python -m pipeline.beton --verify FILE``). It costs one sequential read of the file.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+SUMS_SUFFIX = ".sums"
+SUMS_FORMAT = "maepipe-beton-sums-1"
+DIGEST_BYTES = 16
 
 
 class BetonError(ValueError):
@@ -133,6 +150,181 @@ def check_beton(path) -> dict:
                 page_size=page_size, size_bytes=size)
 
 
+def sums_path(path) -> Path:
+    """Where the checksums of ``path`` live: ``<path>.sums`` beside it."""
+    return Path(str(path) + SUMS_SUFFIX)
+
+
+def _layout(path):
+    """(header, metadata rows as raw bytes N x itemsize, alloc table, structure digest)."""
+    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_handlers, get_metadata_type
+
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    n_fields, n = int(header["num_fields"]), int(header["num_samples"])
+    descs = np.fromfile(path, dtype=FieldDescType, count=n_fields, offset=HeaderType.itemsize)
+    meta_type = get_metadata_type(get_handlers(descs))
+    meta_off = HeaderType.itemsize + n_fields * FieldDescType.itemsize
+    meta = np.fromfile(path, dtype=np.uint8, count=n * meta_type.itemsize, offset=meta_off)
+    table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=int(header["alloc_table_ptr"]))
+    structure = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    with open(path, "rb") as f:
+        structure.update(f.read(meta_off))   # header + field descriptors
+    structure.update(table.tobytes())
+    return header, meta.reshape(n, meta_type.itemsize), table, structure.digest()
+
+
+def sample_digests(path) -> tuple:
+    """``(digests N x 16 uint8, structure digest bytes)`` of a checked .beton (see module doc).
+
+    Sample ``i``'s digest covers its metadata row and, in pointer order, the bytes of every
+    allocation with ``sample_id == i``."""
+    check_beton(path)
+    _, meta, table, structure = _layout(path)
+    n = len(meta)
+    digests = np.zeros((n, DIGEST_BYTES), np.uint8)
+    order = np.lexsort((table["ptr"], table["sample_id"]))
+    ids, ptrs, sizes = (table[k][order].astype(np.int64) for k in ("sample_id", "ptr", "size"))
+    bounds = np.searchsorted(ids, np.arange(n + 1))
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    for i in range(n):
+        h = hashlib.blake2b(meta[i].tobytes(), digest_size=DIGEST_BYTES)
+        for j in range(bounds[i], bounds[i + 1]):
+            h.update(data[ptrs[j]:ptrs[j] + sizes[j]])
+        digests[i] = np.frombuffer(h.digest(), np.uint8)
+    del data
+    return digests, structure
+
+
+def write_sums(path, out=None, build_id: str = "") -> Path:
+    """Compute the checksums of ``path`` and write them (atomically) to ``out`` (default
+    :func:`sums_path`): an ``.npz`` with ``digests`` (N x 16 uint8), ``structure`` (16 bytes) and
+    ``info`` (JSON: format, algorithm, num_samples, size_bytes, build_id)."""
+    digests, structure = sample_digests(path)
+    out = Path(out) if out else sums_path(path)
+    info = dict(format=SUMS_FORMAT, algorithm=f"blake2b-{DIGEST_BYTES * 8}", num_samples=len(digests),
+                size_bytes=os.path.getsize(path), build_id=build_id)
+    buf = io.BytesIO()
+    np.savez(buf, digests=digests, structure=np.frombuffer(structure, np.uint8),
+             info=np.frombuffer(json.dumps(info).encode(), np.uint8))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+    return out
+
+
+def read_sums(path) -> tuple:
+    """``(digests, structure bytes, info dict)`` from a ``.sums`` file; :class:`BetonError` if unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            info = json.loads(z["info"].tobytes().decode())
+            digests, structure = z["digests"], z["structure"].tobytes()
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise BetonError(f"{path}: not a readable checksum file ({type(e).__name__}: {e})") from None
+    if info.get("format") != SUMS_FORMAT or digests.ndim != 2 or digests.shape[1] != DIGEST_BYTES:
+        raise BetonError(f"{path}: not a {SUMS_FORMAT} checksum file")
+    return digests, structure, info
+
+
+@dataclass
+class VerifyResult:
+    """What :func:`verify_beton` found. ``ok``: the file is structurally valid and, when checksums
+    were available, every sample matches them. ``checked``: ``"checksums"`` or ``"structure"``
+    (no ``.sums`` file: only :func:`check_beton`'s tests ran)."""
+
+    path: str
+    ok: bool
+    checked: str
+    num_samples: int = 0
+    bad_samples: list = field(default_factory=list)   # sample indices whose bytes changed
+    problems: list = field(default_factory=list)      # one line each
+    build_id: str = ""
+    seconds: float = 0.0
+
+    @property
+    def message(self) -> str:
+        """One line for a user: what is wrong (or that all is well) and with which file."""
+        if self.ok:
+            how = "all sample checksums match" if self.checked == "checksums" else \
+                "structure valid; no checksum file, samples not verified"
+            return f"{self.path}: ok, {self.num_samples} samples, {how}"
+        return f"{self.path}: " + "; ".join(self.problems)
+
+
+def _bad_list(bad, limit=20) -> str:
+    shown = ", ".join(str(i) for i in bad[:limit])
+    return shown + (f", ... ({len(bad)} in all)" if len(bad) > limit else "")
+
+
+def verify_beton(path, sums=None, require_sums: bool = False) -> VerifyResult:
+    """Check ``path`` completely: structure (:func:`check_beton`), then every sample against the
+    checksums in ``sums`` (default ``<path>.sums``), and, when ``manifest.json`` of the
+    ``build_ffcv`` output folder is beside it, that the file belongs to that build.
+
+    Never raises for a bad file: returns a :class:`VerifyResult` whose ``ok`` is False and whose
+    ``problems`` / ``message`` name the file and the bad sample indices. A missing ``.sums``
+    file is a problem only with ``require_sums``. Costs one read of the whole file.
+    """
+    t0 = time.time()
+    path = Path(path)
+    res = VerifyResult(str(path), ok=False, checked="structure")
+    try:
+        res.num_samples = check_beton(path)["num_samples"]
+    except BetonError as e:
+        res.problems.append(str(e).removeprefix(f"{path}: "))
+        return res
+    sp = Path(sums) if sums else sums_path(path)
+    if not sp.is_file():
+        if require_sums:
+            res.problems.append(f"no checksum file {sp} (rebuild with pipeline.build_ffcv, or "
+                                f"write one for this file with python -m pipeline.beton --write-sums)")
+        res.ok = not res.problems
+        res.seconds = time.time() - t0
+        return res
+    try:
+        want, want_structure, info = read_sums(sp)
+    except BetonError as e:
+        res.problems.append(str(e))
+        return res
+    res.checked, res.build_id = "checksums", info.get("build_id", "")
+    have, structure = sample_digests(path)
+    if len(want) != len(have):
+        res.problems.append(f"{sp} holds {len(want)} sample checksums, the file {len(have)} samples "
+                            f"(checksums of another file?)")
+    else:
+        res.bad_samples = np.flatnonzero((want != have).any(axis=1)).tolist()
+        if res.bad_samples:
+            res.problems.append(f"{len(res.bad_samples)} of {len(have)} samples differ from their "
+                                f"checksums (corrupt data): sample indices {_bad_list(res.bad_samples)}")
+        if structure != want_structure:
+            res.problems.append("header, field descriptors or allocation table differ from the checksums")
+    _check_manifest(path, res)
+    res.ok = not res.problems
+    res.seconds = time.time() - t0
+    return res
+
+
+def _check_manifest(path: Path, res: VerifyResult) -> None:
+    """A build_ffcv output folder's files must all come from one build (issue 15: no mixed OUT)."""
+    mf = path.parent / "manifest.json"
+    if not mf.is_file():
+        return
+    try:
+        manifest = json.loads(mf.read_text())
+        entry = next((s for s in manifest.get("splits", {}).values()
+                      if s.get("file") == path.name), None)
+    except (OSError, ValueError, AttributeError) as e:
+        res.problems.append(f"{mf}: unreadable ({e})")
+        return
+    if entry is None:
+        res.problems.append(f"{mf} does not list {path.name}: the file is not part of that build")
+    elif entry.get("build_id") != res.build_id:
+        res.problems.append(f"mixed output folder: {path.name} comes from build {res.build_id or '?'}, "
+                            f"{mf.name} (and classes.json) from build {entry.get('build_id')}")
+
+
 def read_samples(path, indices=None):
     """Yield ``(index, image H x W x 3 uint8 RGB, label int)`` from a checked .beton, without a Loader.
 
@@ -167,17 +359,34 @@ def read_samples(path, indices=None):
 
 
 def main(argv=None) -> int:
-    """``python -m pipeline.beton FILE...``: check each file, print its summary or the problem."""
+    """``python -m pipeline.beton [--verify] FILE...``: check each file, print its summary or the problem."""
     import argparse
-    import json
-    ap = argparse.ArgumentParser(prog="python -m pipeline.beton",
-                                 description="Check that files are complete, valid FFCV .beton files.")
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.beton", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Check that files are complete, valid FFCV .beton files (header, tables, "
+                    "pointers: milliseconds). --verify also reads every sample and compares it "
+                    "with the checksums pipeline.build_ffcv stored in FILE.sums, naming the bad "
+                    "sample indices. Writes nothing, except FILE.sums with --write-sums.",
+        epilog="exit codes: 0 all files good; 1 a file is bad (the line says which samples/why).")
     ap.add_argument("files", nargs="+", help=".beton files to check")
+    ap.add_argument("--verify", action="store_true", default=False,
+                    help="also verify every sample against FILE.sums (one read of the file)")
+    ap.add_argument("--require-sums", action="store_true", default=False,
+                    help="with --verify: a missing FILE.sums is an error")
+    ap.add_argument("--write-sums", action="store_true", default=False,
+                    help="write FILE.sums for files built without it (trusts their current bytes)")
     args = ap.parse_args(argv)
     rc = 0
     for f in args.files:
         try:
-            print(json.dumps(check_beton(f)))
+            if args.write_sums:
+                print(f"wrote {write_sums(f)}")
+            elif args.verify:
+                r = verify_beton(f, require_sums=args.require_sums)
+                print(r.message if r.ok else f"error: {r.message}")
+                rc = rc or (0 if r.ok else 1)
+            else:
+                print(json.dumps(check_beton(f)))
         except BetonError as e:
             print(f"error: {e}")
             rc = 1

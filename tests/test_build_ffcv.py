@@ -147,7 +147,7 @@ def test_killed_conversion_leaves_no_beton_and_rerun_works(tmp_path):
     try:
         deadline = time.time() + 120
         while tmp is None and time.time() < deadline and proc.poll() is None:
-            found = list(out.glob(".train.beton.tmp-*")) if out.exists() else []
+            found = list(out.glob(".train.beton.*.tmp")) if out.exists() else []
             tmp = found[0] if found else None
             time.sleep(0.01)
         assert tmp is not None, "the conversion never started writing"
