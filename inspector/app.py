@@ -156,7 +156,9 @@ def _recon_view(state: InspectorState, name, split, epoch):
     e = min(epochs, key=lambda x: abs(x - float(epoch if epoch is not None else epochs[-1])))
     recons = state.catalog.reconstructions(name, e, split)
     if recons is None:
-        return None, pd.DataFrame(), f"Reconstructions of epoch {e} could not be read (still being written?)."
+        why = state.catalog.last_error(name, "reconstructions")
+        return None, pd.DataFrame(), (f"Reconstructions of epoch {e} could not be read: {why}" if why else
+                                      f"Reconstructions of epoch {e} could not be read (still being written?).")
     try:
         grid = views.reconstruction_grid(recons, title=f"{name} · {split} · epoch {e}")
     except ValueError as exc:

@@ -87,6 +87,7 @@ class RunCatalog:
         self._summaries: dict = {}
         self._runs: dict[str, Any] = {}
         self._problems: dict[str, dict[str, tuple[bool, list[str]]]] = {}  # name -> what -> (failed, lines)
+        self._errors: dict[tuple[str, str], str] = {}  # (name, what) -> why its last read failed
         self._lock = threading.Lock()
         self.error: str | None = None
         self.refresh()
@@ -226,9 +227,13 @@ class RunCatalog:
             value = None
             failed, lines = True, [one_line(exc)]
         lines = [self._relative(line) for line in lines]
-        if what in _ESSENTIAL:
-            with self._lock:
+        with self._lock:
+            if what in _ESSENTIAL:
                 self._problems.setdefault(name, {})[what] = (failed, lines)
+            if failed:
+                self._errors[(name, what)] = lines[0]
+            else:
+                self._errors.pop((name, what), None)
         with self._lock:
             if len(self._cache) > 512:
                 self._cache.clear()
@@ -240,6 +245,11 @@ class RunCatalog:
         for prefix in {f"{self.root.resolve()}{os.sep}", f"{self.root.absolute()}{os.sep}"}:
             text = text.replace(prefix, "")
         return text
+
+    def last_error(self, name: str, what: str) -> str | None:
+        """Why the latest `what` read of this run failed (one line), or None."""
+        with self._lock:
+            return self._errors.get((name, what))
 
     def problems(self, name: str) -> tuple[bool, list[str]]:
         """(broken, lines) from the latest reads of this run: broken when an essential read failed."""

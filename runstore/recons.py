@@ -132,6 +132,18 @@ def epochs(path: Path, split: str) -> list[int]:
     return sorted(int(e) for e in _index(group).get(split, {}))
 
 
+def _read_array(rec, key: str, where: Path) -> np.ndarray:
+    """One array of a record; a corrupt chunk is a ValueError naming the array's folder (zarr's own
+    message, e.g. "Zstd decompression error", names no file)."""
+    try:
+        return rec[key][...]
+    except (KeyError, FileNotFoundError):  # swapped by a writer: the caller retries
+        raise
+    except Exception as exc:  # noqa: BLE001
+        text = " ".join(str(exc).split())[:200]
+        raise ValueError(f"{where / key}: unreadable ({type(exc).__name__}: {text})") from None
+
+
 def read(path: Path, epoch: int, split: str) -> dict[str, Any]:
     """All arrays of one record, plus `epoch`, `split` and `attrs`."""
     for attempt in range(3):  # the record may be swapped by a writer between index and read
@@ -146,7 +158,8 @@ def read(path: Path, epoch: int, split: str) -> dict[str, Any]:
                            f"(stored epochs: {have})")
         try:
             rec = group[f"{split}/{node}"]
-            out: dict[str, Any] = {k: rec[k][...] for k in (*IMAGE_KEYS, "mask", "loss", "image_ids")}
+            out: dict[str, Any] = {k: _read_array(rec, k, path / split / node) for k in
+                                   (*IMAGE_KEYS, "mask", "loss", "image_ids")}
         except (KeyError, FileNotFoundError):
             if attempt == 2:
                 raise

@@ -279,3 +279,20 @@ def test_sweep_listing_stays_inside_the_root_and_survives_outside_links(tmp_path
     (runs / "sweeps" / "a_outlink").symlink_to(tmp_path / "elsewhere" / "theirs")  # a sweep folder outside
     (runs / "a_out").symlink_to(tmp_path / "elsewhere")  # listed first: must not end the listing
     assert list(RunCatalog(runs).sweeps()) == ["sweeps/mask_ratio"]
+
+
+def test_a_corrupt_reconstruction_chunk_is_named_in_the_reconstructions_tab(tmp_path):
+    from inspector.app import _recon_view
+    runs = tmp_path / "runs"
+    run = make_run(runs, "r", checkpoint=False)
+    w = runstore.create(run, _config(run), resume=True)
+    imgs = np.full((2, 16, 16, 3), 100, dtype=np.uint8)  # not the fill value: zarr writes the chunks
+    w.log_reconstructions(1, "val", [0, 1], imgs, imgs, imgs, imgs, np.ones((2, 4), dtype=np.uint8),
+                          np.zeros(2, dtype=np.float32))
+    w.close()
+    chunk = next(p for p in (run / "recons.zarr" / "val").glob("*/original/c/1/0/0/0"))
+    chunk.write_bytes(b"garbage" * 8)
+    with pytest.raises(ValueError, match="original: unreadable"):
+        runstore.open(run).reconstructions(1, "val")
+    grid, _, note = _recon_view(_state(runs), "r", "val", 1)
+    assert grid is None and "original" in note and "unreadable" in note and str(tmp_path) not in note
