@@ -17,6 +17,7 @@ Why this shape:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -33,6 +34,43 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint, or one that does not fit the run being resumed."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written for a reason outside the program (the disk is full)."""
+
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True if ``exc`` or an exception it was raised from is ENOSPC / EDQUOT. torch.save reports a
+    failed write as an opaque ``inline_container.cc`` RuntimeError with the OSError only as context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_error(path: Path) -> CheckpointWriteError:
+    import shutil
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there now"
+    except OSError:
+        free = "free space unknown"
+    return CheckpointWriteError(errno.ENOSPC, f"no space left on device writing checkpoint {path} ({free}); "
+                                              f"the previous checkpoint is kept. Free space, or lower "
+                                              f"checkpoint.keep_last, then rerun to resume")
+
+
+def _load(path: Path, map_location):
+    """torch.load(weights_only=True) through the project's one checkpoint reader (model.checkpoint):
+    a pickle that needs any global outside its allow-list is refused, never run."""
+    from model.checkpoint import safe_torch_load
+    return safe_torch_load(path, map_location=map_location)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -82,6 +120,10 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
         digest = sha256_file(tmp)
         _write_atomic_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
         os.replace(tmp, path)
+    except Exception as e:
+        if _disk_full(e):
+            raise _disk_full_error(path) from e
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -147,18 +189,23 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def load_latest(directory: str | Path, map_location="cpu") -> tuple[dict, Path] | None:
+def load_latest(directory: str | Path, map_location="cpu",
+                problems: list | None = None) -> tuple[dict, Path] | None:
     """The newest checkpoint whose checksum verifies (and that unpickles); None if there is none.
 
-    A corrupt or unreadable newer file is skipped with a warning naming it and the reason."""
+    A corrupt, unreadable or refused (unsafe pickle) newer file is skipped with a warning naming it
+    and the reason; ``problems`` (if given) collects ``(path, reason)`` for each."""
     for _, _, path in list_checkpoints(directory):
         problem = verify(path)
         if problem is None:
             try:
-                return torch.load(path, map_location=map_location, weights_only=True), path
-            except Exception as e:  # truncated zip, bad pickle: same treatment as a checksum error
-                problem = f"unreadable ({type(e).__name__}: {e})"
-        warnings.warn(f"checkpoint {path} is corrupt: {problem}; falling back to the previous one", stacklevel=2)
+                return _load(path, map_location), path
+            except Exception as e:  # truncated zip, bad or unsafe pickle: same treatment as a checksum error
+                problem = str(e).replace(f"{path}: ", "")
+        if problems is not None:
+            problems.append((path, problem))
+        what = "is refused" if problem.startswith("refused") else "is corrupt"
+        warnings.warn(f"checkpoint {path} {what}: {problem}; falling back to the previous one", stacklevel=2)
     return None
 
 
@@ -170,7 +217,10 @@ def load_file(path: str | Path, map_location="cpu") -> dict:
     side = path.with_name(path.name + ".sha256")
     if side.exists() and (problem := verify(path)):
         raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return _load(path, map_location)
+    except ValueError as e:  # unsafe pickle (refused, not run) or unreadable: named, one line
+        raise CheckpointError(str(e)) from None
 
 
 def prune(directory: str | Path, keep_last: int) -> list[Path]:

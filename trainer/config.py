@@ -114,6 +114,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch default
     clip_grad: float = 0.0  # max grad norm; 0 = off
     skip_nonfinite: bool = False  # skip (and count) steps with a non-finite loss instead of stopping
+    # with skip_nonfinite: stop (exit 3) once more than this share of the steps so far was skipped
+    # (at least one skip is always allowed): a run that skips often is diverging, not unlucky
+    skip_nonfinite_max_share: float = 0.01
     dist_timeout_minutes: float = 60.0  # collective timeout (rank 0 runs evals while others wait)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,7 +144,7 @@ NON_NEGATIVE = {
     "threads", "clip_grad", "data.num_workers", "optim.blr", "optim.lr", "optim.weight_decay",
     "optim.warmup_epochs", "optim.min_lr", "evals.every", "recons.every", "recons.num_train",
     "recons.num_val", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.every_steps",
-    "log.flush_every", "dist_timeout_minutes",
+    "log.flush_every", "dist_timeout_minutes", "skip_nonfinite_max_share",
 }
 
 
@@ -266,6 +269,8 @@ def _check_values(cfg: TrainConfig, origin: str) -> None:
     for key in NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"{origin}: '{key}' must be >= 0, got {flat[key]!r}")
+    if cfg.skip_nonfinite_max_share > 1.0:
+        raise ConfigError(f"{origin}: 'skip_nonfinite_max_share' must be in [0, 1], got {cfg.skip_nonfinite_max_share}")
     # Ratio 0 leaves the masked-patch loss nothing to average; it is defined (a plain autoencoder)
     # only when the loss covers all patches. The model enforces the same rule (check_mask_ratio).
     if bool(cfg.model.extra.get("loss_on_all_patches", False)):

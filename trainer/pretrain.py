@@ -5,9 +5,12 @@
 
 Exit codes (for schedulers):
     0   finished (or already finished)
-    1   crashed (an exception; traceback printed, run status "crashed")
-    2   bad configuration or command line
-    3   non-finite loss (message names step and epoch; the last good checkpoint is kept)
+    1   crashed (an exception; traceback printed, run status "crashed"; a full disk is one line)
+    2   bad configuration, command line or input path, or the run directory is in use by another
+        trainer (the message names its pid)
+    3   non-finite loss or weights (message names step and epoch and the last good checkpoint, if
+        any); with skip_nonfinite: weights not finite after a step, or more than
+        skip_nonfinite_max_share of the steps skipped
     4   cannot resume (no usable checkpoint for --resume CKPT, the model shape changed, or a change of
         schedule or effective batch that ``--allow-change`` does not name; see ``trainer.resume``)
     75  preempted: SIGTERM or SIGUSR1 arrived, a checkpoint was saved, status is "preempted".
@@ -224,7 +227,8 @@ def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)})
     try:
-        return _train(cfg, resume, frozenset(allow_change))
+        with contextlib.ExitStack() as owned:  # the run directory's lock, released on return
+            return _train(cfg, resume, frozenset(allow_change), owned)
     finally:
         torch.set_num_threads(saved[0])
         torch.use_deterministic_algorithms(saved[1])
@@ -232,8 +236,46 @@ def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
             signal.signal(s, h)
 
 
-def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
+def _own_run_dir(cfg, info, owned: contextlib.ExitStack) -> None:
+    """One writer per run directory: rank 0 holds ``RUN/.lock`` (flock, released by the kernel if the
+    process dies) for the trainer's whole life, so a second trainer on the same run stops at once
+    (exit 2, naming the owner's pid) instead of interleaving metrics and overwriting checkpoints.
+    Under the lock, temp files that a killed checkpoint write left behind are removed."""
+    import runstore
+    error = None
+    if info.is_main:
+        run_dir = Path(cfg.run_dir)
+        try:
+            owned.enter_context(runstore.exclusive_lock(run_dir / ".lock", run_dir))
+        except runstore.LockedError as e:
+            error = e
+        else:
+            for p in runstore.sweep_stale_temps(run_dir / "checkpoints"):
+                _say(info, f"removed {p.name}: left by a checkpoint write that was killed")
+    (locked,) = distributed.any_flags(info, [error is not None])
+    if locked:
+        raise error if error is not None else runstore.LockedError(Path(cfg.run_dir), None)
+
+
+def _params_finite(model) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _good_checkpoint(ckpt_dir: Path) -> str:
+    """What a stopped run leaves to resume from, for exit-3 messages (saves refuse non-finite
+    weights, so every checkpoint in the directory is a good one)."""
+    found = ckpt.list_checkpoints(ckpt_dir)
+    if not found:
+        return "No checkpoint was saved yet: rerunning starts from scratch"
+    s, e, p = found[0]
+    return f"The last good checkpoint is {p} (epoch {e}, step {s}); rerunning the same command resumes from it"
+
+
+def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
+           owned: contextlib.ExitStack | None = None) -> int:
     info = distributed.init(cfg.device, cfg.dist_timeout_minutes)
+    _own_run_dir(cfg, info, owned)
     device = info.device
     _setup_runtime(cfg, device)
     torch.manual_seed(cfg.seed + info.rank)
@@ -260,9 +302,11 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     if isinstance(resume, str):
         loaded = (ckpt.load_file(resume), Path(resume))
     elif ckpt.list_checkpoints(ckpt_dir):
-        loaded = ckpt.load_latest(ckpt_dir)
+        problems: list = []
+        loaded = ckpt.load_latest(ckpt_dir, problems=problems)
         if loaded is None:
-            raise ResumeError(f"{ckpt_dir}: checkpoints exist but none is readable (see warnings above)")
+            raise ResumeError(f"{ckpt_dir}: checkpoints exist but none can be resumed from: "
+                              + "; ".join(f"{p.name}: {why}" for p, why in problems))
     elif resume:
         _say(info, f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
     if loaded is not None:
@@ -298,6 +342,10 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     if loaded is None and getattr(model, "target", None) == "pca" and not bool(model.pca_fitted):
         fit_pca_target(model, cfg, info)
 
+    # Signals are handled from before the run is marked "running": a SIGTERM during start-up (compile,
+    # reconstructions, evals redone on resume) is honoured at the first epoch boundary of the loop.
+    stop = _Stop()
+    stop.install()
     writer = None
     if info.is_main:
         import runstore
@@ -316,8 +364,6 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
         model = distributed.wrap_ddp(model, info)
 
     recon_sets = recons.prepare(cfg, raw_model.num_patches) if info.is_main and cfg.recons.every else []
-    stop = _Stop()
-    stop.install()
     last_save_time = time.monotonic()
     last_saved_step = step if loaded is not None else -1
 
@@ -328,6 +374,10 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     def save(tag: str | None = None) -> None:
         """Collective: gathers every rank's RNG state; rank 0 writes, prunes and records."""
         nonlocal last_save_time, last_saved_step
+        if not _params_finite(raw_model):  # identical on every rank: all stop together
+            raise NonFiniteLoss(f"parameters are not finite at step {step}, epoch {epoch + 1}: not saving them "
+                                f"as a checkpoint; stopping. {_good_checkpoint(ckpt_dir)}. Lower optim.blr "
+                                f"or set clip_grad")
         rng = distributed.gather_objects(info, ckpt.rng_state(device))
         if info.is_main:
             flush_metrics()
@@ -404,12 +454,21 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     model.train()
     try:
         while epoch < cfg.epochs:
+            # a signal that arrived before this epoch's first step (start-up, epoch-end evals)
+            (early_stop,) = distributed.any_flags(info, [stop.signum is not None])
+            if early_stop:
+                if last_saved_step != step:
+                    save()
+                raise _Preempted()
             loader.set_epoch(epoch, start_batch=batch_in_epoch)
             batches = iter(loader)
             it = batch_in_epoch // A
+            lr = lr_at(epoch + it / steps_per_epoch, lr=base_lr, min_lr=cfg.optim.min_lr,
+                       warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.epochs)  # (for the epoch line)
             bar = tqdm(total=steps_per_epoch, initial=it, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                        disable=not (info.is_main and cfg.log.progress), dynamic_ncols=True, leave=False)
             ep_t0, ep_loss, ep_steps, ep_wait = time.perf_counter(), 0.0, 0, 0.0
+            ep_taken = 0  # steps with a finite loss: the epoch's mean loss is over these only
             stop_after_epoch = False
             while it < steps_per_epoch:
                 t0 = time.perf_counter()
@@ -423,20 +482,34 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
                     optimizer.zero_grad(set_to_none=True)
                     if not cfg.skip_nonfinite:
                         raise NonFiniteLoss(f"non-finite loss ({loss_value}) at step {step + 1}, epoch {epoch + 1} "
-                                            f"(batch {batch_in_epoch}/{len(loader)}); stopping. The last good "
-                                            f"checkpoint is kept in {ckpt_dir}. Lower optim.blr, set clip_grad, "
+                                            f"(batch {batch_in_epoch}/{len(loader)}); stopping. "
+                                            f"{_good_checkpoint(ckpt_dir)}. Lower optim.blr, set clip_grad, "
                                             f"or set skip_nonfinite: true")
                     skips += 1
+                    allowed = max(1, int(cfg.skip_nonfinite_max_share * (step + 1)))
+                    if skips > allowed:
+                        raise NonFiniteLoss(f"{skips} of {step + 1} steps had a non-finite loss, more than "
+                                            f"skip_nonfinite_max_share={cfg.skip_nonfinite_max_share:g} allows; "
+                                            f"stopping at step {step + 1}, epoch {epoch + 1}. "
+                                            f"{_good_checkpoint(ckpt_dir)}. Lower optim.blr or set clip_grad")
                     _say(info, f"warning: non-finite loss at step {step + 1}, epoch {epoch + 1}: step skipped "
                                f"({skips} so far)")
                 else:
                     optimizer_step(optimizer, scaler, raw_model, cfg.clip_grad)
+                    # a finite loss can still give an update that overflows the weights; skipping later
+                    # steps cannot undo it, so skip_nonfinite checks the weights after every step
+                    if cfg.skip_nonfinite and not _params_finite(raw_model):
+                        raise NonFiniteLoss(f"parameters are not finite after step {step + 1}, epoch {epoch + 1} "
+                                            f"(its loss was finite, {loss_value:.4g}; skip_nonfinite cannot undo "
+                                            f"an applied step); stopping. {_good_checkpoint(ckpt_dir)}. Lower "
+                                            f"optim.blr or set clip_grad")
+                    ep_loss, ep_taken = ep_loss + loss_value, ep_taken + 1
                 step += 1
                 it += 1
 
                 dt = time.perf_counter() - t0
                 ips = eff_batch / dt
-                ep_loss, ep_steps, ep_wait = ep_loss + (loss_value if math.isfinite(loss_value) else 0.0), ep_steps + 1, ep_wait + wait
+                ep_steps, ep_wait = ep_steps + 1, ep_wait + wait
                 if info.is_main:
                     writer.log_metrics({"step": step, "epoch": epoch + it / steps_per_epoch, "loss": loss_value,
                                         "lr": lr, "images_per_s": ips, "data_wait": wait / dt})
@@ -463,7 +536,8 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
             # -- end of epoch --
             epoch, batch_in_epoch = epoch + 1, 0
             elapsed = time.perf_counter() - ep_t0
-            _say(info, f"epoch {epoch}/{cfg.epochs}: loss {ep_loss / max(ep_steps, 1):.4f}, lr {lr:.3g}, "
+            mean = f"{ep_loss / ep_taken:.4f}" if ep_taken else "n/a (every step skipped)"
+            _say(info, f"epoch {epoch}/{cfg.epochs}: loss {mean}, lr {lr:.3g}, "
                        f"{ep_steps * eff_batch / elapsed:.0f} img/s, data wait {100 * ep_wait / elapsed:.1f}%, "
                        f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
             flush_metrics()
@@ -549,14 +623,21 @@ def main(argv=None) -> int:
         import yaml
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return EXIT_OK
+    import runstore
     try:
         return train(cfg, resume=args.resume, allow_change=allow_change)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except runstore.LockedError as e:  # another trainer owns this run directory
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except (ResumeError, ckpt.CheckpointError) as e:
         print(f"resume error: {e}", file=sys.stderr)
         return EXIT_RESUME
+    except ckpt.CheckpointWriteError as e:  # the disk, not a bug: one line, no traceback
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return EXIT_CRASH
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
