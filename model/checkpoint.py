@@ -245,6 +245,16 @@ def _disallowed_global(message: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _allow_safe_globals() -> None:
+    """Register the allow-list process-wide (idempotent). Not the ``safe_globals`` context manager:
+    it swaps a process-global list on entry and exit, so two threads loading at once (the inspector
+    serves several browsers) could strip each other's allowance mid-load."""
+    have = set(torch.serialization.get_safe_globals())
+    missing = [g for g in SAFE_CHECKPOINT_GLOBALS if g not in have]
+    if missing:
+        torch.serialization.add_safe_globals(missing)
+
+
 def safe_torch_load(path, map_location="cpu", mmap: bool = False):
     """``torch.load(path, weights_only=True)`` with ``SAFE_CHECKPOINT_GLOBALS`` allowed; the one reader
     of checkpoint files in the project.
@@ -258,9 +268,9 @@ def safe_torch_load(path, map_location="cpu", mmap: bool = False):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if mmap and not zipfile.is_zipfile(path):  # torch mmaps only its zip format, not legacy files
         mmap = False
+    _allow_safe_globals()
     try:
-        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         name = _disallowed_global(str(e))
         if name is not None:
@@ -275,7 +285,12 @@ def safe_torch_load(path, map_location="cpu", mmap: bool = False):
 
 
 def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    """The informative line of a loader error (torch's weights-only errors open with generic advice)."""
+    text = str(e)
+    m = re.search(r"WeightsUnpickler error: (.+)", text)
+    if m:
+        return m.group(1).strip()[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[0][:300] if lines else type(e).__name__
 
 
