@@ -1,6 +1,7 @@
 """Image folders in, batches out: FFCV conversion, the FFCV / DALI / torch loaders, the sample dataset.
 
-``from pipeline import make_loader, IMAGENET_MEAN, IMAGENET_STD`` (see docs/INTERFACES.md).
+``from pipeline import make_loader, to_model_input, IMAGENET_MEAN, IMAGENET_STD`` (see
+docs/INTERFACES.md).
 
 The names are resolved lazily (PEP 562) so that ``python -m pipeline.sample`` /
 ``pipeline.build_ffcv`` / ``pipeline.beton`` start without importing torch and the loaders.
@@ -15,6 +16,7 @@ _LAZY = {
     "BACKENDS": ".loaders",
     "IMAGENET_MEAN": ".loaders.transforms",
     "IMAGENET_STD": ".loaders.transforms",
+    "to_model_input": ".loaders.transforms",
 }
 
 __all__ = list(_LAZY)

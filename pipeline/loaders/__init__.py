@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .base import Loader, epoch_order
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
 BACKENDS = ("torch", "ffcv", "dali")
 
@@ -17,7 +17,12 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
                 num_workers: int = 2, device="cpu", dtype: torch.dtype = torch.float32,
                 channels_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                 drop_last: bool | None = None, shuffle: bool | None = None, **options) -> Loader:
-    """Build a loader yielding ``(images, labels)``: float N x 3 x S x S normalised on ``device``, int64.
+    """Build a loader yielding ``(images, labels)``: N x 3 x S x S images on ``device``, int64 labels.
+
+    ``dtype=torch.uint8``: the images as the library produced them (the fast path; FFCV's are a
+    view of its reused buffer, valid until the next batch is drawn); the consumer converts and
+    normalises them in its step with :func:`pipeline.to_model_input`. A floating ``dtype``
+    (default float32): normalised with ImageNet mean/std before they are yielded.
 
     ``train=True``: RandomResizedCrop(S, scale=(0.2, 1), ratio=(3/4, 4/3)) + horizontal flip;
     ``train=False``: resize shorter side to S*256/224, centre crop S. ``drop_last`` and
@@ -34,7 +39,7 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
     drop_last = train if drop_last is None else drop_last
     shuffle = train if shuffle is None else shuffle
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+        dtype = {"uint8": torch.uint8, "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     kwargs = dict(batch_size=batch_size, image_size=image_size, train=train, num_workers=num_workers,
                   device=device, dtype=dtype, channels_last=channels_last, seed=seed, rank=rank,
@@ -51,4 +56,5 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
     raise ValueError(f"unknown loader backend {backend!r}; choose one of {BACKENDS}")
 
 
-__all__ = ["make_loader", "Loader", "BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "epoch_order"]
+__all__ = ["make_loader", "Loader", "BACKENDS", "IMAGENET_MEAN", "IMAGENET_STD", "epoch_order",
+           "to_model_input"]

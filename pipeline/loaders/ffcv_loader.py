@@ -8,9 +8,12 @@ The pipeline, declared as a list of stages like FFCV's own examples:
 
 Notes on the choices (see also "Known traps" in the issue):
 
-* Normalisation is done in torch after the batch arrives (:func:`transforms.finish_batch`), not
-  with FFCV's ``NormalizeImage``: placed after ``ToTensor`` it makes FFCV 1.0.2 hang while building
-  the Loader on a GPU-less machine, and its GPU mode needs cupy.
+* ``dtype=torch.uint8`` yields FFCV's batch exactly as the library produces it (N x 3 x S x S,
+  channels-last memory, a view of FFCV's reused buffer: valid until the next batch is drawn);
+  the consumer normalises it in its step with :func:`pipeline.to_model_input`. A float ``dtype``
+  normalises here, in torch (:func:`transforms.finish_batch`), not with FFCV's
+  ``NormalizeImage``: placed after ``ToTensor`` it makes FFCV 1.0.2 hang while building the
+  Loader on a GPU-less machine, and its GPU mode needs cupy.
 * Resampling: FFCV's crop decoders resize with OpenCV ``INTER_AREA`` (no bicubic option). For the
   downscaling that dominates RandomResizedCrop this is the closest antialiased filter; upscaled
   small crops come out a little softer than torch's bicubic. Statistics agree (tested).
@@ -125,10 +128,18 @@ class FFCVLoader(base.EpochState):
             if self.start_batch:
                 raise NotImplementedError(f"start_batch needs order='shared' (FFCV order={self.order_mode!r})")
             self._ffcv.next_epoch = self.epoch
+        if self.dtype == torch.uint8:
+            # FFCV's own batch, untouched: no pass over the pixels on this thread, which would
+            # compete with FFCV's decoding threads for the same cores (that pass, float
+            # normalisation + a layout copy, is what made this loader 0.2-0.5x bare FFCV).
+            # The images alias FFCV's buffer slot: valid until the next batch is drawn, which is
+            # how long a training step holds them (pipeline.to_model_input makes a new tensor).
+            # Labels: int32 -> int64 is a copy, so they stay valid.
+            for images, labels in self._ffcv:
+                yield images, labels.to(torch.int64, non_blocking=True)
+            return
         for images, labels in self._ffcv:
-            # FFCV reuses its batch buffers: finish_batch makes new image tensors, labels are cloned.
-            yield transforms.finish_batch(images, labels.clone(), self.device, self.dtype,
-                                          self.channels_last)
+            yield transforms.finish_batch(images, labels, self.device, self.dtype, self.channels_last)
 
 
 def _shared_order_class():

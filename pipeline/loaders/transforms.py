@@ -1,4 +1,4 @@
-"""MAE's augmentation, written once for the torch back end, and the batch finishing step for all.
+"""MAE's augmentation, written once for the torch back end; uint8 batch -> model input for all.
 
 Train: RandomResizedCrop(size, scale=(0.2, 1), ratio=(3/4, 4/3), bicubic) + horizontal flip.
 Eval: resize the shorter side to ``round(size * 256 / 224)``, centre-crop ``size``.
@@ -95,26 +95,62 @@ def augment(img, image_size: int, train: bool, gen: torch.Generator | None) -> t
     return F.pil_to_tensor(img) if isinstance(img, Image.Image) else img
 
 
+def _norm_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean * 255 and 1 / (std * 255) as 1 x 3 x 1 x 1 float32 on ``device`` (cached per device)."""
+    key = str(device)
+    if key not in _NORM_CACHE:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        _NORM_CACHE[key] = (mean.to(device), inv_std.to(device))
+    return _NORM_CACHE[key]
+
+
+_NORM_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def to_model_input(images: torch.Tensor, device=None, channels_last: bool = False,
+                   dtype: torch.dtype = torch.float32, non_blocking: bool = True) -> torch.Tensor:
+    """A loader's batch -> what the model takes: normalised ``dtype`` N x 3 x H x W on ``device``.
+
+    Call it inside the training / eval step, on the consuming device: a uint8 batch crosses to the
+    GPU as uint8 (4x fewer bytes, ``non_blocking`` from pinned or FFCV/DALI device memory), then
+    one pass writes the float result in the wanted memory format and two in-place ops normalise
+    it, ``(x - 255 mean) * 1 / (255 std)``: the formula the loaders used before, so the numbers
+    are the same. A floating batch is taken as already normalised (moved and cast only), so the
+    function is safe to call on either. The result never aliases the loader's buffers, which
+    FFCV and DALI reuse for later batches.
+    """
+    device = images.device if device is None else torch.device(device)
+    images = images.to(device, non_blocking=non_blocking and device.type == "cuda")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if images.is_floating_point():
+        return images.to(dtype).contiguous(memory_format=memory_format)
+    if images.dtype != torch.uint8:
+        raise TypeError(f"to_model_input: images must be uint8 or floating point, got {images.dtype}")
+    mean, inv_std = _norm_constants(device)
+    # float32 first whatever ``dtype``: bf16/fp16 normalised values then round once, at the end
+    out = torch.empty(images.shape, dtype=torch.float32, device=device, memory_format=memory_format)
+    out.copy_(images).sub_(mean).mul_(inv_std)
+    return out if dtype == torch.float32 else out.to(dtype)
+
+
 def finish_batch(images: torch.Tensor, labels: torch.Tensor, device, dtype: torch.dtype,
                  channels_last: bool, layout: str = "NCHW", normalized: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 (or already normalised float) batch -> normalised ``dtype`` N x 3 x H x W on ``device``.
+    """A back end's batch -> what the loader yields: ``(images, int64 labels)`` on ``device``.
 
-    Moving uint8 before converting sends 4x fewer bytes to the GPU. Normalisation happens in torch
-    (not in FFCV's NormalizeImage, which hangs Loader construction on GPU-less machines when placed
-    after ToTensor, and needs cupy on GPU).
+    ``dtype=torch.uint8``: the images stay as the library produced them (moved to ``device`` if
+    needed, no pass over the pixels, no layout change); the consumer calls
+    :func:`to_model_input` in its step. A floating ``dtype``: :func:`to_model_input` here, for
+    callers that want normalised batches straight from the loader.
     """
     device = torch.device(device)
     non_blocking = device.type == "cuda"
-    images = images.to(device, non_blocking=non_blocking)
     labels = labels.to(device=device, dtype=torch.int64, non_blocking=non_blocking)
     if layout == "NHWC":
-        images = images.permute(0, 3, 1, 2)
-    if not normalized:
-        mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
-        images = images.float().sub_(mean).mul_(inv_std)  # in place: one float copy per batch
-    images = images.to(dtype)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.contiguous(memory_format=memory_format)
-    return images, labels
+        images = images.permute(0, 3, 1, 2)  # a view: N x 3 x H x W in channels-last memory
+    if dtype == torch.uint8:
+        if normalized:
+            raise ValueError("finish_batch: a normalised batch cannot be handed out as uint8")
+        return images.to(device, non_blocking=non_blocking), labels
+    return to_model_input(images, device, channels_last, dtype, non_blocking), labels
