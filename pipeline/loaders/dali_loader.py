@@ -161,7 +161,7 @@ class DALILoader(base.EpochState):
         if len(order) == 0:
             return
         pipe = _dali_pipeline(
-            _EpochFiles(self.paths[order], self.labels[order], self.batch_size),
+            _EpochFiles(self.read_paths[order], self.labels[order], self.batch_size),
             batch_size=self.batch_size, image_size=self.image_size, train=self.train,
             num_threads=self.num_threads, device_id=self.device_id,
             seed=base.sample_seed(self.seed, epoch, self.rank) % (2 ** 31 - 1),
