@@ -213,6 +213,7 @@ def test_unreadable_runs_are_one_broken_row_each_and_the_rest_works(tmp_path):
     assert banner["visible"] and "python_tag" in banner["value"] and "corrupt_store" in banner["value"]
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the app reading the damaged store warns too
 def test_a_corrupt_chunk_is_named_and_shown_and_the_other_columns_serve(tmp_path):
     from inspector.app import _refresh
     runs = tmp_path / "runs"
