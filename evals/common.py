@@ -94,18 +94,26 @@ class LoadedCheckpoint:
 
 
 def load_mae(ckpt: str | os.PathLike) -> LoadedCheckpoint:
-    """Load any checkpoint `model.load_checkpoint` reads, keeping the epoch our checkpoints store."""
+    """Load any checkpoint `model.load_checkpoint` reads, keeping the epoch our checkpoints store.
+
+    Checkpoints are untrusted input: read with `model.checkpoint.safe_torch_load` (weights only,
+    official MAE's argparse.Namespace allow-listed), so a pickle that would run code is refused
+    without being unpickled. A file that is not a usable checkpoint is a UserError naming it.
+    """
+    from evals.inputs import UserError
     from model import load_checkpoint
+    from model.checkpoint import safe_torch_load
 
     path = Path(ckpt)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise UserError(f"--ckpt {path}: no such file; pass a checkpoint file (.pth) or a run directory")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - name the file in the error
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-    epoch = raw.get("epoch") if isinstance(raw, dict) else None
-    model = load_checkpoint(raw if isinstance(raw, dict) else str(path))
+        raw = safe_torch_load(path, map_location="cpu")
+        epoch = raw.get("epoch") if isinstance(raw, dict) else None
+        model = load_checkpoint(raw if isinstance(raw, dict) else str(path))
+    except ValueError as e:  # UnsafeCheckpointError, unreadable file, weights of no known model
+        msg = " ".join(str(e).split())
+        raise UserError(msg if str(path) in msg else f"--ckpt {path}: {msg}") from None
     return LoadedCheckpoint(model=model, epoch=None if epoch is None else int(epoch), path=path)
 
 
@@ -119,15 +127,20 @@ def default_run_dir(ckpt: str | os.PathLike) -> Path | None:
 
 def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or timm ViT)") -> None:
     """The arguments every eval CLI shares: --ckpt, --data, --backend, --run, --num-workers, --device."""
-    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--ckpt", required=True,
+                   help=ckpt_help + "; or a run directory: its checkpoints/final.pth, else its newest "
+                                    "checkpoint")
     p.add_argument("--data", required=True,
-                   help="directory with train.beton+val.beton or train/+val/ class folders")
+                   help="directory with train.beton+val.beton, or train/+val/ image folders (class "
+                        "subfolders; ILSVRC's flat val/ with LOC_val_solution.csv)")
     p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
                    help="loader back end (auto: ffcv for .beton, torch for folders)")
     p.add_argument("--run", default=None,
-                   help="run directory to write into (default: CKPT/../.. when it is a run)")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+                   help="run directory to write the record into (default: CKPT's run, RUN for "
+                        "RUN/checkpoints/X.pth; none: print only)")
+    p.add_argument("--num-workers", type=int, default=2,
+                   help="loader worker processes (at most the CPUs available)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
 
 
 def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> Path | None:
@@ -135,8 +148,10 @@ def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> P
     work, so a long evaluation never ends in a write error) or the checkpoint's own run."""
     if run is None:
         return default_run_dir(ckpt)
+    from evals.inputs import UserError
+
     if not (Path(run) / "config.yaml").is_file():
-        raise SystemExit(f"--run {run}: not a run directory (no config.yaml); omit --run to print the "
+        raise UserError(f"--run {run}: not a run directory (no config.yaml); omit --run to print the "
                          f"result only, or point it at a run made by trainer.pretrain")
     return Path(run)
 
@@ -165,18 +180,20 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
     DATA may hold `train.beton`/`val.beton` (-> ffcv) or `train/`/`val/` class folders
     (-> torch, or dali when asked). `backend` "auto" picks by what is there.
     """
-    root = Path(data)
+    from evals.inputs import UserError
+
+    root = Path(data).expanduser().resolve()   # absolute: records name the data, not the cwd
     if not root.is_dir():
-        raise FileNotFoundError(f"--data {root}: not a directory (expected train/ + val/ folders "
-                                "or train.beton + val.beton)")
+        raise UserError(f"--data {data}: not a directory (expected one holding train/ + val/ image "
+                        "folders or train.beton + val.beton)")
     betons = (root / "train.beton", root / "val.beton")
     folders = (root / "train", root / "val")
     if backend in ("auto", "ffcv") and all(p.is_file() for p in betons):
         return DataSpec("ffcv", str(betons[0]), str(betons[1]))
     if backend != "ffcv" and all(p.is_dir() for p in folders):
         return DataSpec("torch" if backend == "auto" else backend, str(folders[0]), str(folders[1]))
-    raise FileNotFoundError(f"--data {root}: found neither train.beton+val.beton nor train/+val/ "
-                            f"(backend={backend})")
+    raise UserError(f"--data {data}: found neither train.beton + val.beton nor train/ + val/ folders in "
+                    f"it (--backend {backend})")
 
 
 def make_eval_loader(spec_backend: str, path: str, image_size: int, batch_size: int, train: bool,

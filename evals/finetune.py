@@ -35,6 +35,8 @@ from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_di
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast
+from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
+                          fit_batch, open_split, require_steps, resolve_ckpt)
 from evals.lr_decay import default_layer_decay, param_groups_lrd
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -140,7 +142,8 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
              min_lr: float = 1e-6, smoothing: float = 0.1, mixup: float = 0.8,
              cutmix: float = 1.0, tensor_aug: TensorAugment | None = None,
              eval_every: int = 0) -> dict:
-    """Train `vit` with the recipe and return the final val metrics (plus `history` if eval_every)."""
+    """Train `vit` with the recipe and return the final val metrics, `steps` (optimiser steps
+    taken; 0 means an untrained head: never report it) and `history` if eval_every."""
     from timm.data import Mixup
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -159,7 +162,7 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
     steps = len(train_loader)
     batch = train_loader.batch_size
     base_lr = blr * batch * world / 256
-    history = []
+    history, taken = [], 0
     for epoch in range(epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -184,12 +187,14 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            taken += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
             history.append({"epoch": epoch + 1, **evaluate(vit, val_loader, device)})
             if rank == 0:
                 print(f"[finetune] epoch {epoch + 1}: {history[-1]}", flush=True)
     res = evaluate(vit, val_loader, device)
+    res["steps"] = taken
     if history:
         res["history"] = history
     return res
@@ -197,79 +202,109 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m evals.finetune",
+        prog="python -m evals.finetune", formatter_class=HelpFormatter,
         description="Fine-tune an MAE encoder end to end with the paper's recipe (timm ViT, avg "
                     "pool + fc_norm, layer-wise lr decay, AdamW, mixup/cutmix, RandAugment, random "
                     "erasing, label smoothing, drop path, warm-up + cosine), or the same ViT from "
                     "random init (--from-scratch). Defaults follow the encoder width (ViT-B vs "
-                    "L/H). Prints top-1/top-5/loss and writes a 'finetune' (or 'finetune_scratch') "
-                    "record into the checkpoint's run store. DDP: torchrun --nproc_per_node=N.")
+                    "L/H). DDP: torchrun --nproc_per_node=N.",
+        epilog="Writes: prints top-1/top-5/loss and appends one 'finetune' record ('finetune_scratch' "
+               "with --from-scratch), with the data, sizes and settings it was computed on, to "
+               "RUN/evals.zarr of the checkpoint's run (RUN/checkpoints/X.pth -> RUN) or of --run. "
+               "The fine-tuned weights are not saved. Outside a run it only prints.")
     add_common_args(p, ckpt_help="checkpoint (ours, official MAE, HF or timm); with --from-scratch only "
                                  "its architecture is used")
     p.add_argument("--from-scratch", action="store_true", help="random init, same recipe")
     p.add_argument("--epochs", type=int, default=None, help="default 100 (B) / 50 (L/H)")
-    p.add_argument("--warmup-epochs", type=float, default=5)
-    p.add_argument("--batch-size", type=int, default=128, help="per process (even: mixup)")
-    p.add_argument("--blr", type=float, default=None, help="default 5e-4 (B) / 1e-3 (L/H)")
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=5, help="linear lr warm-up epochs")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="per process, even (mixup pairs samples); shrunk (with a warning) to a train "
+                        "split smaller than it")
+    p.add_argument("--blr", type=float, default=None,
+                   help="lr = blr * global batch / 256; default 5e-4 (B) / 1e-3 (L/H)")
+    p.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--layer-decay", type=float, default=None,
                    help="default 0.65 (B) / 0.75 (L/H); 1.0 with --from-scratch")
     p.add_argument("--drop-path", type=float, default=None, help="default 0.1 (B) / 0.2 (L/H)")
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8)
-    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    p.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    p.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
     p.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
     p.add_argument("--rand-aug", default="rand-m9-mstd0.5-inc1",
                    help="timm RandAugment spec ('' for none)")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N epochs (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0, help="init, sample order, augmentation")
     return p
 
 
+def _train_loader(args, spec, size, batch, device):
+    """The training loader for --data: FFCV + per-image tensor augmentation, or ImageFolder +
+    timm transforms (see the module doc); (loader, number of samples, class names)."""
+    if spec.backend == "ffcv":
+        train = open_split(args.data, "train", make_eval_loader, "ffcv", spec.train, size, batch, True,
+                           device, args.num_workers, seed=args.seed, drop_last=True)
+        return train, train.num_samples, train.classes
+    train = open_split(args.data, "train", folder_train_loader, spec.train, size, batch,
+                       args.num_workers, args.seed, args.reprob, args.rand_aug or None)
+    return train, len(train.dataset), train.dataset.classes
+
+
+@cli("python -m evals.finetune")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    run = checked_run_dir(args.run, args.ckpt)
+    # every input is checked before the checkpoint is read and long before training starts
+    args.num_workers = clamp_workers(args.num_workers)
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: must be at least 1")
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise UserError(f"--batch-size {args.batch_size}: must be even and at least 2 (mixup/cutmix "
+                        "pair samples)")
+    ckpt = resolve_ckpt(args.ckpt)
+    run = checked_run_dir(args.run, ckpt)
+    spec = resolve_data(args.data, args.backend)
     timer = Timer()
     device, rank, world = init_distributed(args.device)
     torch.manual_seed(args.seed + rank)
-    ck = load_mae(args.ckpt)
+    ck = load_mae(ckpt)
     big = ck.model.config["embed_dim"] > 768
     epochs = args.epochs or (50 if big else 100)
     blr = args.blr or (1e-3 if big else 5e-4)
     layer_decay = args.layer_decay or (1.0 if args.from_scratch
                                        else default_layer_decay(ck.model.config["embed_dim"]))
     drop_path = args.drop_path if args.drop_path is not None else (0.2 if big else 0.1)
-    if args.batch_size % 2:
-        raise SystemExit("--batch-size must be even (mixup/cutmix pair samples)")
-    spec = resolve_data(args.data, args.backend)
     size = image_size_of(ck.model)
-    val = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
-                           args.num_workers, seed=args.seed)
+    val = open_split(args.data, "val", make_eval_loader, spec.backend, spec.val, size, args.batch_size,
+                     False, device, args.num_workers, seed=args.seed)
     num_classes = val.num_classes
-    tensor_aug = None
-    if spec.backend == "ffcv":
-        train = make_eval_loader("ffcv", spec.train, size, args.batch_size, True, device,
-                                 args.num_workers, seed=args.seed, drop_last=True)
-        tensor_aug = TensorAugment(device, args.reprob, num_ops=2 if args.rand_aug else 0)
-    else:
-        train = folder_train_loader(spec.train, size, args.batch_size, args.num_workers,
-                                    args.seed, args.reprob, args.rand_aug or None)
+    batch = args.batch_size
+    train, n_train, train_classes = _train_loader(args, spec, size, batch, device)
+    check_same_classes(train_classes, val.classes, spec.train, spec.val)
+    fitted = fit_batch(batch, n_train, world, spec.train, even=True)
+    if fitted != batch:          # drop_last: a batch larger than the split trains 0 steps
+        batch = fitted
+        train, n_train, _ = _train_loader(args, spec, size, batch, device)
+    tensor_aug = TensorAugment(device, args.reprob, num_ops=2 if args.rand_aug else 0) \
+        if spec.backend == "ffcv" else None
     vit = build_vit(ck.model, num_classes, drop_path, pretrained=not args.from_scratch,
                     seed=args.seed)
     res = finetune(vit, train, val, num_classes, device, epochs, blr, layer_decay,
                    args.weight_decay, args.warmup_epochs, args.min_lr, args.smoothing,
                    args.mixup, args.cutmix, tensor_aug, args.eval_every)
     history = res.pop("history", None)
-    settings = {"epochs": epochs, "blr": blr, "layer_decay": layer_decay, "drop_path": drop_path,
-                "batch_size": args.batch_size * world, "mixup": args.mixup, "cutmix": args.cutmix,
-                "smoothing": args.smoothing, "reprob": args.reprob, "rand_aug": args.rand_aug,
-                "from_scratch": args.from_scratch, "checkpoint": str(ck.path),
-                "train_data": spec.train}
+    kind = "finetune_scratch" if args.from_scratch else "finetune"
+    require_steps(res["steps"], kind)
+    settings = {**data_settings(args.data, spec, size, n_train, val.num_samples), "epochs": epochs,
+                "warmup_epochs": args.warmup_epochs, "blr": blr, "lr": blr * batch * world / 256,
+                "min_lr": args.min_lr, "weight_decay": args.weight_decay, "layer_decay": layer_decay,
+                "drop_path": drop_path, "batch_size": batch * world, "mixup": args.mixup,
+                "cutmix": args.cutmix, "smoothing": args.smoothing, "reprob": args.reprob,
+                "rand_aug": args.rand_aug, "from_scratch": args.from_scratch, "seed": args.seed,
+                "checkpoint": str(ck.path)}
     if history:
         settings["history"] = history
-    kind = "finetune_scratch" if args.from_scratch else "finetune"
-    write_result(run, ck.epoch, {"kind": kind, **res, "seconds": timer(), "settings": settings})
+    write_result(run, ck.epoch, {"kind": kind, **res, "n_train": n_train, "n_val": val.num_samples,
+                                 "seconds": timer(), "settings": settings})
     return 0
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from evals.common import (Timer, add_common_args, checked_run_dir, image_size_of, init_distributed, load_mae,
                           make_eval_loader, resolve_data, write_result)
 from evals.features import extract_features
+from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
+                          open_split, resolve_ckpt)
 
 
 @torch.no_grad()
@@ -54,44 +56,59 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m evals.knn",
+        prog="python -m evals.knn", formatter_class=HelpFormatter,
         description="Weighted kNN (k nearest cosine neighbours vote with exp(sim/T)) on frozen "
                     "features of an MAE encoder: centre-cropped train images are the memory bank, "
-                    "val images are classified. Prints top-1/top-5 and writes a 'knn' eval record "
-                    "into the checkpoint's run store.")
+                    "val images are classified.",
+        epilog="Writes: prints top-1/top-5 and appends one 'knn' record, with the data, sizes and "
+               "settings it was computed on, to RUN/evals.zarr of the checkpoint's run "
+               "(RUN/checkpoints/X.pth -> RUN) or of --run; nothing else. Outside a run it only prints.")
     add_common_args(p)
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--pool", default="cls", choices=["cls", "avg"])
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-train", type=int, default=None, help="cap on memory-bank samples")
-    p.add_argument("--max-val", type=int, default=None, help="cap on evaluated samples")
+    p.add_argument("--k", type=int, default=20, help="neighbours that vote")
+    p.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T)")
+    p.add_argument("--pool", default="cls", choices=["cls", "avg"], help="encoder feature")
+    p.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch per process")
+    p.add_argument("--max-train", type=int, default=None, help="cap on memory-bank samples (default: all)")
+    p.add_argument("--max-val", type=int, default=None, help="cap on evaluated samples (default: all)")
     return p
 
 
+@cli("python -m evals.knn")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    run = checked_run_dir(args.run, args.ckpt)
+    # every input is checked before the checkpoint is read and long before features are extracted
+    args.num_workers = clamp_workers(args.num_workers)
+    for flag, value in (("--k", args.k), ("--batch-size", args.batch_size),
+                        ("--max-train", args.max_train), ("--max-val", args.max_val)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    if not args.temperature > 0:
+        raise UserError(f"--temperature {args.temperature}: must be > 0")
+    ckpt = resolve_ckpt(args.ckpt)
+    run = checked_run_dir(args.run, ckpt)
+    spec = resolve_data(args.data, args.backend)
     timer = Timer()
     device, _, _ = init_distributed(args.device)
-    ck = load_mae(args.ckpt)
+    ck = load_mae(ckpt)
     model = ck.model.to(device)
-    spec = resolve_data(args.data, args.backend)
     size = image_size_of(model)
     # the memory bank is read in eval mode but shuffled with a fixed seed, so a --max-train cap
     # still covers every class
-    tr = make_eval_loader(spec.backend, spec.train, size, args.batch_size, False, device,
-                          args.num_workers, shuffle=args.max_train is not None)
-    va = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
-                          args.num_workers, shuffle=args.max_val is not None)
+    tr = open_split(args.data, "train", make_eval_loader, spec.backend, spec.train, size,
+                    args.batch_size, False, device, args.num_workers, shuffle=args.max_train is not None)
+    va = open_split(args.data, "val", make_eval_loader, spec.backend, spec.val, size,
+                    args.batch_size, False, device, args.num_workers, shuffle=args.max_val is not None)
+    check_same_classes(tr.classes, va.classes, spec.train, spec.val)
     ftr, ytr = extract_features(model, tr, device, args.pool, args.max_train, desc="train features")
     fva, yva = extract_features(model, va, device, args.pool, args.max_val, desc="val features")
     res = knn_classify(ftr.to(device), ytr, fva.to(device), yva, k=args.k, T=args.temperature,
                        num_classes=tr.num_classes)
-    write_result(run, ck.epoch, {"kind": "knn", **res, "loss": None,
-                                 "k": args.k, "temperature": args.temperature, "pool": args.pool,
-                                 "n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0]),
-                                 "checkpoint": str(ck.path), "seconds": timer()})
+    n_train, n_val = int(ftr.shape[0]), int(fva.shape[0])
+    settings = {**data_settings(args.data, spec, size, n_train, n_val), "k": args.k,
+                "temperature": args.temperature, "pool": args.pool, "batch_size": args.batch_size,
+                "max_train": args.max_train, "max_val": args.max_val, "checkpoint": str(ck.path)}
+    write_result(run, ck.epoch, {"kind": "knn", **res, "loss": None, "n_train": n_train,
+                                 "n_val": n_val, "seconds": timer(), "settings": settings})
     return 0
 
 

@@ -38,6 +38,8 @@ from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_di
                           init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast, embed, extract_features
+from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
+                          fit_batch, open_split, require_steps, resolve_ckpt)
 from evals.lars import LARS
 
 
@@ -99,7 +101,8 @@ def train_probe_on_features(train_feats: torch.Tensor, train_labels: torch.Tenso
 
     Epochs are raised until there are `min_steps` steps (warm-up scaled alike), see module doc.
     Deterministic for a given seed (own generator). Also returns `train_top1` (a probe that cannot
-    fit its training set says the features, not the head, are the limit) and `epochs` run.
+    fit its training set says the features, not the head, are the limit), `epochs` run, `steps`
+    taken and the `batch_size` used (capped at the number of training samples).
     """
     device = torch.device(device)
     if num_classes is None:
@@ -124,7 +127,7 @@ def train_probe_on_features(train_feats: torch.Tensor, train_labels: torch.Tenso
                       base_lr, progress)
         res = _evaluate_feats(head, xva, yva)
         res["train_top1"] = _evaluate_feats(head, xtr, ytr)["top1"]
-    res["epochs"] = epochs
+    res.update(epochs=epochs, steps=total, batch_size=batch_size)
     return res
 
 
@@ -150,7 +153,8 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     """The full protocol: augmented batches through the frozen encoder into a trained head.
 
     Under DDP the head is wrapped in DistributedDataParallel and the effective batch is the sum
-    over ranks (lr = blr * global batch / 256). Returns val top1/top5/loss.
+    over ranks (lr = blr * global batch / 256). Returns val top1/top5/loss and `steps`, the
+    optimiser steps taken (0 means the head is its initialisation: never report that).
     """
     device = torch.device(device)
     rank, world = dist_info()
@@ -167,6 +171,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     batch = getattr(train_loader, "batch_size", None) or next(iter(train_loader))[0].shape[0]
     base_lr = _lr(blr, batch * world)
     opt = LARS(head.parameters(), lr=0.0, weight_decay=weight_decay)
+    taken = 0
     for epoch in range(epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
@@ -181,6 +186,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            taken += 1
             bar.set_postfix(loss=f"{loss.item():.3f}")
     head.eval()
     stats = torch.zeros(4, device=device, dtype=torch.float64)   # loss sum, top1, top5, n
@@ -195,74 +201,102 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
                                    labels.numel()], device=device, dtype=torch.float64)
     stats = all_reduce_sum(stats)
     n = max(float(stats[3]), 1.0)
-    return {"top1": float(stats[1]) / n, "top5": float(stats[2]) / n, "loss": float(stats[0]) / n}
+    return {"top1": float(stats[1]) / n, "top5": float(stats[2]) / n, "loss": float(stats[0]) / n,
+            "steps": taken}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m evals.linprobe",
+        prog="python -m evals.linprobe", formatter_class=HelpFormatter,
         description="Linear probe of a frozen MAE encoder, MAE protocol: BatchNorm1d(affine=False) "
                     "+ Linear head, LARS, lr = blr*batch/256, warm-up + cosine, RandomResizedCrop+"
                     "flip train / centre-crop eval. --cached trains on features extracted once "
-                    "(centre crop, no augmentation): the fast CPU / per-epoch mode. Prints top-1/"
-                    "top-5/loss and writes a 'linprobe_full' (or 'linprobe' with --cached) record "
-                    "into the checkpoint's run store. Multi-GPU: torchrun --nproc_per_node=N -m "
-                    "evals.linprobe ...")
+                    "(centre crop, no augmentation): the fast CPU / per-epoch mode. Multi-GPU: "
+                    "torchrun --nproc_per_node=N -m evals.linprobe ...",
+        epilog="Writes: prints top-1/top-5/loss and appends one 'linprobe_full' record ('linprobe' "
+               "with --cached), with the data, sizes and settings it was computed on, to "
+               "RUN/evals.zarr of the checkpoint's run (RUN/checkpoints/X.pth -> RUN) or of --run; "
+               "nothing else. Outside a run it only prints.")
     add_common_args(p)
-    p.add_argument("--cached", action="store_true", help="train the head on cached features")
-    p.add_argument("--pool", default="cls", choices=["cls", "avg"])
-    p.add_argument("--epochs", type=int, default=90)
-    p.add_argument("--warmup-epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256, help="per process")
+    p.add_argument("--cached", action="store_true",
+                   help="train the head on features extracted once (default: the full protocol)")
+    p.add_argument("--pool", default="cls", choices=["cls", "avg"], help="encoder feature")
+    p.add_argument("--epochs", type=int, default=90,
+                   help="training epochs (--cached: raised to reach 1000 steps)")
+    p.add_argument("--warmup-epochs", type=int, default=10, help="linear lr warm-up epochs")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="per process; shrunk (with a warning) to a train split smaller than it")
     p.add_argument("--blr", type=float, default=None,
                    help="lr = blr * global batch / 256 (default 0.1, the paper's, meant for "
                         f"ImageNet-size data; with --cached {CACHED_BLR}). LARS steps are relative "
                         "to ||w||, so few steps (small data) need a larger blr: see the module doc")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--max-train", type=int, default=None, help="--cached: cap on train samples")
-    p.add_argument("--max-val", type=int, default=None, help="--cached: cap on val samples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="LARS weight decay")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="--cached: cap on train samples (default: all)")
+    p.add_argument("--max-val", type=int, default=None, help="--cached: cap on val samples (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="head init, sample order, augmentation")
     return p
 
 
+@cli("python -m evals.linprobe")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    run = checked_run_dir(args.run, args.ckpt)
+    # every input is checked before the checkpoint is read and long before the probe runs
+    args.num_workers = clamp_workers(args.num_workers)
+    for flag, value in (("--epochs", args.epochs), ("--max-train", args.max_train),
+                        ("--max-val", args.max_val)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+    ckpt = resolve_ckpt(args.ckpt)
+    run = checked_run_dir(args.run, ckpt)
+    spec = resolve_data(args.data, args.backend)
     if args.blr is None:
         args.blr = CACHED_BLR if args.cached else 0.1
     timer = Timer()
     device, _, world = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    ck = load_mae(args.ckpt)
+    ck = load_mae(ckpt)
     model = ck.model.to(device)
-    spec = resolve_data(args.data, args.backend)
     size = image_size_of(model)
+
+    def loader(split, path, batch, train, shuffle=None):
+        return open_split(args.data, split, make_eval_loader, spec.backend, path, size, batch, train,
+                          device, args.num_workers, seed=args.seed, shuffle=shuffle)
+
+    batch = args.batch_size
     if args.cached:
-        tr = make_eval_loader(spec.backend, spec.train, size, args.batch_size, False, device,
-                              args.num_workers, seed=args.seed, shuffle=args.max_train is not None)
-        va = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
-                              args.num_workers, seed=args.seed, shuffle=args.max_val is not None)
-        num_classes = tr.num_classes
+        tr = loader("train", spec.train, batch, False, shuffle=args.max_train is not None)
+        va = loader("val", spec.val, batch, False, shuffle=args.max_val is not None)
+        check_same_classes(tr.classes, va.classes, spec.train, spec.val)
+        n_train = min(tr.num_samples, args.max_train or tr.num_samples)
+        global_batch = fit_batch(batch * world, n_train, 1, spec.train)   # features are gathered
         ftr, ytr = extract_features(model, tr, device, args.pool, args.max_train, "train features")
         fva, yva = extract_features(model, va, device, args.pool, args.max_val, "val features")
-        res = train_probe_on_features(ftr, ytr, fva, yva, num_classes, args.epochs,
-                                      args.batch_size * world, args.blr, args.warmup_epochs,
+        res = train_probe_on_features(ftr, ytr, fva, yva, tr.num_classes, args.epochs,
+                                      global_batch, args.blr, args.warmup_epochs,
                                       args.weight_decay, args.seed, device, progress=True)
-        kind, extra = "linprobe", {"n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0]),
-                                   "train_top1": res.pop("train_top1")}
-        args.epochs = res.pop("epochs")
+        kind, n_train, n_val = "linprobe", int(ftr.shape[0]), int(fva.shape[0])
+        epochs, global_batch = res.pop("epochs"), res.pop("batch_size")
+        extra = {"train_top1": res.pop("train_top1")}
     else:
-        tr = make_eval_loader(spec.backend, spec.train, size, args.batch_size, True, device,
-                              args.num_workers, seed=args.seed)
-        va = make_eval_loader(spec.backend, spec.val, size, args.batch_size, False, device,
-                              args.num_workers, seed=args.seed)
-        num_classes = tr.num_classes
-        res = train_probe_on_loader(model, tr, va, num_classes, device, args.pool, args.epochs,
+        tr = loader("train", spec.train, batch, True)
+        va = loader("val", spec.val, batch, False)
+        check_same_classes(tr.classes, va.classes, spec.train, spec.val)
+        fitted = fit_batch(batch, tr.num_samples, world, spec.train)
+        if fitted != batch:       # drop_last: a batch larger than the split trains 0 steps
+            batch, tr = fitted, loader("train", spec.train, fitted, True)
+        res = train_probe_on_loader(model, tr, va, tr.num_classes, device, args.pool, args.epochs,
                                     args.blr, args.warmup_epochs, args.weight_decay)
-        kind, extra = "linprobe_full", {}
-    write_result(run, ck.epoch, {"kind": kind, **res, "pool": args.pool, "epochs": args.epochs,
-                                 "blr": args.blr, "batch_size": args.batch_size * world,
-                                 "checkpoint": str(ck.path), "seconds": timer(), **extra})
+        kind, n_train, n_val, epochs, extra = "linprobe_full", tr.num_samples, va.num_samples, args.epochs, {}
+        global_batch = batch * world
+    require_steps(res["steps"], kind)
+    settings = {**data_settings(args.data, spec, size, n_train, n_val), "pool": args.pool,
+                "epochs": epochs, "warmup_epochs": args.warmup_epochs, "blr": args.blr,
+                "lr": args.blr * global_batch / 256, "batch_size": global_batch,
+                "weight_decay": args.weight_decay, "seed": args.seed, "cached": args.cached,
+                "max_train": args.max_train, "max_val": args.max_val, "checkpoint": str(ck.path)}
+    write_result(run, ck.epoch, {"kind": kind, **res, "n_train": n_train, "n_val": n_val,
+                                 "seconds": timer(), **extra, "settings": settings})
     return 0
 
 

@@ -64,6 +64,11 @@ def epoch_evals(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device)
     feat_s = timer()
     num_classes = getattr(tr, "num_classes", None) or int(max(ytr.max(), yva.max())) + 1
     sizes = {"n_train": int(ftr.shape[0]), "n_val": int(fva.shape[0])}
+    # what the records were computed on: the run store keeps one record per (epoch, kind,
+    # settings), so evals of the same epoch on other data or subsets never replace each other
+    data = {"train_path": str(cfg_data["train_path"]), "val_path": str(cfg_data["val_path"]),
+            "backend": cfg_data.get("backend", "torch"), "image_size": int(cfg_data["image_size"]),
+            "subset_seed": SUBSET_SEED, **sizes}
     records = []
     if do_knn:
         t = Timer()
@@ -71,7 +76,7 @@ def epoch_evals(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device)
         res = knn_classify(ftr.to(device), ytr, fva.to(device), yva, k=k, T=T,
                            num_classes=num_classes)
         records.append({"kind": "knn", **res, "loss": None, "seconds": feat_s + t(), **sizes,
-                        "settings": {"k": k, "T": T, "pool": pool}})
+                        "settings": {"k": k, "T": T, "pool": pool, "batch_size": bs, **data}})
     if do_probe:
         t = Timer()
         epochs = int(cfg_evals.get("linprobe_epochs", 10))
@@ -82,5 +87,5 @@ def epoch_evals(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device)
                         "loss": res["loss"], "seconds": feat_s + t(), **sizes,
                         "train_top1": res["train_top1"],
                         "settings": {"pool": pool, "epochs": res["epochs"], "blr": CACHED_BLR,
-                                     "batch_size": bs, "cached": True}})
+                                     "batch_size": res["batch_size"], "cached": True, **data}})
     return records

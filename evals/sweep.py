@@ -821,17 +821,29 @@ def _format_table(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import textwrap
+
+    from evals.inputs import RawHelpFormatter
+
     ap = argparse.ArgumentParser(
-        prog="python -m evals.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m evals.sweep", description=__doc__, formatter_class=RawHelpFormatter,
+        epilog=textwrap.fill(
+               "Writes: everything under the sweep directory (--out; default runs/sweeps/NAME, "
+               "runs/sweeps/NAME_PRESET for other presets, relative to the current directory): "
+               "plan.json, configs/POINT.yaml, one run directory per point (POINT/: config.yaml, "
+               "checkpoints/, metrics.zarr, evals.zarr, recons.zarr) and the sweep table "
+               "(sweep.zarr, sweep.json). --dry-run and --list write nothing.", 100))
     ap.add_argument("name", nargs="?", help="sweep name (configs/sweeps/NAME.yaml) or a sweep YAML path")
     ap.add_argument("--list", action="store_true", help="list the known sweeps and exit")
     ap.add_argument("--preset", default="cpu", help="cpu (Imagenette, 64 px) or imagenet (the paper's setting)")
-    ap.add_argument("--base-config", help="trainer YAML to use instead of the preset's base config")
+    ap.add_argument("--base-config", help="trainer YAML to use instead of the preset's base config (default: "
+                                          "configs/sweeps/_base_PRESET.yaml)")
     ap.add_argument("--out", help="sweep directory (default runs/sweeps/NAME; runs/sweeps/NAME_PRESET for other presets)")
-    ap.add_argument("--epochs", type=int, help="epochs of every point (except where the sweep varies epochs)")
+    ap.add_argument("--epochs", type=int, help="epochs of every point (except where the sweep varies epochs; "
+                                               "default: the preset's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a trainer config key for every point (repeatable), e.g. data.num_workers=4")
-    ap.add_argument("--points", help="comma-separated subset of points to run")
+    ap.add_argument("--points", help="comma-separated subset of points to run (default: all)")
     ap.add_argument("--launcher", help="run each point as a subprocess under this launcher, e.g. "
                                        "'python' or 'torchrun --nproc_per_node=8' (default: in this process)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and each point's state; run nothing")

@@ -166,8 +166,9 @@ def test_cached_linear_probe_is_at_chance_on_random_labels():
 
 def test_a_bad_run_dir_is_refused_before_any_work(tmp_path):
     from evals.common import checked_run_dir
+    from evals.inputs import UserError
 
-    with pytest.raises(SystemExit, match="not a run directory"):
+    with pytest.raises(UserError, match="not a run directory"):
         checked_run_dir(tmp_path / "nope", tmp_path / "x.pth")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("{}")

@@ -1,0 +1,294 @@
+"""The eval CLIs as a user meets them: each finding of issue 16 (and the eval rows of issue 15) as a
+subprocess run of `python -m evals.X`, checking the exit code and what it printed.
+
+Real parts only: the built-in sample dataset (JPEG folders), a real checkpoint written by
+`model.save_model_state`, a real run store, real `torch.load`, and a miniature ILSVRC tree made of
+real Imagenette photographs (linked in place, not copied).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import runstore
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGENETTE = Path(os.environ.get("IMAGENETTE", "/work/shared/data/imagenette"))
+TINY_MODEL = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
+                  decoder_depth=1, decoder_num_heads=2)
+
+
+def run_cli(module: str, *args, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m evals.MODULE ARGS` in a fresh interpreter, as a user would run it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               TQDM_DISABLE="1")
+    return subprocess.run([sys.executable, "-m", f"evals.{module}", *map(str, args)], cwd=cwd or REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The user-mistake contract: exit 2, no traceback, the message on the last stderr line."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines, proc.stdout[-2000:]
+    return lines[-1]
+
+
+def save_tiny_checkpoint(path: Path, epoch: int = 1) -> Path:
+    from model import create_model, save_model_state
+
+    torch.manual_seed(0)
+    return save_model_state(create_model("mae_vit_pico_patch8_64", **TINY_MODEL), path, epoch=epoch)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A sample dataset (10 classes x 3 train / 2 val, 32 px), a checkpoint outside any run, and a
+    run directory whose checkpoints/ hold a ckpt-* file and final.pth."""
+    from pipeline.sample import make_sample_dataset
+
+    tmp = tmp_path_factory.mktemp("evals_cli")
+    data = make_sample_dataset(tmp / "data", image_size=32, train_per_class=3, val_per_class=2,
+                               seed=0, progress=False)
+    ckpt = save_tiny_checkpoint(tmp / "loose.pth")
+    run = tmp / "run"
+    with runstore.create(run, {"run_dir": str(run), "epochs": 1}):
+        pass
+    save_tiny_checkpoint(run / "checkpoints" / "ckpt-e0001-s00000004.pth", epoch=1)
+    save_tiny_checkpoint(run / "checkpoints" / "final.pth", epoch=1)
+    return {"tmp": tmp, "data": Path(data), "ckpt": ckpt, "run": run}
+
+
+def common(tiny, ckpt=None, data=None):
+    return ["--ckpt", ckpt or tiny["ckpt"], "--data", data or tiny["data"], "--num-workers", "0",
+            "--device", "cpu"]
+
+
+# ----------------------------------------------------------------------------- 1. no code from a file
+class _RunsAShellCommand:
+    """Pickles to `os.system(cmd)`: what a malicious checkpoint does when it is unpickled."""
+
+    def __init__(self, cmd):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return os.system, (self.cmd,)
+
+
+@pytest.mark.parametrize("cli", ["linprobe", "knn", "finetune"])
+def test_a_malicious_checkpoint_runs_nothing_and_is_refused_in_one_line(tiny, cli, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": _RunsAShellCommand(f"touch {marker}"), "epoch": 1}, evil)
+    proc = run_cli(cli, *common(tiny, ckpt=evil))
+    assert not marker.exists(), f"evals.{cli} executed code from the checkpoint"
+    line = one_line_error(proc)
+    assert str(evil) in line and "system" in line, line
+
+
+# ----------------------------------------------------------------------------- 2. never a 0-step head
+def _last_record(run: Path, kind: str) -> dict:
+    ev = runstore.open(run).evals(kind=kind)
+    assert len(ev), f"no {kind} record in {run}"
+    row = ev.iloc[-1].to_dict()
+    row["settings"] = json.loads(row["settings"] or "{}")
+    return row
+
+
+@pytest.mark.parametrize("cli, extra", [
+    ("linprobe", ["--epochs", "1", "--warmup-epochs", "0"]),                       # batch 256 default
+    ("finetune", ["--epochs", "1", "--warmup-epochs", "0"]),                       # batch 128 default
+])
+def test_a_train_split_smaller_than_one_batch_still_trains_and_says_so(tiny, tmp_path, cli, extra):
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    proc = run_cli(cli, *common(tiny, ckpt=run / "checkpoints" / "final.pth"), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--batch-size" in proc.stderr and "30" in proc.stderr, proc.stderr[-3000:]
+    rec = _last_record(run, "linprobe_full" if cli == "linprobe" else "finetune")
+    assert rec["steps"] > 0, rec
+    assert rec["settings"]["batch_size"] == 30, rec
+
+
+def test_a_split_with_too_few_images_for_any_batch_is_refused_before_the_work(tiny, tmp_path):
+    data = tmp_path / "one"
+    photos = sorted((tiny["data"] / "train").rglob("*.jpg"))
+    for split, photo in (("train", photos[0]), ("val", photos[1])):
+        (data / split / "a").mkdir(parents=True)
+        shutil.copy(photo, data / split / "a" / "x.jpg")
+    line = one_line_error(run_cli("linprobe", *common(tiny, data=data), "--epochs", "1"))
+    assert str(data / "train") in line and "1 image" in line, line
+
+
+def test_a_head_that_took_no_step_is_never_stored():
+    from evals.inputs import UserError, require_steps
+
+    require_steps(3, "linprobe")
+    with pytest.raises(UserError, match="0 steps"):
+        require_steps(0, "linprobe")
+
+
+# ----------------------------------------------------------------------------- 3. path mistakes
+def test_a_wrong_data_path_is_one_line_naming_it_and_what_is_valid(tiny, tmp_path):
+    for cli in ("linprobe", "finetune"):       # knn: in the --num-workers test below
+        line = one_line_error(run_cli(cli, *common(tiny, data=tmp_path / "no_such_dir")))
+        assert str(tmp_path / "no_such_dir") in line and "train" in line and "val" in line, line
+
+
+def test_a_broken_val_split_is_found_before_the_work(tiny, tmp_path):
+    data = tmp_path / "noval"
+    shutil.copytree(tiny["data"] / "train", data / "train")
+    (data / "val").mkdir()                       # exists, but holds no images
+    for cli in ("knn", "finetune"):
+        line = one_line_error(run_cli(cli, *common(tiny, data=data)))
+        assert str(data / "val") in line, line
+
+
+def test_ckpt_a_run_directory_means_its_final_checkpoint_and_says_so(tiny, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    proc = run_cli("knn", *common(tiny, ckpt=run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert str(run / "checkpoints" / "final.pth") in proc.stdout + proc.stderr
+    assert _last_record(run, "knn")["settings"]["checkpoint"] == str(run / "checkpoints" / "final.pth")
+    (run / "checkpoints" / "final.pth").unlink()              # unfinished run: newest checkpoint
+    proc = run_cli("knn", *common(tiny, ckpt=run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ckpt-e0001-s00000004.pth" in proc.stdout + proc.stderr
+
+
+def test_a_missing_checkpoint_or_an_empty_run_is_one_line(tiny, tmp_path):
+    line = one_line_error(run_cli("knn", *common(tiny, ckpt=tmp_path / "nope.pth")))
+    assert str(tmp_path / "nope.pth") in line and "run directory" in line, line
+    empty = tmp_path / "empty_run"
+    (empty / "checkpoints").mkdir(parents=True)
+    line = one_line_error(run_cli("linprobe", *common(tiny, ckpt=empty)))
+    assert str(empty) in line and "no checkpoint" in line, line
+    junk = tmp_path / "notes.pth"
+    junk.write_text("not a checkpoint")
+    line = one_line_error(run_cli("finetune", *common(tiny, ckpt=junk)))
+    assert str(junk) in line, line
+
+
+def test_too_many_workers_are_clamped_with_a_warning_naming_the_flag(tiny, tmp_path):
+    # with a wrong --data too, so code without the check stops at the data error (it would fork them)
+    proc = run_cli("knn", "--ckpt", tiny["ckpt"], "--data", tmp_path / "nope", "--num-workers", "9999")
+    line = one_line_error(proc)
+    assert str(tmp_path / "nope") in line and "train" in line and "val" in line, line
+    assert "--num-workers 9999" in proc.stderr, proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- 4. ILSVRC layout
+@pytest.fixture(scope="module")
+def mini_ilsvrc(tmp_path_factory):
+    """3 Imagenette classes as ILSVRC ships them: train/<wnid>/*.JPEG, a flat val/ of
+    ILSVRC2012_val_*.JPEG and LOC_val_solution.csv beside train/ and val/. Files are links to the
+    real photographs (read in place)."""
+    if not IMAGENETTE.is_dir():
+        pytest.skip(f"{IMAGENETTE} not present")
+    root = tmp_path_factory.mktemp("ilsvrc")
+    wnids = sorted(d.name for d in (IMAGENETTE / "train").iterdir() if d.is_dir())[:3]
+    rows = ["ImageId,PredictionString"]
+    n = 0
+    for wnid in wnids:
+        (root / "train" / wnid).mkdir(parents=True)
+        for src in sorted((IMAGENETTE / "train" / wnid).iterdir())[:6]:
+            (root / "train" / wnid / src.name).symlink_to(src)
+        for src in sorted((IMAGENETTE / "val" / wnid).iterdir())[:3]:
+            n += 1
+            image_id = f"ILSVRC2012_val_{n:08d}"
+            (root / "val").mkdir(exist_ok=True)
+            (root / "val" / f"{image_id}.JPEG").symlink_to(src)
+            rows.append(f"{image_id},{wnid} 10 10 100 100 {wnid} 20 20 90 90")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _scanner_reads_flat_val(root: Path) -> bool:
+    try:
+        from pipeline.loaders.files import list_images
+        return len(list_images(root / "val").paths) == 9
+    except Exception:  # noqa: BLE001 - the loaders' scanner does not know the layout yet
+        return False
+
+
+@pytest.mark.parametrize("cli, extra", [
+    ("knn", []),
+    ("finetune", ["--epochs", "1", "--batch-size", "8", "--warmup-epochs", "0"]),
+])
+def test_readme_commands_on_a_miniature_ilsvrc_tree_with_a_flat_val(tiny, mini_ilsvrc, cli, extra):
+    if not _scanner_reads_flat_val(mini_ilsvrc):
+        pytest.xfail("the loaders' shared scanner does not yet read ILSVRC's flat val/ with "
+                     "LOC_val_solution.csv (pipeline change pending)")
+    proc = run_cli(cli, *common(tiny, data=mini_ilsvrc), *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top1=" in proc.stdout, proc.stdout[-2000:]
+    assert re.search(r"n_val['\"]?(=|: )9\b", proc.stdout), proc.stdout[-2000:]
+
+
+# ----------------------------------------------------------------------------- 5. what a record was computed on
+def test_evals_on_other_data_or_settings_never_replace_each_other(tiny, tmp_path):
+    from pipeline.sample import make_sample_dataset
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny["run"], run)
+    other = make_sample_dataset(tmp_path / "other", image_size=32, train_per_class=2,
+                                val_per_class=2, seed=1, progress=False)
+    ckpt = run / "checkpoints" / "final.pth"
+    for data in (tiny["data"], other):
+        proc = run_cli("knn", *common(tiny, ckpt=ckpt, data=data))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = runstore.open(run).evals(kind="knn")
+    assert len(ev) == 2, ev                 # before: the second replaced the first
+    settings = [json.loads(s) for s in ev["settings"]]
+    assert {s["data"] for s in settings} == {str(Path(tiny["data"]).resolve()), str(Path(other).resolve())}
+    for s in settings:
+        for key in ("data", "train_path", "val_path", "backend", "image_size", "n_train", "n_val",
+                    "batch_size", "k", "temperature", "pool", "checkpoint"):
+            assert key in s, (key, s)
+    assert sorted(s["n_train"] for s in settings) == [20, 30]
+
+
+# ----------------------------------------------------------------------------- 6. --help shows every default
+@pytest.mark.parametrize("cli, defaults", [
+    ("linprobe", {"--epochs": "90", "--batch-size": "256", "--num-workers": "2", "--pool": "cls"}),
+    ("knn", {"--k": "20", "--temperature": "0.07", "--batch-size": "256"}),
+    ("finetune", {"--batch-size": "128", "--smoothing": "0.1", "--mixup": "0.8", "--cutmix": "1.0"}),
+    ("sweep", {"--preset": "cpu"}),
+])
+def test_help_shows_every_default_and_what_is_written_where(cli, defaults):
+    proc = run_cli(cli, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())        # argparse wraps lines
+    for flag, value in defaults.items():
+        options = text.split(" options: ", 1)[1]      # the option list, not the usage or examples
+        after = options.split(f" {flag} ", 1)[1][:400]
+        assert f"(default: {value})" in after.split(" --")[0], (flag, after)
+    assert "writes" in text.lower() or "written" in text.lower(), text[:600]
+    assert ("evals.zarr" if cli != "sweep" else "runs/sweeps/") in text
+
+
+def test_every_eval_option_with_a_default_shows_it():
+    """In-process companion of the test above: no option of the three CLIs hides its default
+    (an option whose default is None says in its help what None means)."""
+    import argparse
+
+    from evals import finetune, knn, linprobe
+
+    for mod in (linprobe, knn, finetune):
+        parser = mod.build_parser()
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.required or action.default in (False, argparse.SUPPRESS):
+                continue
+            help_text = formatter._expand_help(action) if action.help else ""
+            assert "default" in help_text, (mod.__name__, action.option_strings, help_text)
