@@ -11,15 +11,14 @@ Why it looks the way it does:
 * ``decode="batched"`` reads bytes in workers and decodes a whole batch with
   ``torchvision.io.decode_jpeg(device=...)`` in the main process: on CUDA that is nvJPEG (the GPU
   decode baseline of the bench); on CPU it runs the same code with libjpeg-turbo, which is what the
-  tests exercise. A file :func:`pipeline.sources.decode_hazard` flags (CMYK, alpha, 16-bit,
-  palette, EXIF rotation, ...) is decoded in the worker by ``open_rgb`` instead, so both modes give
-  the pixels the ``.beton`` files hold.
+  tests exercise. The files :func:`pipeline.sources.decode_hazards` flags at construction (CMYK,
+  alpha, 16-bit, palette, EXIF rotation, ...) are decoded in the worker by ``open_rgb`` instead,
+  so both modes give the pixels the ``.beton`` files hold.
 * every file is decoded by :func:`pipeline.sources.open_rgb`, the converter's decoder (alpha
   composited on white, 16-bit scaled, EXIF orientation applied), and listed by the same scanner.
 """
 from __future__ import annotations
 
-import io
 import warnings
 from typing import Iterator
 
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from ..sources import decode_hazard, open_rgb
+from ..sources import decode_hazards, open_rgb
 from . import base, transforms
 from .files import list_images
 
@@ -36,8 +35,8 @@ from .files import list_images
 class _ImageFiles(Dataset):
     """Map-style dataset over (index, epoch) keys returning (uint8 3xSxS tensor | bytes, label)."""
 
-    def __init__(self, paths, labels, image_size, train, seed, decode):
-        self.paths, self.labels = paths, labels
+    def __init__(self, paths, labels, image_size, train, seed, decode, hazards=frozenset()):
+        self.paths, self.labels, self.hazards = paths, labels, hazards
         self.image_size, self.train, self.seed, self.decode = image_size, train, seed, decode
 
     def __len__(self):
@@ -47,11 +46,10 @@ class _ImageFiles(Dataset):
         index, epoch = key
         path = self.paths[index]
         if self.decode == "batched":
-            data = np.fromfile(path, dtype=np.uint8)
-            if decode_hazard(io.BytesIO(data)) is None:
-                return torch.from_numpy(data), self.labels[index], index, epoch
+            if path not in self.hazards:
+                return torch.from_numpy(np.fromfile(path, dtype=np.uint8)), self.labels[index], index, epoch
             # decode_jpeg/decode_image would drop alpha, not scale 16 bits, ...: decode it here
-            img = torch.from_numpy(np.asarray(open_rgb(path))).permute(2, 0, 1).contiguous()
+            img = torch.from_numpy(np.array(open_rgb(path))).permute(2, 0, 1).contiguous()
             return img, self.labels[index], index, epoch
         im = open_rgb(path)   # BadImageError names the file and says what is wrong with it
         gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
@@ -94,7 +92,9 @@ class TorchLoader(base.EpochState):
         self.classes, self.num_classes = split.classes, len(split.classes)
         self.image_size, self.train, self.decode = image_size, train, decode
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
-        ds = _ImageFiles(split.paths, split.labels, image_size, train, self.seed, decode)
+        # batched: the files decode_jpeg/decode_image would read unlike open_rgb, found once here
+        hazards = frozenset(decode_hazards(split.paths)) if decode == "batched" else frozenset()
+        ds = _ImageFiles(split.paths, split.labels, image_size, train, self.seed, decode, hazards)
         self._dl = DataLoader(
             ds, batch_sampler=_EpochBatches(self), num_workers=num_workers,
             collate_fn=_collate_bytes if decode == "batched" else None,
