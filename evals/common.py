@@ -177,8 +177,9 @@ class DataSpec:
 def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
     """Turn --data into train/val paths and a loader back end.
 
-    DATA may hold `train.beton`/`val.beton` (-> ffcv) or `train/`/`val/` class folders
-    (-> torch, or dali when asked). `backend` "auto" picks by what is there.
+    DATA may hold `train.beton`/`val.beton` (-> ffcv) or `train/`/`val/` image folders
+    (-> torch, or dali when asked; val/ may be ILSVRC's flat one with LOC_val_solution.csv, and
+    Kaggle's download is read from DATA/ILSVRC/Data/CLS-LOC). `backend` "auto" picks by what is there.
     """
     from evals.inputs import UserError
 
@@ -186,6 +187,10 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
     if not root.is_dir():
         raise UserError(f"--data {data}: not a directory (expected one holding train/ + val/ image "
                         "folders or train.beton + val.beton)")
+    from pipeline.sources import KAGGLE_SUBDIR
+
+    if not (root / "train").exists() and (root / KAGGLE_SUBDIR / "train").is_dir():
+        root = root / KAGGLE_SUBDIR    # Kaggle's ImageNet download (its CSV sits at the top)
     betons = (root / "train.beton", root / "val.beton")
     folders = (root / "train", root / "val")
     if backend in ("auto", "ffcv") and all(p.is_file() for p in betons):

@@ -187,49 +187,38 @@ def test_too_many_workers_are_clamped_with_a_warning_naming_the_flag(tiny, tmp_p
     assert "--num-workers 9999" in proc.stderr, proc.stderr[-2000:]
 
 
-# ----------------------------------------------------------------------------- 4. ILSVRC layout
-@pytest.fixture(scope="module")
-def mini_ilsvrc(tmp_path_factory):
-    """3 Imagenette classes as ILSVRC ships them: train/<wnid>/*.JPEG, a flat val/ of
-    ILSVRC2012_val_*.JPEG and LOC_val_solution.csv beside train/ and val/. Files are links to the
-    real photographs (read in place)."""
-    if not IMAGENETTE.is_dir():
-        pytest.skip(f"{IMAGENETTE} not present")
-    root = tmp_path_factory.mktemp("ilsvrc")
+# ----------------------------------------------------------------------------- 4. ILSVRC layouts
+def _mini_imagenet(root: Path, kaggle: bool) -> Path:
+    """3 Imagenette classes as ILSVRC ships them: train/<wnid>/*.JPEG and a flat val/ of
+    ILSVRC2012_val_*.JPEG labelled by LOC_val_solution.csv: beside train/ and val/, or, in Kaggle's
+    download, the tree under ILSVRC/Data/CLS-LOC/ and the CSV at the top. Files are links to the
+    real photographs (read in place). Returns what --data gets."""
+    tree = root / "ILSVRC" / "Data" / "CLS-LOC" if kaggle else root
     wnids = sorted(d.name for d in (IMAGENETTE / "train").iterdir() if d.is_dir())[:3]
     rows = ["ImageId,PredictionString"]
-    n = 0
+    (tree / "val").mkdir(parents=True)
     for wnid in wnids:
-        (root / "train" / wnid).mkdir(parents=True)
+        (tree / "train" / wnid).mkdir(parents=True)
         for src in sorted((IMAGENETTE / "train" / wnid).iterdir())[:6]:
-            (root / "train" / wnid / src.name).symlink_to(src)
+            (tree / "train" / wnid / src.name).symlink_to(src)
         for src in sorted((IMAGENETTE / "val" / wnid).iterdir())[:3]:
-            n += 1
-            image_id = f"ILSVRC2012_val_{n:08d}"
-            (root / "val").mkdir(exist_ok=True)
-            (root / "val" / f"{image_id}.JPEG").symlink_to(src)
+            image_id = f"ILSVRC2012_val_{len(rows):08d}"
+            (tree / "val" / f"{image_id}.JPEG").symlink_to(src)
             rows.append(f"{image_id},{wnid} 10 10 100 100 {wnid} 20 20 90 90")
     (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     return root
 
 
-def _scanner_reads_flat_val(root: Path) -> bool:
-    try:
-        from pipeline.loaders.files import list_images
-        return len(list_images(root / "val").paths) == 9
-    except Exception:  # noqa: BLE001 - the loaders' scanner does not know the layout yet
-        return False
-
-
-@pytest.mark.parametrize("cli, extra", [
-    ("knn", []),
-    ("finetune", ["--epochs", "1", "--batch-size", "8", "--warmup-epochs", "0"]),
+@pytest.mark.parametrize("layout, cli, extra", [
+    ("ilsvrc", "knn", []),
+    ("ilsvrc", "finetune", ["--epochs", "1", "--batch-size", "8", "--warmup-epochs", "0"]),
+    ("kaggle", "knn", []),
 ])
-def test_readme_commands_on_a_miniature_ilsvrc_tree_with_a_flat_val(tiny, mini_ilsvrc, cli, extra):
-    if not _scanner_reads_flat_val(mini_ilsvrc):
-        pytest.xfail("the loaders' shared scanner does not yet read ILSVRC's flat val/ with "
-                     "LOC_val_solution.csv (pipeline change pending)")
-    proc = run_cli(cli, *common(tiny, data=mini_ilsvrc), *extra)
+def test_readme_commands_on_a_miniature_imagenet_with_a_flat_val(tiny, tmp_path, layout, cli, extra):
+    if not IMAGENETTE.is_dir():
+        pytest.skip(f"{IMAGENETTE} not present")
+    data = _mini_imagenet(tmp_path / layout, kaggle=layout == "kaggle")
+    proc = run_cli(cli, *common(tiny, data=data), *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "top1=" in proc.stdout, proc.stdout[-2000:]
     assert re.search(r"n_val['\"]?(=|: )9\b", proc.stdout), proc.stdout[-2000:]
