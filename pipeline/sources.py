@@ -361,31 +361,40 @@ def _scan_class_folders(split: SplitSource) -> None:
 
 
 def _walk_class(top: str, cls: str, split: SplitSource) -> None:
+    """Every image candidate below ``top``, depth first in name order (``os.walk``'s top-down
+    order). ``os.scandir`` entries carry the file type, so only symbolic links cost a ``stat``:
+    this matters at ImageNet scale, where every loader (and every DDP rank) scans at start."""
     seen = set()   # real paths of folders read: a link loop is read once, never forever
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        real = os.path.realpath(folder)
         if real in seen:
-            split.skipped.append((dirpath, "folder reached twice through a symbolic link (loop): read once"))
-            dirnames[:] = []
+            split.skipped.append((folder, "folder reached twice through a symbolic link (loop): read once"))
             continue
         seen.add(real)
-        keep = []
-        for d in sorted(dirnames):
-            why = folder_skip_reason(d)
-            if why:
-                split.skipped.append((os.path.join(dirpath, d), why))
-            else:
-                keep.append(d)
-        dirnames[:] = keep
-        for fn in sorted(filenames):
-            p = os.path.join(dirpath, fn)
-            why = file_skip_reason(fn)
-            if why is None and os.path.islink(p) and not os.path.exists(p):
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            split.skipped.append((folder, f"unreadable folder ({e.strerror or e})"))
+            continue
+        subdirs = []
+        for e in entries:
+            if e.is_dir():
+                why = folder_skip_reason(e.name)
+                if why:
+                    split.skipped.append((e.path, why))
+                else:
+                    subdirs.append(e.path)
+                continue
+            why = file_skip_reason(e.name)
+            if why is None and e.is_symlink() and not os.path.exists(e.path):
                 why = "unreadable: broken symbolic link"
             if why:
-                split.skipped.append((p, why))
+                split.skipped.append((e.path, why))
             else:
-                split.files.append((p, cls))
+                split.files.append((e.path, cls))
+        stack.extend(reversed(subdirs))
 
 
 def read_val_solution(csv_path) -> dict:
