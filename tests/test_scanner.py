@@ -174,3 +174,16 @@ def test_torch_batched_decode_matches_pil_decode_on_odd_files(tmp_path):
     diff = (crops["pil"] - crops["batched"]).abs().mean(dim=(1, 2, 3))
     # tensor vs PIL bicubic only; an uncomposited alpha or unscaled 16-bit file is 60+ off
     assert diff.max() < 8, diff
+
+
+def test_a_class_missing_from_val_keeps_trains_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, classes in (("train", ("a", "b", "c")), ("val", ("a", "c"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(_smooth(rng)).save(tmp_path / split / c / f"{c}.jpg")
+    val = list_images(tmp_path / "val")
+    assert val.classes == ["a", "b", "c"] and val.labels == [0, 2], "c is class 2, as in train"
+    loader = make_loader("torch", tmp_path / "val", batch_size=4, image_size=SIZE, train=False,
+                         num_workers=0)
+    assert loader.num_classes == 3
