@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from evals.common import Timer, load_mae, make_eval_loader, write_result
 from evals.features import extract_features
+from evals.inputs import RawHelpFormatter
 from evals.finetune import TensorAugment, build_vit, finetune
 from evals.knn import knn_classify
 from evals.linprobe import train_probe_on_features
@@ -127,24 +128,24 @@ def table(frozen: dict, tuned: dict, meta: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evals.imagenette_table",
                                 description=__doc__.split("\n\n")[0] + " Prints a markdown table.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=RawHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--src", default=str(imagenette_dir()), help="Imagenette train/ + val/ (default: %(default)s)")
     p.add_argument("--work", default=None,
                    help="where data and the run go (default: data/ and runs/ in the repo; "
                         "--smoke: /tmp/imagenette_smoke)")
-    p.add_argument("--config", default="configs/imagenette_cpu.yaml")
+    p.add_argument("--config", default="configs/imagenette_cpu.yaml", help="pretraining config")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--finetune-epochs", type=int, default=5,
                    help="per model (pretrained and scratch); each epoch sees all 65 tokens of "
                         "8,469 images, roughly 4x a pretraining epoch on CPU")
-    p.add_argument("--probe-epochs", type=int, default=90)
-    p.add_argument("--finetune-batch", type=int, default=128)
-    p.add_argument("--subset", type=int, default=None, help="images per class (quick runs)")
+    p.add_argument("--probe-epochs", type=int, default=90, help="cached linear-probe epochs")
+    p.add_argument("--finetune-batch", type=int, default=128, help="fine-tuning batch")
+    p.add_argument("--subset", type=int, default=None, help="images per class, for quick runs (default: all)")
     p.add_argument("--smoke", action="store_true",
                    help="30 images/class, 2 pretrain epochs, 1 fine-tune epoch: plumbing only")
-    p.add_argument("--num-workers", type=int, default=2)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     return p
 
 

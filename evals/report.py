@@ -29,6 +29,7 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from evals import paper_refs, sweep_store
+from evals.inputs import RawHelpFormatter
 from evals.sweep import sweep_table
 from evals.trends import check_trends, trends_frame
 
@@ -287,10 +288,13 @@ def build_report(sweep_dirs: list, out, title: str = "MAE ablations and scaling,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=RawHelpFormatter,
+                                 epilog="Writes: the one HTML file --out (figures and plotly.js inlined); reads the "
+                                        "sweep directories only.")
     ap.add_argument("sweep_dirs", nargs="+", help="sweep directories (each holds sweep.json)")
-    ap.add_argument("--out", default="report.html", help="output HTML file (default report.html)")
-    ap.add_argument("--title", default="MAE ablations and scaling, reproduced at small scale")
+    ap.add_argument("--out", default="report.html", help="output HTML file")
+    ap.add_argument("--title", default="MAE ablations and scaling, reproduced at small scale",
+                    help="page title")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.sweep_dirs]
     bad = [d for d in dirs if not sweep_store.is_sweep_dir(d)]
