@@ -522,8 +522,10 @@ def _sibling_classes(split_dir: Path, val_labels=None) -> set:
             out.update(e.name for e in _class_folders(d))
         elif d.name.lower() != "test":
             csv_path = val_labels if val_labels else _find_up(VAL_SOLUTION_CSV, d)
-            if csv_path is not None:
-                out.update(read_val_solution(csv_path).values())
+            if csv_path is not None:   # the labels of the files there, not every CSV row:
+                flat = SplitSource(d.name, d, "ilsvrc_flat_val")   # a subset stays a subset
+                _scan_flat_val(flat, Path(csv_path))
+                out.update(lbl for _, lbl in flat.files)
     return out
 
 
@@ -585,9 +587,8 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
             _scan_flat_val(s, Path(csv_path))
             found[name] = s
             extra = _sibling_classes(root, val_labels)
-        elif root.name.lower() in SPLIT_NAMES and any(
-                file_skip_reason(e.name) is None for e in os.scandir(root)):
-            raise SourceError(_unlabelled(root))
+        elif any(file_skip_reason(e.name) is None for e in os.scandir(root) if not e.is_dir()):
+            raise SourceError(_unlabelled(root))   # images but no classes: say how to label them
     if splits:
         missing = [x for x in splits if x not in found]
         if missing:

@@ -91,6 +91,8 @@ def test_verify_without_sums_checks_structure_only(built, tmp_path):
     assert r.ok and r.checked == "structure" and "no checksum file" in r.message
     r = verify_beton(lone, require_sums=True)
     assert not r.ok and "lone.beton.sums" in r.message
+    assert beton_main(["--write-sums", str(lone)]) == 0       # for files built without sums
+    assert verify_beton(lone, require_sums=True).ok
 
 
 def test_second_build_into_the_same_out_names_the_holder(built, tmp_path, capsys):
