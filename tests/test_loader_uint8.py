@@ -1,0 +1,120 @@
+"""uint8 batches as the libraries produce them, normalised once on the consumer (issue 11).
+
+For each back end on real files: ``make_loader(..., dtype=torch.uint8)`` yields uint8
+N x 3 x S x S pixels (not normalised values cast to uint8), FFCV's without a copy or layout pass,
+and :func:`pipeline.to_model_input` of them equals the normalised batches the loaders produced
+before (FFCV/torch: the torch formula; DALI: its own ``crop_mirror_normalize``) within 1e-6.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import IMAGENET_MEAN, IMAGENET_STD, make_loader, to_model_input
+from pipeline.loaders import base
+
+MEAN255 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+INV_STD255 = 1.0 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+
+
+def old_normalise(x: torch.Tensor) -> torch.Tensor:
+    """The loaders' normalisation before this change (transforms.finish_batch), as a reference."""
+    return x.float().sub_(MEAN255).mul_(INV_STD255).contiguous()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from pipeline.build_ffcv import build
+    from pipeline.sample import make_sample_dataset
+    root = tmp_path_factory.mktemp("uint8")
+    make_sample_dataset(root / "src", image_size=80, train_per_class=2, val_per_class=2,
+                        num_workers=1, progress=False)
+    build(root / "src", root / "ffcv", num_workers=1, progress=False, log=lambda *a, **k: None)
+    return root
+
+
+def path_for(backend, root: Path, split="val"):
+    return root / "ffcv" / f"{split}.beton" if backend == "ffcv" else root / "src" / split
+
+
+def first_batch(backend, root, **kw):
+    loader = make_loader(backend, path_for(backend, root), batch_size=8, image_size=64, train=False,
+                         num_workers=1, **kw)
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    return loader, x, y
+
+
+@pytest.mark.parametrize("backend", ["torch", "ffcv", "dali"])
+def test_uint8_batches_are_pixels_and_normalise_like_before(backend, data):
+    _, x8, y8 = first_batch(backend, data, dtype=torch.uint8)
+    _, xf, yf = first_batch(backend, data, dtype=torch.float32)
+    assert x8.dtype == torch.uint8 and tuple(x8.shape) == (8, 3, 64, 64)
+    assert y8.dtype == torch.int64 and torch.equal(y8, yf)
+    # pixels, not normalised values cast to uint8 (the old dtype=uint8 gave values 0..2 and 253..255)
+    assert x8.float().std() > 20 and 60 < x8.float().mean() < 200
+    unnormalised = (xf * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) * 255
+    assert (unnormalised - x8.float()).abs().max() < 1e-3
+    mine = to_model_input(x8, "cpu")
+    assert mine.dtype == torch.float32 and mine.is_contiguous()
+    assert (mine - xf).abs().max() <= 1e-6           # the float loader path: the same numbers
+    if backend != "dali":
+        assert (mine - old_normalise(x8)).abs().max() <= 1e-6
+    ref = (x8.double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)) \
+        / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    assert (mine.double() - ref).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_dali_consumer_normalisation_equals_dali_crop_mirror_normalize(data, train):
+    """Today's DALI float batches (mean/std inside crop_mirror_normalize) against uint8 + to_model_input,
+    from two pipelines with the same seed and files, so the same crops and flips."""
+    from pipeline.loaders.dali_loader import _dali_pipeline, _EpochFiles, _to_torch
+    loader = make_loader("dali", path_for("dali", data), batch_size=8, image_size=64, train=train,
+                         num_workers=1, dtype=torch.uint8, shuffle=False, drop_last=False)
+    order = base.epoch_order(loader.num_samples, seed=0, epoch=0, shuffle=False)
+    outs = {}
+    for normalize in (False, True):
+        pipe = _dali_pipeline(_EpochFiles(loader.read_paths[order], loader.labels[order], 8), batch_size=8,
+                              image_size=64, train=train, num_threads=1, device_id=None, seed=1234,
+                              decoder_device="cpu", prefetch=2, normalize=normalize)
+        pipe.build()
+        outs[normalize] = _to_torch(pipe.run()[0], torch.device("cpu"))
+        del pipe
+    assert outs[False].dtype == torch.uint8 and outs[True].dtype == torch.float32
+    assert (to_model_input(outs[False]) - outs[True]).abs().max() <= 1e-6
+
+
+def test_ffcv_uint8_is_ffcvs_own_batch_without_a_layout_pass(data):
+    """The project's FFCV uint8 batch is FFCV's batch in FFCV's channels-last memory: no NCHW
+    .contiguous() pass and no normalisation on the loader side (what made it 0.2-0.5x bare FFCV)."""
+    loader, x, _ = first_batch("ffcv", data, dtype=torch.uint8)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    # the next batch lands in another of FFCV's buffer slots; a batch is valid until it is drawn
+    loader.set_epoch(0)
+    ptrs = [b.data_ptr() for b, _ in loader]
+    assert len(set(ptrs)) == len(ptrs)
+
+
+def test_to_model_input_dtype_layout_passthrough_and_errors():
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    cl = to_model_input(x.contiguous(memory_format=torch.channels_last), "cpu")
+    assert cl.is_contiguous() and torch.equal(cl, to_model_input(x))
+    out = to_model_input(x, "cpu", channels_last=True, dtype=torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    assert (out.float() - old_normalise(x)).abs().max() < 0.02       # bf16 rounding of the same values
+    y = to_model_input(x)
+    assert y.data_ptr() != x.data_ptr()
+    assert torch.equal(to_model_input(y), y)                          # already normalised: unchanged
+    with pytest.raises(TypeError, match="uint8 or floating"):
+        to_model_input(x.int())
+
+
+def test_make_loader_accepts_dtype_names(data):
+    loader = make_loader("torch", path_for("torch", data), batch_size=4, image_size=64, train=False,
+                         num_workers=0, dtype="uint8")
+    assert next(iter(loader))[0].dtype == torch.uint8
+    assert np.isclose(float(to_model_input(next(iter(loader))[0]).mean()), 0, atol=2.5)
