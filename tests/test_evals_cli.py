@@ -179,6 +179,19 @@ def test_a_missing_checkpoint_or_an_empty_run_is_one_line(tiny, tmp_path):
     assert str(junk) in line, line
 
 
+def test_a_checkpoint_that_does_not_match_its_checksum_is_refused(tiny, tmp_path):
+    import hashlib
+
+    ckpt = save_tiny_checkpoint(tmp_path / "ckpt-e0001-s00000004.pth")
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    (tmp_path / (ckpt.name + ".sha256")).write_text(f"{digest}  {ckpt.name}\n")   # as the trainer writes
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0xFF                       # one flipped byte inside the weights
+    ckpt.write_bytes(bytes(data))
+    line = one_line_error(run_cli("knn", *common(tiny, ckpt=ckpt)))
+    assert str(ckpt) in line and "checksum" in line, line
+
+
 def test_too_many_workers_are_clamped_with_a_warning_naming_the_flag(tiny, tmp_path):
     # with a wrong --data too, so code without the check stops at the data error (it would fork them)
     proc = run_cli("knn", "--ckpt", tiny["ckpt"], "--data", tmp_path / "nope", "--num-workers", "9999")
