@@ -464,11 +464,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m pipeline.build_ffcv", formatter_class=_HelpFormatter,
         description="Convert an image folder to FFCV .beton files (one per split).\n\n"
-                    "SRC: an ImageNet-style tree (SRC/train/<class>/*, SRC/val/<class>/*), a single split "
-                    "folder (SRC/<class>/*), ILSVRC's flat validation folder with LOC_val_solution.csv\n"
-                    "(found in the split folder or up to 4 folders above it, or --val-labels), or Kaggle's "
-                    "download (SRC/ILSVRC/Data/CLS-LOC/...). Hidden and system folders\n(.*, __MACOSX, "
-                    "@eaDir, ...) and files (._*, .DS_Store, Thumbs.db) are not classes or images.\n\n"
+                    "SRC: an ImageNet-style tree (SRC/train/<class>/*, SRC/val/<class>/*), a single\n"
+                    "split folder (SRC/<class>/*), ILSVRC's flat validation folder with\n"
+                    "LOC_val_solution.csv (found in the split folder or up to 4 folders above it, or\n"
+                    "--val-labels), or Kaggle's download (SRC/ILSVRC/Data/CLS-LOC/...). Hidden and\n"
+                    "system folders (.*, __MACOSX, @eaDir, ...) and files (._*, .DS_Store, Thumbs.db)\n"
+                    "are neither classes nor images; the loaders follow the same rules.\n\n"
                     "Writes into OUT (created if missing; it must not lie inside SRC):\n"
                     "  OUT/<split>.beton       fields image (RGBImageField) and label (IntField)\n"
                     "  OUT/<split>.beton.sums  one checksum per sample (python -m pipeline.beton --verify)\n"
