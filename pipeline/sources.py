@@ -253,6 +253,40 @@ def decode_hazards(paths, workers: int | None = None) -> dict:
     return {p: r for p, r in zip(paths, reasons) if r}
 
 
+def cached_decode_hazards(paths, cache_dir=None) -> dict:
+    """:func:`decode_hazards`, remembered in the decode cache under a digest of the files' paths,
+    sizes and mtimes. Why: every DDP rank and every restart of a run would otherwise re-read
+    1.28 M headers; the first process computes the answer while the others wait on a lock, then
+    read it. An unwritable cache only costs the recomputation."""
+    import hashlib
+    import json
+    paths = [str(p) for p in paths]
+    cache = Path(cache_dir) if cache_dir else decode_cache_dir()
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        try:
+            st = os.stat(p)
+            sig = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:
+            sig = "missing"
+        h.update(f"{os.path.abspath(p)}\0{sig}\n".encode())
+    entry = cache / f"hazards-{h.hexdigest()}.json"
+    try:
+        import runstore
+        from runstore._files import file_lock
+        with file_lock(cache / ".hazards.lock"):
+            if entry.is_file():
+                try:
+                    return json.loads(entry.read_text())
+                except ValueError:
+                    pass   # a damaged entry is recomputed and replaced
+            result = decode_hazards(paths)
+            runstore.write_atomic(entry, json.dumps(result))
+            return result
+    except OSError:
+        return decode_hazards(paths)
+
+
 def decode_cache_dir() -> Path:
     """Where :func:`decoded_copy` keeps its PNGs: ``$MAEPIPE_DECODE_CACHE`` or
     ``~/.cache/maepipe/decoded``."""

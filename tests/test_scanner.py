@@ -77,6 +77,12 @@ def make_messy_split(root: Path, elsewhere: Path, seed=0) -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def _decode_cache(tmp_path, monkeypatch):
+    """Keep the loaders' decode cache (open_rgb copies, hazard lists) inside the test's folder."""
+    monkeypatch.setenv("MAEPIPE_DECODE_CACHE", str(tmp_path / "decode-cache"))
+
+
 def _by_class(root, paths, labels, classes):
     out = {c: [] for c in classes}
     for p, lab in zip(paths, labels):
@@ -120,10 +126,9 @@ def test_decode_hazards_are_found(tmp_path):
         assert hazards[p], p
 
 
-def test_messy_folder_agrees_across_build_ffcv_and_every_loader(tmp_path, monkeypatch):
+def test_messy_folder_agrees_across_build_ffcv_and_every_loader(tmp_path):
     from pipeline.build_ffcv import build
 
-    monkeypatch.setenv("MAEPIPE_DECODE_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "data"
     expected = make_messy_split(src / "train", tmp_path / "elsewhere")
     out = tmp_path / "ffcv"
@@ -187,3 +192,16 @@ def test_a_class_missing_from_val_keeps_trains_labels(tmp_path):
     loader = make_loader("torch", tmp_path / "val", batch_size=4, image_size=SIZE, train=False,
                          num_workers=0)
     assert loader.num_classes == 3
+
+
+def test_hazard_list_is_computed_once_and_cached(tmp_path, monkeypatch):
+    import pipeline.sources as sources
+    make_messy_split(tmp_path / "train", tmp_path / "elsewhere")
+    paths = list_images(tmp_path / "train").paths
+    first = sources.cached_decode_hazards(paths)
+    assert len(first) == 6 and first == sources.decode_hazards(paths)
+    monkeypatch.setattr(sources, "decode_hazards", lambda *a: pytest.fail("not cached"))
+    assert sources.cached_decode_hazards(paths) == first
+    (tmp_path / "train" / "cat" / "f.JPEG").write_bytes((tmp_path / "train" / "bird" / "a.JPG").read_bytes())
+    with pytest.raises(pytest.fail.Exception):   # a changed file invalidates the entry
+        sources.cached_decode_hazards(paths)

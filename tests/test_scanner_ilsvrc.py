@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 WNIDS = ("n01440764", "n02102040", "n03000684")
 
 
+@pytest.fixture(autouse=True)
+def _decode_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAEPIPE_DECODE_CACHE", str(tmp_path / "decode-cache"))
+
+
 def _jpeg(path, value):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((40, 48, 3), value, np.uint8)).save(path, quality=95)

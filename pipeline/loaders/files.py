@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..sources import (IMAGE_EXTENSIONS, SourceError, SourceNotFoundError, decode_hazards,
+from ..sources import (IMAGE_EXTENSIONS, SourceError, SourceNotFoundError, cached_decode_hazards,
                        decoded_copy, scan_split)
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def list_images(path: str | os.PathLike, *, val_labels=None, plain_decode: bool 
         raise SourceError(f"{p}: no images found (expected <class>/<image> with one of "
                           f"{' '.join(IMAGE_EXTENSIONS)} or a file list of 'path label' lines)")
     if plain_decode:
-        split.hazards = decode_hazards(split.paths)
+        split.hazards = cached_decode_hazards(split.paths)
         if split.hazards:
             # one PNG per odd file, made once; a bad file raises BadImageError naming it here
             split.read_paths = [decoded_copy(q) if q in split.hazards else q for q in split.paths]

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from ..sources import decode_hazards, open_rgb
+from ..sources import cached_decode_hazards, open_rgb
 from . import base, transforms
 from .files import list_images
 
@@ -93,7 +93,7 @@ class TorchLoader(base.EpochState):
         self.image_size, self.train, self.decode = image_size, train, decode
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         # batched: the files decode_jpeg/decode_image would read unlike open_rgb, found once here
-        hazards = frozenset(decode_hazards(split.paths)) if decode == "batched" else frozenset()
+        hazards = frozenset(cached_decode_hazards(split.paths)) if decode == "batched" else frozenset()
         ds = _ImageFiles(split.paths, split.labels, image_size, train, self.seed, decode, hazards)
         self._dl = DataLoader(
             ds, batch_sampler=_EpochBatches(self), num_workers=num_workers,
