@@ -35,13 +35,20 @@ class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
     """HelpFormatter for a module docstring as description: its lines are kept as written."""
 
 
+def _is_main_process() -> bool:
+    # torchrun sets RANK before the process group exists: say things once, not once per process
+    return os.environ.get("RANK", "0") == "0"
+
+
 def warn(message: str) -> None:
     """A warning the user should see even with progress bars: stderr, prefixed, flushed."""
-    print(f"[evals] warning: {message}", file=sys.stderr, flush=True)
+    if _is_main_process():
+        print(f"[evals] warning: {message}", file=sys.stderr, flush=True)
 
 
 def note(message: str) -> None:
-    print(f"[evals] {message}", flush=True)
+    if _is_main_process():
+        print(f"[evals] {message}", flush=True)
 
 
 def cli(prog: str):
@@ -186,8 +193,10 @@ def clamp_workers(n: int, flag: str = "--num-workers") -> int:
     """Loader worker processes beyond the CPUs only compete for them (and use memory each)."""
     if n < 0:
         raise UserError(f"{flag} {n}: must be 0 (load in the main process) or more")
-    cpus = available_cpus()
+    procs = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))     # torchrun: processes here
+    cpus = max(1, available_cpus() // procs)
     if n > cpus:
-        warn(f"{flag} {n} is more than the {cpus} CPUs available: using {flag} {cpus}")
+        where = f" per process ({procs} processes on this machine)" if procs > 1 else ""
+        warn(f"{flag} {n} is more than the {cpus} CPUs available{where}: using {flag} {cpus}")
         return cpus
     return n
