@@ -3,6 +3,7 @@
 Real parts only: the built-in sample dataset (JPEG folders), the trainer's own entry point, the
 run store on disk, the pipeline's torch loaders.
 """
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,10 @@ def test_pretraining_logs_one_knn_and_one_linprobe_record_per_epoch(pretrained_r
         assert (rows["top5"] >= rows["top1"]).all()
         assert (rows["seconds"] > 0).all() and (rows["seconds"] < 60).all()
         assert (rows["n_train"] == 60).all() and (rows["n_val"] == 30).all()
+        # what each record was computed on: evals on other data never replace it in evals()
+        for settings in rows["settings"].map(json.loads):
+            assert settings["train_path"].endswith("train") and settings["val_path"].endswith("val")
+            assert settings["n_train"] == 60 and settings["n_val"] == 30 and settings["image_size"] == 32
 
 
 def test_eval_clis_write_into_the_checkpoint_run(pretrained_run, capsys):
