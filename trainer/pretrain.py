@@ -45,6 +45,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, noise as masking_noise, recons
+from . import preflight
 from . import resume as resume_rules
 from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, from_dict, load_config
 from .optim import build_optimizer, effective_batch, scaled_lr
@@ -274,8 +275,11 @@ def _good_checkpoint(ckpt_dir: Path) -> str:
 
 def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
            owned: contextlib.ExitStack | None = None) -> int:
+    preflight.check_data_paths(cfg)  # before anything is created or loaded: a wrong path is exit 2 now
     info = distributed.init(cfg.device, cfg.dist_timeout_minutes)
     _own_run_dir(cfg, info, owned)
+    if (note := preflight.clamp_workers(cfg)) is not None:
+        _say(info, note)
     device = info.device
     _setup_runtime(cfg, device)
     torch.manual_seed(cfg.seed + info.rank)
@@ -285,7 +289,16 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
 
     # -- model, data, optimiser ----------------------------------------------------------------
     model = build_model(cfg, device)
-    loader = build_loader(cfg, info)
+    cpu_warning = preflight.cpu_scale_warning(cfg, sum(p.numel() for p in model.parameters())) \
+        if device.type == "cpu" else None
+    if cpu_warning:
+        _say(info, cpu_warning)
+    try:
+        loader = build_loader(cfg, info)
+    except ValueError as e:  # the data source's own checks (pipeline.sources.SourceError, bad .beton)
+        if type(e).__module__.startswith("pipeline") or str(cfg.data.train_path) in str(e):
+            raise ConfigError(f"'data.train_path': {e}") from None
+        raise
     A, B, W = cfg.optim.accum_steps, cfg.data.batch_size, info.world_size
     steps_per_epoch = len(loader) // A
     if steps_per_epoch == 0:
@@ -451,6 +464,7 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
     from tqdm import tqdm
 
     L = raw_model.num_patches
+    first_step = step
     model.train()
     try:
         while epoch < cfg.epochs:
@@ -508,6 +522,8 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
                 it += 1
 
                 dt = time.perf_counter() - t0
+                if cpu_warning and step - first_step == 2:  # the second step: past the warm-up
+                    _say(info, preflight.step_time_note(dt, steps_per_epoch, cfg.epochs - epoch - it / steps_per_epoch))
                 ips = eff_batch / dt
                 ep_steps, ep_wait = ep_steps + 1, ep_wait + wait
                 if info.is_main:
@@ -584,18 +600,40 @@ class _Preempted(Exception):
 
 # ----------------------------------------------------------------------------- CLI
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Option defaults inline, and the epilog (every config key's default) kept as written."""
+
+
+def _config_defaults() -> str:
+    """Every config key with its default, as the key=value overrides are written."""
+    import textwrap
+    from .config import TrainConfig
+    import json
+
+    def value(v) -> str:  # as an override is typed: true/false, [0.9,0.95]
+        return json.dumps(v, separators=(",", ":")) if isinstance(v, (bool, list, dict)) else str(v)
+    items = [f"{k}={value(v)}" for k, v in flatten(TrainConfig().to_dict()).items()]
+    return textwrap.fill("  ".join(items), width=100, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False)
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="python -m trainer.pretrain",
         description="MAE pretraining. Reads a YAML preset, applies key=value overrides (e.g. "
                     "optim.blr=3e-4 data.batch_size=64 epochs=20), and trains into run_dir. A run directory "
                     "that already holds checkpoints is resumed automatically.",
-        epilog="Exit codes: 0 done, 1 crashed, 2 bad config, 3 non-finite loss, 4 cannot resume, "
-               "75 preempted by SIGTERM/SIGUSR1 after saving a checkpoint (requeue to resume). "
+        epilog="Config keys and their defaults (a preset overrides some; docs/INTERFACES.md describes them):\n"
+               + _config_defaults() + "\n\n"
+               "Writes: run_dir/ (config.yaml, status.json, metrics.zarr, evals.zarr, recons.zarr, checkpoints/,\n"
+               "  .lock while it runs: one trainer per run directory).\n"
+               "Exit codes: 0 done, 1 crashed, 2 bad config or input path or run directory in use,\n"
+               "  3 non-finite loss or weights, 4 cannot resume (or a refused change: see --allow-change),\n"
+               "  75 preempted by SIGTERM/SIGUSR1 after saving a checkpoint (requeue to resume).\n"
                "Multi-GPU: torchrun --nproc_per_node=N -m trainer.pretrain --config ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--config", help="YAML preset (configs/*.yaml); defaults apply to keys it omits")
-    p.add_argument("--run-dir", help="override run_dir")
+    p.add_argument("--run-dir", help="override run_dir (default: the config's run_dir)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="resume from the run directory's newest good checkpoint, or from CKPT")
     p.add_argument("--allow-change", action="append", default=[], metavar="KEY[,KEY]",

@@ -1,0 +1,117 @@
+"""The trainer checks its inputs before the work (issue 16, trainer rows), at the command line.
+
+1. a preset's ``data.num_workers`` above the CPUs this process may use is clamped with a warning
+   naming the key (the ImageNet preset's 10 workers crashed FFCV/numba on small machines);
+2. a GPU-scale preset on a CPU-only machine says so at start (model size, bf16/compile on CPU),
+   then gives the step time measured on the first steps, and suggests the CPU overrides;
+4. a wrong ``data.val_path`` is an error at start when evals or reconstructions will read it;
+5. ``data.train_path`` a folder with backend ffcv, or missing: exit 2, one line naming the key;
+and ``--help`` shows every default, config keys included.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainer.config import flatten, load_config
+
+from .test_trainer_helpers import ROOT, env, pretrain_cmd, run_pretrain, tiny_data, write_config  # noqa: F401
+
+PRESET = ROOT / "configs" / "imagenet_vit_b16_800.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_beton(tiny_data, tmp_path_factory):
+    from pipeline.build_ffcv import build
+    out = tmp_path_factory.mktemp("beton")
+    build(tiny_data, out, num_workers=1, max_resolution=32, progress=False, log=lambda *a, **k: None)
+    return out
+
+
+def _one_cpu():
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+
+def test_preset_workers_clamped_to_the_cpus_with_a_warning(tiny_beton, tmp_path):
+    """The ViT-B preset (num_workers: 10) with tiny overrides, in a process allowed 1 CPU."""
+    cmd = pretrain_cmd(PRESET, f"run_dir={tmp_path / 'run'}", f"data.train_path={tiny_beton / 'train.beton'}",
+                       f"data.val_path={tiny_beton / 'val.beton'}", "device=cpu", "precision=fp32", "compile=false",
+                       "model.name=mae_vit_pico_patch8_64", "data.image_size=32", "data.batch_size=8",
+                       "optim.accum_steps=1", "epochs=1", "optim.warmup_epochs=0", "evals.every=0",
+                       "recons.every=0", "log.progress=false")
+    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=180,
+                          preexec_fn=_one_cpu)
+    assert done.returncode == 0, done.stderr  # old code: numba "number of threads must be between 1 and 1"
+    assert "data.num_workers=10" in done.stderr and "using 1" in done.stderr, done.stderr
+
+
+def test_gpu_scale_preset_on_cpu_says_so_and_measures_the_first_steps(tiny_data, tmp_path):
+    cmd = pretrain_cmd(PRESET, f"run_dir={tmp_path / 'run'}", f"data.train_path={tiny_data / 'train'}",
+                       f"data.val_path={tiny_data / 'val'}", "data.backend=torch", "data.num_workers=0",
+                       "device=cpu", "compile=false", "data.image_size=32", "data.batch_size=2",
+                       "optim.accum_steps=1", "epochs=1", "optim.warmup_epochs=0", "evals.every=0",
+                       "recons.every=0", "log.progress=false", "threads=1")
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in p.stderr:
+            lines.append(line)
+            if "per step on this CPU" in line or time.monotonic() > deadline:
+                break
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(timeout=30)
+    err = "".join(lines)
+    start = next((ln for ln in lines if "GPU-scale" in ln), "")
+    assert "mae_vit_base_patch16" in start and "M params" in start and "bf16" in start, err
+    assert "configs/imagenette_cpu.yaml" in err and "precision=fp32" in err, err
+    assert "per step on this CPU" in err and "per epoch" in err, err
+
+
+def test_gpu_scale_notes_name_compile_and_precision():
+    from trainer.preflight import cpu_scale_warning
+    cfg = load_config(PRESET)
+    msg = cpu_scale_warning(cfg, n_params=111_000_000)
+    assert "compile" in msg and "bf16" in msg and "111.0M" in msg
+    assert cpu_scale_warning(load_config(ROOT / "configs" / "imagenette_cpu.yaml"), n_params=2_000_000) is None
+
+
+def test_wrong_val_path_is_an_error_at_start_when_evals_use_it(tiny_data, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=1,
+                       evals={"every": 1, "max_train": 40, "max_val": 20, "linprobe": False})
+    done = run_pretrain(cfg, f"data.val_path={tmp_path / 'nope'}")
+    assert done.returncode == 2, done.stderr  # old code: 1, a traceback after the first epoch
+    assert "data.val_path" in done.stderr and str(tmp_path / "nope") in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "run" / "metrics.zarr").exists()  # before any work
+    # with evals and reconstructions off, nothing reads it: no error
+    done = run_pretrain(cfg, f"data.val_path={tmp_path / 'nope'}", "evals.every=0", "recons.every=0")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("case", ["folder_with_ffcv", "missing"])
+def test_bad_train_path_is_one_line_exit_2(tiny_data, tmp_path, case):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=1)
+    if case == "folder_with_ffcv":
+        done = run_pretrain(cfg, "data.backend=ffcv")
+        hint = "build_ffcv"
+    else:
+        done = run_pretrain(cfg, f"data.train_path={tmp_path / 'missing'}")
+        hint = "does not exist"
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert "data.train_path" in err and hint in err, err
+
+
+def test_help_shows_every_default():
+    out = subprocess.run([sys.executable, "-m", "trainer.pretrain", "--help"], cwd=ROOT, env=env(),
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "--allow-change" in out and "(default:" in out
+    for key, value in flatten(load_config(None).to_dict()).items():
+        assert f"{key}=" in out, key
+    assert "skip_nonfinite_max_share=0.01" in out and "data.num_workers=2" in out

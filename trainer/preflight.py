@@ -1,0 +1,99 @@
+"""Checks before the work: input paths, worker count against the CPUs, GPU-scale settings on a CPU.
+
+Every mistake a user can make in a config should end the run at start, in one line naming the key
+and what would be valid (a ``ConfigError``: exit 2), not hours later at the first eval as a crash.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import ConfigError
+
+# A CPU-only machine runs this preset comfortably (DESIGN.md's CPU scale).
+CPU_PRESET = "configs/imagenette_cpu.yaml"
+CPU_OVERRIDES = ("model.name=mae_vit_micro_patch8_64 data.image_size=64 precision=fp32 compile=false "
+                 "data.batch_size=128 optim.accum_steps=1")
+GPU_SCALE_PARAMS = 20_000_000  # above this, a model is GPU work (the CPU presets are ~2-6M)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity / cgroup cpusets), not the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def clamp_workers(cfg) -> str | None:
+    """Lower ``data.num_workers`` to the CPUs available (FFCV / numba refuse more threads than CPUs,
+    and extra torch workers only contend); returns the warning to print, or None."""
+    cpus = available_cpus()
+    if cfg.data.num_workers <= cpus:
+        return None
+    asked = cfg.data.num_workers
+    cfg.data.num_workers = cpus
+    return (f"warning: data.num_workers={asked} is more than the {cpus} CPU(s) this process may use: using "
+            f"{cpus} (set data.num_workers={cpus} to silence this)")
+
+
+def _path_problem(path: str, backend: str) -> str | None:
+    p = Path(path)
+    if backend == "ffcv":
+        if not p.exists():
+            return (f"{path} does not exist (backend ffcv reads a .beton file written by "
+                    f"python -m pipeline.build_ffcv SRC OUT, e.g. OUT/train.beton)")
+        if p.is_dir():
+            return (f"{path} is a folder, but backend ffcv reads a .beton file: convert it with "
+                    f"python -m pipeline.build_ffcv {path} OUT and point the key at OUT/<split>.beton, "
+                    f"or set data.backend=torch to read the folder directly")
+        return None
+    if not p.exists():
+        return (f"{path} does not exist (backend {backend} reads an image folder with one subfolder per "
+                f"class, or a 'path label' file list)")
+    if p.is_file() and p.suffix == ".beton":
+        return f"{path} is an FFCV .beton, which backend {backend} cannot read: set data.backend=ffcv"
+    return None
+
+
+def check_data_paths(cfg) -> None:
+    """``data.train_path`` always, ``data.val_path`` when online evals or val reconstructions read it."""
+    uses_val = (bool(cfg.evals.every) and (cfg.evals.knn or cfg.evals.linprobe)) or \
+        (bool(cfg.recons.every) and cfg.recons.num_val > 0)
+    keys = [("data.train_path", cfg.data.train_path)]
+    if uses_val:
+        keys.append(("data.val_path", cfg.data.val_path))
+    for key, path in keys:
+        problem = _path_problem(path, cfg.data.backend) if path else "is empty"
+        if problem:
+            why = "" if key == "data.train_path" else " (read by the online evals / reconstructions; " \
+                                                     "evals.every=0 recons.every=0 turn them off)"
+            raise ConfigError(f"'{key}': {problem}{why}")
+
+
+def cpu_scale_warning(cfg, n_params: int) -> str | None:
+    """On a CPU-only machine: what about this setup is GPU work, and what to run instead; None if
+    nothing is (call it only when the run is on CPU)."""
+    reasons = []
+    if n_params >= GPU_SCALE_PARAMS:
+        reasons.append(f"{cfg.model.name} ({n_params / 1e6:.1f}M params)")
+    if cfg.precision in ("bf16", "fp16"):
+        reasons.append(f"precision {cfg.precision} (emulated on most CPUs: slower than fp32)")
+    if cfg.compile:
+        reasons.append("compile true (minutes of compiling on CPU before the first step)")
+    if not reasons:
+        return None
+    return (f"warning: GPU-scale setup on a CPU-only machine: {', '.join(reasons)}; batch {cfg.data.batch_size} x "
+            f"accum {cfg.optim.accum_steps} at {cfg.data.image_size} px. The step time follows after the first "
+            f"steps. To try it on CPU: --config {CPU_PRESET}, or the overrides {CPU_OVERRIDES}")
+
+
+def step_time_note(seconds_per_step: float, steps_per_epoch: int, epochs_left: float) -> str:
+    def human(s: float) -> str:
+        for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+            if s >= size:
+                return f"{s / size:.1f} {unit}"
+        return f"{s:.0f} s"
+    return (f"warning: {seconds_per_step:.2f} s per step on this CPU: about {human(seconds_per_step * steps_per_epoch)} "
+            f"per epoch ({steps_per_epoch} steps), {human(seconds_per_step * steps_per_epoch * epochs_left)} for the "
+            f"{epochs_left:g} epochs left")
