@@ -11,12 +11,15 @@
 Write with `create(run_dir, config)`, read with `open(run_dir)` / `list_runs(root)`; readers see
 only committed data, so they work while a trainer writes and after it is killed.
 """
+from common.files import write_atomic
+from common.locks import LockedError, exclusive_lock, sweep_stale_temps
+
 from .reader import Run, is_run_dir, list_runs, open
 from .status import STALE, STALE_AFTER_S, STATES
 from .sweep import list_sweeps, log_sweep_point, points_done, sweep
-from ._files import LockedError, exclusive_lock, sweep_stale_temps, write_atomic
 from .table import StoreFormatError
-from .writer import EVAL_COLUMNS, METRIC_COLUMNS, RunExistsError, RunWriter, append_eval, create
+from .layout import EVAL_COLUMNS, METRIC_COLUMNS
+from .writer import RunExistsError, RunWriter, append_eval, create
 
 log_eval = append_eval  # module-level: append an eval record to an existing run from any process
 

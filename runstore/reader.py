@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.serialize import load_json, load_yaml
+from common.values import finite_or_none
+
 from . import recons as _recons
-from ._files import finite_or_none, load_json, load_yaml
 from .status import STALE_AFTER_S, describe, effective_state, read_status
 from .table import read_table
-from .writer import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
+from .layout import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
 
 CHECKPOINT_COLUMNS = ["path", "epoch", "step", "tag", "time", "bytes", "exists"]
 STORES = ("metrics.zarr", "evals.zarr", "recons.zarr", "status.json")
@@ -245,7 +247,7 @@ class Run:
             "path": str(self.path),
             "status": info["status"],
             "model": model_cfg.get("name") or cfg.get("model_name"),
-            "dataset": data_cfg.get("name") or _dataset_name(data_cfg.get("train_path")),
+            "dataset": data_cfg.get("name") or dataset_name(data_cfg.get("train_path")),
             "epochs_done": done,
             "epochs_planned": cfg.get("epochs"),
             "step": int(m["step"].iloc[-1]) if len(m) else None,
@@ -261,7 +263,7 @@ class Run:
         return f"Run({str(self.path)!r})"
 
 
-def _dataset_name(train_path: Any) -> str | None:
+def dataset_name(train_path: Any) -> str | None:
     """'data/imagenette_ffcv/train.beton' -> 'imagenette_ffcv'; '.../imagenette/train' -> 'imagenette'."""
     if not train_path:
         return None

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ._files import file_lock, plain
+from common.locks import file_lock
+from common.serialize import plain
+
 from .table import check_column_name, lock_path
 
 ATTR = "runstore_recons"
@@ -29,7 +31,7 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
         x = x.detach().cpu().numpy()
     try:
         return np.asarray(x)
-    except Exception as exc:
+    except (TypeError, ValueError) as exc:  # what numpy raises for objects it cannot make an array of
         raise TypeError(f"log_reconstructions: {name} is not array-like ({type(x).__name__})") from exc
 
 
@@ -139,7 +141,7 @@ def _read_array(rec, key: str, where: Path) -> np.ndarray:
         return rec[key][...]
     except (KeyError, FileNotFoundError):  # swapped by a writer: the caller retries
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a codec's own error types (zstd, blosc) for a damaged chunk
         text = " ".join(str(exc).split())[:200]
         raise ValueError(f"{where / key}: unreadable ({type(exc).__name__}: {text})") from None
 

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._files import dump_json, load_json, write_atomic
+from common.files import write_atomic
+from common.serialize import dump_json, load_json
 
 STATES = ("created", "running", "finished", "crashed", "preempted")
 STALE = "stale"

@@ -15,7 +15,10 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ._files import dump_json, file_lock, load_json, plain, write_atomic
+from common.files import write_atomic
+from common.locks import file_lock
+from common.serialize import dump_json, load_json, plain
+
 from .table import TableWriter, read_table
 
 SWEEP_COLUMNS = {"point": "str", "status": "str", "run_dir": "str", "time": "float64"}

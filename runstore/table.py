@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from ._files import file_lock
+from common.locks import file_lock
+
 
 ATTR = "runstore_table"
 FORMAT = 1
@@ -243,7 +244,7 @@ def _read_column(group, name: str, n: int, kind: str, where: Path) -> tuple[np.n
         stop = min(n, start + step)
         try:
             values[start:stop] = arr[start:stop]
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - this chunk is damaged (any codec error): its rows are lost
             bad[start:stop] = True
             bad_chunks.append(start // step)
     if not bad_chunks:  # the first failure was transient (e.g. a file replaced mid-read)
@@ -271,7 +272,7 @@ def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | Non
         meta = _meta(group, path)
     except StoreFormatError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - attributes of any shape: name the file, not the parser
         raise CorruptStoreError(f"{path / 'zarr.json'}: unreadable table metadata ({_one_line(exc)})") from None
     if meta is None:
         return empty_frame(base)

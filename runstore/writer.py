@@ -11,6 +11,7 @@ import atexit
 import json
 import numbers
 import os
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -18,16 +19,17 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from common.dotted import changed_keys
+from common.files import write_atomic
+from common.locks import file_lock
+from common.serialize import dump_json, dump_yaml, load_json, load_yaml, plain
+
 from . import recons as _recons
-from ._files import dump_json, dump_yaml, file_lock, load_json, load_yaml, plain, write_atomic
+from .layout import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
+from .reader import Run
 from .status import new_status, read_status, write_status
 from .table import TableWriter
 
-METRIC_COLUMNS = {"step": "int64", "epoch": "float64", "loss": "float64", "lr": "float64",
-                  "images_per_s": "float64", "data_wait": "float64", "time": "float64"}
-EVAL_COLUMNS = {"epoch": "int64", "kind": "str", "top1": "float64", "top5": "float64", "loss": "float64",
-                "seconds": "float64", "settings": "str", "time": "float64"}
-CHECKPOINT_INDEX = Path("checkpoints") / "index.json"
 
 
 class RunExistsError(FileExistsError):
@@ -38,19 +40,9 @@ def _normalised(config: Mapping) -> dict:
     return yaml.safe_load(dump_yaml(dict(config))) or {}
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def config_changes(old: Mapping, new: Mapping) -> list[str]:
     """Dotted keys whose values differ between two configs (added and removed keys included)."""
-    a, b = _flatten(_normalised(old)), _flatten(_normalised(new))
-    return sorted(k for k in set(a) | set(b) if a.get(k, object()) != b.get(k, object()))
+    return changed_keys(_normalised(old), _normalised(new))
 
 
 def append_eval(run_dir: str | os.PathLike, epoch: int, kind: str, top1: float | None,
@@ -240,7 +232,7 @@ class RunWriter:
             rows, self._buffer = self._buffer, []
             try:
                 self._metrics.append_rows(rows)
-            except BaseException:
+            except BaseException:  # interrupted too: keep the rows for the next flush, re-raise
                 self._buffer = rows + self._buffer
                 raise
         self._last_flush = time.monotonic()
@@ -262,13 +254,12 @@ class RunWriter:
         if exc_type is not None and not self.closed:
             try:
                 self.set_status("crashed", message=f"{exc_type.__name__}: {exc}")
-            except Exception:
+            except Exception:  # noqa: BLE001 - e.g. a full disk: the error that ended the run matters more
                 pass
         self.close()
 
     def reader(self):
         """A read-only `Run` on this directory (sees only flushed data)."""
-        from .reader import Run
         return Run(self.path)
 
     def __repr__(self) -> str:
@@ -284,8 +275,8 @@ def _flush_open_writers() -> None:
     for w in list(_OPEN):
         try:
             w.close()
-        except Exception:
-            pass
+        except Exception as exc:  # noqa: BLE001 - at exit: one failed writer must not cost the others
+            print(f"runstore: could not flush {w.path} at exit: {exc}", file=sys.stderr)
 
 
 def create(run_dir: str | os.PathLike, config: Mapping, resume: bool = False, **options: Any) -> RunWriter:
