@@ -197,8 +197,10 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
         return DataSpec("ffcv", str(betons[0]), str(betons[1]))
     if backend != "ffcv" and all(p.is_dir() for p in folders):
         return DataSpec("torch" if backend == "auto" else backend, str(folders[0]), str(folders[1]))
+    from evals.inputs import layout_hint
+
     raise UserError(f"--data {data}: found neither train.beton + val.beton nor train/ + val/ folders in "
-                    f"it (--backend {backend})")
+                    f"it (--backend {backend}){layout_hint(root)}")
 
 
 def make_eval_loader(spec_backend: str, path: str, image_size: int, batch_size: int, train: bool,

@@ -124,6 +124,16 @@ def open_split(data, split: str, make, *args, **kwargs):
         raise data_error(data, e) from None
 
 
+def layout_hint(root: Path) -> str:
+    """What is in a --data folder that has no usable pair of splits, said as a hint."""
+    have = [n for n in ("train.beton", "val.beton", "train", "val") if (root / n).exists()]
+    if root.name in ("train", "val") and ((root.parent / "train").exists() or (root.parent / "val").exists()):
+        return f"; {root} looks like one split: pass its parent {root.parent}"
+    if have:
+        return f"; it has only {', '.join(have)}: both splits are needed"
+    return ""
+
+
 def data_settings(data, spec, image_size: int, n_train: int, n_val: int) -> dict:
     """What an eval record was computed on, for its `settings`: the run store's views keep one
     record per (epoch, kind, settings), so evaluations on other data or at other sizes are kept

@@ -144,6 +144,15 @@ def test_a_wrong_data_path_is_one_line_naming_it_and_what_is_valid(tiny, tmp_pat
         assert str(tmp_path / "no_such_dir") in line and "train" in line and "val" in line, line
 
 
+def test_a_split_folder_or_a_half_dataset_as_data_says_what_to_pass(tiny, tmp_path):
+    line = one_line_error(run_cli("knn", *common(tiny, data=tiny["data"] / "train")))
+    assert f"pass its parent {tiny['data']}" in line, line
+    half = tmp_path / "half"
+    shutil.copytree(tiny["data"] / "train", half / "train")
+    line = one_line_error(run_cli("linprobe", *common(tiny, data=half)))
+    assert "only train" in line, line
+
+
 def test_a_broken_val_split_is_found_before_the_work(tiny, tmp_path):
     data = tmp_path / "noval"
     shutil.copytree(tiny["data"] / "train", data / "train")
