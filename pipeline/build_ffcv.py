@@ -456,6 +456,20 @@ def _print_summary(result, rows, log):
     log(f"{result['classes']} classes -> {result['classes_json']}; per-file report -> {result['report']}")
 
 
+def _lock_hint(pid) -> str:
+    """A killed build's forked workers share its flock for a few seconds after it died."""
+    if not pid:
+        return ""
+    try:
+        os.kill(pid, 0)
+        return ""
+    except ProcessLookupError:
+        return (f" (process {pid} has ended; its worker processes hold the lock until they exit, "
+                f"usually seconds: retry then)")
+    except PermissionError:
+        return ""
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default shown, description and epilog kept as written."""
 
@@ -524,7 +538,10 @@ def main(argv=None) -> int:
                        page_size=a.page_size, val_labels=a.val_labels, class_names=a.class_names,
                        min_size=a.min_size, max_pixels=a.max_pixels, seed=a.seed,
                        progress=not a.quiet)
-    except (SourceError, ValueError, runstore.LockedError) as e:
+    except runstore.LockedError as e:
+        print(f"error: {e}{_lock_hint(e.pid)}", file=sys.stderr)
+        return 2
+    except (SourceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 1 if result["failed_splits"] else 0

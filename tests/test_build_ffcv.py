@@ -155,6 +155,7 @@ def test_killed_conversion_leaves_no_beton_and_rerun_works(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)   # the CLI and its FFCV writer processes
         proc.wait(timeout=30)
+    _wait_until_unlocked(out)
     assert not (out / "train.beton").exists(), "a killed conversion left a .beton"
     assert tmp.exists()
     with pytest.raises(BetonError, match=str(tmp)):
@@ -164,6 +165,21 @@ def test_killed_conversion_leaves_no_beton_and_rerun_works(tmp_path):
     assert res["splits"]["train"]["num_samples"] == 200
     assert check_beton(out / "train.beton")["num_samples"] == 200
     assert not tmp.exists() and any("stale" in line for line in lines)
+
+
+def _wait_until_unlocked(out, timeout=30.0):
+    """The killed build's forked workers share its OUT/.lock (flock) until the kernel has ended
+    them too, a moment after the parent: wait for that, as a user restarting at once would."""
+    import runstore
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with runstore.exclusive_lock(out / ".lock", out):
+                return
+        except runstore.LockedError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def test_check_beton_refuses_truncated_and_foreign_files(tmp_path):
