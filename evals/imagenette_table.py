@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from evals.common import Timer, load_mae, make_eval_loader, write_result
 from evals.features import extract_features
-from evals.inputs import RawHelpFormatter
+from evals.inputs import RawHelpFormatter, cli, require_steps
 from evals.finetune import TensorAugment, build_vit, finetune
 from evals.knn import knn_classify
 from evals.linprobe import train_probe_on_features
@@ -106,6 +106,7 @@ def finetune_rows(mae: nn.Module, data: Path, size: int, device, workers: int, e
                        blr=1e-3 if big else 5e-4, layer_decay=0.65 if pretrained else 1.0,
                        warmup_epochs=max(1, epochs // 20) if epochs > 1 else 0.5,
                        tensor_aug=TensorAugment(device, 0.25))
+        require_steps(res["steps"], f"fine-tune {name}")     # never a table row from an untrained head
         rows[name] = {**res, "seconds": t()}
         print(f"[table] fine-tune {name}: {res['top1']:.3f} ({t():.0f}s)", flush=True)
     return rows
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli("python -m evals.imagenette_table")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.smoke:
@@ -184,22 +186,26 @@ def main(argv=None) -> int:
     text = table(frozen, tuned, meta)
     print(text)
     (run_dir / "imagenette_table.md").write_text(text)
+    # what the records were computed on (the run store keeps one per epoch, kind and settings)
+    on = {"table": "imagenette", "data": str(data.resolve()), "subset": args.subset}
     for name, r in frozen.items():
         tag = {"MAE pretrained": "", "same encoder, random init": "_random_init",
                "raw pixels": "_raw_pixels"}[name]
         write_result(run_dir, ck.epoch, {"kind": "knn" + tag, **r["knn"], "loss": None,
-                                         "settings": {"table": "imagenette"}})
+                                         "settings": {**on, "k": 20, "temperature": 0.07}})
         write_result(run_dir, ck.epoch, {"kind": "linprobe" + tag, "top1": r["linprobe"]["top1"],
                                          "top5": r["linprobe"]["top5"],
                                          "loss": r["linprobe"]["loss"],
-                                         "settings": {"table": "imagenette"}})
+                                         "settings": {**on, "cached": True,
+                                                      "epochs": r["linprobe"]["epochs"],
+                                                      "batch_size": r["linprobe"]["batch_size"]}})
     for name, r in tuned.items():
         write_result(run_dir, ck.epoch, {"kind": "finetune" if name == "MAE pretrained"
                                          else "finetune_scratch", "top1": r["top1"],
                                          "top5": r["top5"], "loss": r["loss"],
-                                         "seconds": r["seconds"],
-                                         "settings": {"table": "imagenette",
-                                                      "epochs": args.finetune_epochs}})
+                                         "seconds": r["seconds"], "steps": r["steps"],
+                                         "settings": {**on, "epochs": args.finetune_epochs,
+                                                      "batch_size": args.finetune_batch}})
     return 0
 
 
