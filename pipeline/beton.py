@@ -221,7 +221,7 @@ def read_sums(path) -> tuple:
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(z["info"].tobytes().decode())
             digests, structure = z["digests"], z["structure"].tobytes()
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+    except Exception as e:  # noqa: BLE001 - untrusted file: any parse failure means "unusable"
         raise BetonError(f"{path}: not a readable checksum file ({type(e).__name__}: {e})") from None
     if info.get("format") != SUMS_FORMAT or digests.ndim != 2 or digests.shape[1] != DIGEST_BYTES:
         raise BetonError(f"{path}: not a {SUMS_FORMAT} checksum file")

@@ -152,3 +152,11 @@ def test_stale_temporary_files_are_swept(built, tmp_path):
     lines = []
     build(built / "src", out, num_workers=1, progress=False, log=lines.append, splits=["val"])
     assert not junk.exists() and any("stale" in line for line in lines)
+
+
+def test_damaged_sums_file_and_missing_beton_are_named(built, tmp_path, capsys):
+    shutil.copy(built / "out" / "val.beton", tmp_path / "val.beton")
+    (tmp_path / "val.beton.sums").write_bytes((built / "out" / "val.beton.sums").read_bytes()[:100])
+    assert beton_main(["--verify", str(tmp_path / "val.beton"), str(tmp_path / "nope.beton")]) == 1
+    out = capsys.readouterr().out
+    assert "val.beton.sums: not a readable checksum file" in out and "nope.beton" in out
