@@ -297,6 +297,8 @@ def _splits_to_keep(out: Path, classes: list, building: set) -> dict:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         manifest = {}
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits", {}), dict):
+        manifest = {}   # not ours: the kept splits' entries are rebuilt from their files
     kept = {}
     for p in others:
         entry = dict(manifest.get("splits", {}).get(p.stem, {}))

@@ -649,7 +649,12 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
     if names_file is not None:
         if not names_file.is_file():
             raise SourceError(f"class-names file not found: {names_file}")
-        names = read_class_names(names_file)
+        try:
+            names = read_class_names(names_file)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SourceError(f"{names_file}: unreadable class names ({type(e).__name__}: {e}); "
+                              f"expected classes.tsv (index, folder, name), LOC_synset_mapping.txt "
+                              f"('wnid name' lines) or a JSON list of {{folder, name}}") from None
     return Source(root, found, classes, {c: names.get(c, "") for c in classes}, warn)
 
 

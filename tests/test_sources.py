@@ -195,3 +195,15 @@ def test_missing_or_empty_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
     with pytest.raises(SourceError, match="no images found in .*empty"):
         scan_source(tmp_path / "empty")
+
+
+def test_bad_class_names_file_is_a_clear_error(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(tmp_path / "train" / "a" / "x.jpg")
+    bad = tmp_path / "names.json"
+    bad.write_text('{"classes": [{"no_folder": 1}]}')
+    with pytest.raises(SourceError, match="names.json: unreadable class names"):
+        scan_source(tmp_path / "train", class_names=bad)
+    (tmp_path / "classes.tsv").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(SourceError, match="classes.tsv"):
+        scan_source(tmp_path / "train")
