@@ -5,18 +5,29 @@ button fill it), so the server is up in seconds however many runs there are. Eve
 names from the browser, which are checked against `RunCatalog` (the listing `runstore.list_runs` made)
 before anything is read: a name is never turned into a path. Images leave as arrays (Gradio caches
 them); CSV exports are written to a private temp folder. Nothing here writes a run store.
+
+Layout: one builder per tab (`_runs_tab`, `_recons_tab`, ...) makes its components and returns them;
+`_wire_*` connect them to handlers, module-level functions of (state, *inputs) bound with
+`functools.partial`, so every handler can be called and tested without a browser.
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import re
+import sys
 import tempfile
-import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+import torch
+
+from model import create_model
 
 from . import views
 from .catalog import RunCatalog, UnknownRunError
@@ -42,10 +53,7 @@ class InspectorState:
         self.catalog = RunCatalog(runs_dir)
         self.models = ModelCache(max_params=max_params)
         self.csv_dir = Path(tempfile.mkdtemp(prefix="mae-inspector-csv-"))
-        self._params: dict = {}
-        self._lock = threading.Lock()
 
-    # ---------------------------------------------------------------- helpers
     def run_or_error(self, name):
         try:
             return self.catalog.get(name)
@@ -60,37 +68,39 @@ class InspectorState:
 
     def encoder_params(self, name: str) -> float | None:
         """Encoder parameter count of a run's model (the paper's x axis), from its config on the meta device."""
-        cfg = self.catalog.config(name)
-        mcfg = dict(cfg.get("model") or {})
-        mcfg.update(mcfg.pop("extra", None) or {})  # the trainer keeps other constructor kwargs here
-        if "target" in mcfg:  # an explicit target replaces norm_pix_loss (trainer.pretrain.model_kwargs),
-            mcfg.pop("norm_pix_loss", None)  # and the model refuses both at once (issue 12: PCA runs)
-        img = (cfg.get("data") or {}).get("image_size")
-        if img and "img_size" not in mcfg:
-            mcfg["img_size"] = img
-        key = repr(sorted((k, repr(v)) for k, v in mcfg.items()))
-        with self._lock:
-            if key in self._params:
-                return self._params[key]
-        n = None
-        try:
-            import torch
-            from model import create_model
-            model_name = mcfg.pop("name", None)
-            kwargs = {k: v for k, v in mcfg.items() if k not in ("mask_ratio",)}
-            if model_name:
-                with torch.device("meta"):
-                    try:
-                        m = create_model(model_name, **kwargs)
-                    except TypeError:
-                        m = create_model(model_name)
-                n = float(sum(p.numel() for k, p in m.named_parameters()
-                              if not k.startswith(("decoder", "mask_token"))))
-        except Exception as exc:  # unknown model names, configs from other versions
-            log.info("run %s: cannot count parameters: %s", name, exc)
-        with self._lock:
-            self._params[key] = n
-        return n
+        model_name, kwargs = model_kwargs(self.catalog.config(name))
+        if not model_name:
+            return None
+        return _count_encoder_params(json.dumps([model_name, kwargs], sort_keys=True, default=str))
+
+
+def model_kwargs(cfg: dict) -> tuple[str | None, dict]:
+    """(model name, constructor keywords) of a run's config, as the trainer builds its model."""
+    mcfg = dict(cfg.get("model") or {})
+    mcfg.update(mcfg.pop("extra", None) or {})  # the trainer keeps other constructor kwargs here
+    if "target" in mcfg:  # an explicit target replaces norm_pix_loss (trainer.pretrain.model_kwargs),
+        mcfg.pop("norm_pix_loss", None)  # and the model refuses both at once (issue 12: PCA runs)
+    img = (cfg.get("data") or {}).get("image_size")
+    if img and "img_size" not in mcfg:
+        mcfg["img_size"] = img
+    mcfg.pop("mask_ratio", None)  # a forward argument, not a constructor one
+    return mcfg.pop("name", None), mcfg
+
+
+@functools.lru_cache(maxsize=256)
+def _count_encoder_params(key: str) -> float | None:
+    """Encoder parameters of `[name, kwargs]` (JSON); None for a model this version cannot build."""
+    model_name, kwargs = json.loads(key)
+    try:
+        with torch.device("meta"):
+            try:
+                m = create_model(model_name, **kwargs)
+            except TypeError:  # keywords of another version's constructor: count the preset itself
+                m = create_model(model_name)
+    except (KeyError, ValueError, TypeError) as exc:  # unknown model name, impossible sizes
+        log.info("model %s: cannot count parameters: %s", model_name, exc)
+        return None
+    return float(sum(p.numel() for k, p in m.named_parameters() if not k.startswith(("decoder", "mask_token"))))
 
 
 # ===================================================================================== handlers
@@ -256,6 +266,24 @@ def _live_controls(state: InspectorState, name):
             gr.update(choices=samples, value=samples[0][1] if samples else None), note)
 
 
+def _live_image(state: InspectorState, name, upload, sample):
+    """(PIL image, caption source) for live masking: the upload if there is one, else a sampled image."""
+    if upload is not None:
+        return load_image(upload), f"upload {Path(str(upload)).name}"
+    if not sample:
+        raise LiveError("Upload an image or pick a sampled one.")
+    m = re.fullmatch(r"(train|val):(\d+):(\d+)", str(sample))
+    if not m:
+        raise LiveError("Unknown sample image; press Refresh.")
+    split, epoch, idx = m.group(1), int(m.group(2)), int(m.group(3))
+    recons = state.catalog.reconstructions(name, epoch, split)
+    if recons is None or idx >= len(recons["original"]):
+        raise LiveError("That sampled image is no longer available; press Refresh.")
+    ids = recons.get("image_ids")
+    source = f"{split} image {ids[idx] if ids is not None and idx < len(ids) else idx}"
+    return load_image(views._to_uint8_hwc(recons["original"][idx])), source
+
+
 def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sampler, seed):
     try:
         if not name:
@@ -265,22 +293,7 @@ def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sam
         if ckpt_name not in ckpts:
             raise LiveError("Pick one of the run's checkpoints.")
         model = state.models.get(ckpts[ckpt_name])
-        if upload is not None:
-            img = load_image(upload)
-            source = f"upload {Path(str(upload)).name}"
-        elif sample:
-            m = re.fullmatch(r"(train|val):(\d+):(\d+)", str(sample))
-            if not m:
-                raise LiveError("Unknown sample image; press Refresh.")
-            split, epoch, idx = m.group(1), int(m.group(2)), int(m.group(3))
-            recons = state.catalog.reconstructions(name, epoch, split)
-            if recons is None or idx >= len(recons["original"]):
-                raise LiveError("That sampled image is no longer available; press Refresh.")
-            img = load_image(views._to_uint8_hwc(recons["original"][idx]))
-            ids = recons.get("image_ids")
-            source = f"{split} image {ids[idx] if ids is not None and idx < len(ids) else idx}"
-        else:
-            raise LiveError("Upload an image or pick a sampled one.")
+        img, source = _live_image(state, name, upload, sample)
         x = preprocess(img, model_image_size(model))
         res = mask_image(model, x, float(ratio_pct) / 100.0, sampler or "random", int(seed or 0))
     except LiveError as exc:
@@ -290,158 +303,158 @@ def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sam
     return p["original"], p["masked"], p["reconstruction"], p["pasted"], f"{source} · {res.caption()}"
 
 
-def _preload():
-    try:
-        import model  # noqa: F401
-    except Exception as exc:  # reported again, with context, where it is needed
-        log.info("preloading model failed: %s", exc)
+def _recon_moved(state: InspectorState, name, split, epoch):
+    """The slider moved: show that epoch, and follow new epochs only if it is at the newest."""
+    epochs = _recon_epochs(state, name, split)
+    return (*_recon_view(state, name, split, epoch), not epochs or epoch >= epochs[-1])
+
+
+def _follow():
+    """A new run or split was picked: its slider tracks the newest epoch again."""
+    return True
+
+
+def _on(fn, state: InspectorState, **fixed):
+    """`fn` bound to the shared state as a Gradio handler (named after `fn` in the app's API list)."""
+    handler = functools.partial(fn, state, **fixed)
+    handler.__name__ = fn.__name__.lstrip("_")
+    return handler
 
 
 # ===================================================================================== layout
+def _header() -> SimpleNamespace:
+    with gr.Row(equal_height=True):
+        gr.Markdown("## MAE inspector\nRuns, reconstructions, live masking, curves and scaling "
+                    "from the run stores (read-only).")
+        refresh = gr.Button("Refresh", variant="primary", scale=0, min_width=120, elem_id="refresh")
+    return SimpleNamespace(refresh=refresh, status=gr.Markdown(elem_id="status"),
+                           empty=gr.Markdown(visible=False, elem_id="inspector-empty"),
+                           timer=gr.Timer(REFRESH_SECONDS, active=False))
+
+
+def _runs_tab() -> SimpleNamespace:
+    with gr.Tab("Runs", id="runs"):
+        table = gr.Dataframe(label="Runs (status from each store's last write)",
+                             interactive=False, wrap=True, elem_id="runs-table")
+        selected = gr.CheckboxGroup(label="Show / overlay these runs in Curves", elem_id="run-select")
+    return SimpleNamespace(table=table, selected=selected)
+
+
+def _recons_tab() -> SimpleNamespace:
+    with gr.Tab("Reconstructions", id="recons"):
+        with gr.Row():
+            run = gr.Dropdown(label="Run", elem_id="rec-run")
+            split = gr.Radio(["val", "train"], value="val", label="Split", elem_id="rec-split")
+            epoch = gr.Slider(0, 1, value=0, step=1, label="Epoch", elem_id="rec-epoch")
+        note = gr.Markdown(elem_id="rec-note")
+        img = gr.Image(label="original | masked | reconstruction | reconstruction + visible",
+                       show_label=False, type="numpy", format="png", interactive=False,
+                       elem_id="rec-grid", elem_classes="panel-img")
+        loss = gr.Dataframe(label="Per-image loss", interactive=False, elem_id="rec-loss")
+        follow = gr.State(True)  # per browser session: does the slider track the newest epoch?
+    return SimpleNamespace(run=run, split=split, epoch=epoch, note=note, img=img, loss=loss, follow=follow,
+                           ins=[run, split, epoch], view=[img, loss, note])
+
+
+def _live_tab() -> SimpleNamespace:
+    with gr.Tab("Live masking", id="live"):
+        with gr.Row():
+            run = gr.Dropdown(label="Run", elem_id="live-run")
+            ckpt = gr.Dropdown(label="Checkpoint", elem_id="live-ckpt")
+            sample = gr.Dropdown(label="Sampled image", elem_id="live-sample")
+        with gr.Row():
+            upload = gr.File(label="...or upload an image (JPEG/PNG, max 20 MiB)",
+                             file_types=["image"], type="filepath", elem_id="live-upload")
+            with gr.Column():
+                ratio = gr.Slider(10, 90, value=75, step=5, label="Mask ratio (%)", elem_id="live-ratio")
+                sampler = gr.Radio(["random", "block", "grid"], value="random", label="Sampler",
+                                   elem_id="live-sampler")
+                seed = gr.Number(0, precision=0, label="Seed", elem_id="live-seed")
+                go = gr.Button("Mask and reconstruct", variant="primary", elem_id="live-go")
+        note = gr.Markdown(elem_id="live-note")
+        with gr.Row():
+            panels = [gr.Image(label=lbl, type="numpy", format="png", interactive=False,
+                               elem_id=f"live-{key}", elem_classes="panel-img")
+                      for key, lbl in (("original", "original"), ("masked", "masked input"),
+                                       ("reconstruction", "reconstruction"), ("pasted", "reconstruction + visible"))]
+    return SimpleNamespace(run=run, ckpt=ckpt, sample=sample, ratio=ratio, sampler=sampler, seed=seed, go=go,
+                           note=note, ins=[run, ckpt, upload, sample, ratio, sampler, seed], outs=panels + [note])
+
+
+def _curves_tab(selected) -> SimpleNamespace:
+    with gr.Tab("Curves", id="curves"):
+        with gr.Row():
+            x_axis = gr.Radio(["step", "epoch"], value="step", label="x axis", elem_id="x-axis")
+            log_loss = gr.Checkbox(False, label="log-scale loss")
+        plots, downloads = [], []
+        for key, label in (("loss", "Loss"), ("lr", "Learning rate"),
+                           ("evals", "Linear probe / kNN vs epoch"), ("throughput", "Images/s and data wait")):
+            plots.append(gr.Plot(label=label, elem_id=f"plot-{key}"))
+            downloads.append(gr.DownloadButton(f"Download {label} CSV", size="sm", elem_id=f"csv-{key}"))
+    return SimpleNamespace(x_axis=x_axis, log_loss=log_loss, ins=[selected, x_axis, log_loss],
+                           outs=plots + downloads)
+
+
+def _scaling_tab() -> SimpleNamespace:
+    with gr.Tab("Scaling", id="scaling"):
+        with gr.Row():
+            kinds = gr.CheckboxGroup(["linprobe", "linprobe_full", "knn", "finetune"],
+                                     value=["linprobe", "knn", "finetune"], label="Evaluations", elem_id="sc-kinds")
+            source = gr.Dropdown([ALL_RUNS], value=ALL_RUNS, label="Points from", elem_id="sc-source")
+            ref = gr.Checkbox(False, label="Show the MAE paper's ImageNet reference points (ViT-B/L/H)",
+                              elem_id="sc-ref")
+        outs = [gr.Plot(label="Accuracy vs parameters", elem_id="plot-sc-params"),
+                gr.Plot(label="Accuracy vs epochs", elem_id="plot-sc-epochs"),
+                gr.Dataframe(label="Sweep points (last evaluation of each run)", interactive=False,
+                             elem_id="sc-table")]
+        with gr.Row():
+            outs += [gr.DownloadButton("Download accuracy-vs-params CSV", size="sm"),
+                     gr.DownloadButton("Download accuracy-vs-epochs CSV", size="sm")]
+    return SimpleNamespace(kinds=kinds, source=source, ref=ref, ins=[kinds, ref, source], outs=outs)
+
+
+def _wire_refresh(demo, state, head, runs, rec, live, curves, scaling) -> None:
+    """Page load, the Refresh button and the training timer re-list the runs, then redraw every tab."""
+    ins = [runs.selected, rec.run, live.run]
+    outs = [head.empty, runs.table, runs.selected, rec.run, live.run, head.timer, head.status]
+    quiet = {"show_progress": "hidden"}
+    for trigger, fn in ((demo.load, _on(_refresh, state)), (head.refresh.click, _on(_refresh, state, forget=True)),
+                        (head.timer.tick, _on(_refresh, state))):
+        (trigger(fn, ins, outs, **quiet)
+         .then(_on(_curves, state), curves.ins, curves.outs, **quiet)
+         .then(_on(_scaling_sources, state), [scaling.source], [scaling.source], **quiet)
+         .then(_on(_scaling, state), scaling.ins, scaling.outs, **quiet)
+         .then(_on(_recon_controls, state), rec.ins + [rec.follow], [rec.epoch, rec.note], **quiet)
+         .then(_on(_recon_view, state), rec.ins, rec.view, **quiet))
+
+
+def _wire_tabs(state, runs, rec, live, curves, scaling) -> None:
+    gr.on([runs.selected.input, curves.x_axis.change, curves.log_loss.change], _on(_curves, state),
+          curves.ins, curves.outs)
+    gr.on([scaling.kinds.change, scaling.ref.change, scaling.source.input], _on(_scaling, state),
+          scaling.ins, scaling.outs)
+    gr.on([rec.run.input, rec.split.input], _follow, None, rec.follow).then(
+        _on(_recon_controls, state), rec.ins + [rec.follow], [rec.epoch, rec.note]).then(
+        _on(_recon_view, state), rec.ins, rec.view)
+    # input: while dragging (only the last pending one runs); release: pointer up or number typed
+    gr.on([rec.epoch.input, rec.epoch.release], _on(_recon_moved, state), rec.ins, rec.view + [rec.follow],
+          trigger_mode="always_last", show_progress="minimal")
+    live.run.change(_on(_live_controls, state), [live.run], [live.ckpt, live.sample, live.note])
+    gr.on([live.go.click, live.ratio.release, live.sampler.input, live.seed.submit], _on(_live, state),
+          live.ins, live.outs)
+
+
 def build_app(runs_dir="runs", *, max_params: int = DEFAULT_MAX_PARAMS) -> gr.Blocks:
     """The Blocks app for one runs folder. Reads nothing until a browser loads the page."""
     state = InspectorState(runs_dir, max_params=max_params)
-    # importing torch/timm/model takes seconds; do it while the browser connects, not on first use
-    threading.Thread(target=_preload, name="inspector-preload", daemon=True).start()
-
     with gr.Blocks(title="MAE inspector", analytics_enabled=False) as demo:
         demo.inspector_state = state  # for tests and callers that want the catalog
-        with gr.Row(equal_height=True):
-            gr.Markdown("## MAE inspector\nRuns, reconstructions, live masking, curves and scaling "
-                        "from the run stores (read-only).")
-            refresh = gr.Button("Refresh", variant="primary", scale=0, min_width=120, elem_id="refresh")
-        status = gr.Markdown(elem_id="status")
-        empty = gr.Markdown(visible=False, elem_id="inspector-empty")
-        timer = gr.Timer(REFRESH_SECONDS, active=False)
-
+        head = _header()
         with gr.Tabs():
-            with gr.Tab("Runs", id="runs"):
-                runs_table = gr.Dataframe(label="Runs (status from each store's last write)",
-                                          interactive=False, wrap=True, elem_id="runs-table")
-                selected = gr.CheckboxGroup(label="Show / overlay these runs in Curves",
-                                            elem_id="run-select")
-            with gr.Tab("Reconstructions", id="recons"):
-                with gr.Row():
-                    rec_run = gr.Dropdown(label="Run", elem_id="rec-run")
-                    rec_split = gr.Radio(["val", "train"], value="val", label="Split", elem_id="rec-split")
-                    rec_epoch = gr.Slider(0, 1, value=0, step=1, label="Epoch", elem_id="rec-epoch")
-                rec_note = gr.Markdown(elem_id="rec-note")
-                rec_img = gr.Image(label="original | masked | reconstruction | reconstruction + visible",
-                                   show_label=False, type="numpy", format="png", interactive=False,
-                                   elem_id="rec-grid",
-                                   elem_classes="panel-img")
-                rec_loss = gr.Dataframe(label="Per-image loss", interactive=False, elem_id="rec-loss")
-            with gr.Tab("Live masking", id="live"):
-                with gr.Row():
-                    live_run = gr.Dropdown(label="Run", elem_id="live-run")
-                    live_ckpt = gr.Dropdown(label="Checkpoint", elem_id="live-ckpt")
-                    live_sample = gr.Dropdown(label="Sampled image", elem_id="live-sample")
-                with gr.Row():
-                    live_upload = gr.File(label="...or upload an image (JPEG/PNG, max 20 MiB)",
-                                          file_types=["image"], type="filepath", elem_id="live-upload")
-                    with gr.Column():
-                        live_ratio = gr.Slider(10, 90, value=75, step=5, label="Mask ratio (%)",
-                                               elem_id="live-ratio")
-                        live_sampler = gr.Radio(["random", "block", "grid"], value="random",
-                                                label="Sampler", elem_id="live-sampler")
-                        live_seed = gr.Number(0, precision=0, label="Seed", elem_id="live-seed")
-                        live_go = gr.Button("Mask and reconstruct", variant="primary", elem_id="live-go")
-                live_note = gr.Markdown(elem_id="live-note")
-                with gr.Row():
-                    outs = [gr.Image(label=lbl, type="numpy", format="png", interactive=False,
-                                     elem_id=f"live-{key}", elem_classes="panel-img")
-                            for key, lbl in (("original", "original"), ("masked", "masked input"),
-                                             ("reconstruction", "reconstruction"),
-                                             ("pasted", "reconstruction + visible"))]
-            with gr.Tab("Curves", id="curves"):
-                with gr.Row():
-                    x_axis = gr.Radio(["step", "epoch"], value="step", label="x axis", elem_id="x-axis")
-                    log_loss = gr.Checkbox(False, label="log-scale loss")
-                plots, downloads = {}, {}
-                for key, label in (("loss", "Loss"), ("lr", "Learning rate"),
-                                   ("evals", "Linear probe / kNN vs epoch"), ("throughput", "Images/s and data wait")):
-                    plots[key] = gr.Plot(label=label, elem_id=f"plot-{key}")
-                    downloads[key] = gr.DownloadButton(f"Download {label} CSV", size="sm",
-                                                       elem_id=f"csv-{key}")
-            with gr.Tab("Scaling", id="scaling"):
-                with gr.Row():
-                    sc_kinds = gr.CheckboxGroup(["linprobe", "linprobe_full", "knn", "finetune"],
-                                                value=["linprobe", "knn", "finetune"],
-                                                label="Evaluations", elem_id="sc-kinds")
-                    sc_source = gr.Dropdown([ALL_RUNS], value=ALL_RUNS, label="Points from",
-                                            elem_id="sc-source")
-                    sc_ref = gr.Checkbox(False, label="Show the MAE paper's ImageNet reference points "
-                                                      "(ViT-B/L/H)", elem_id="sc-ref")
-                sc_params = gr.Plot(label="Accuracy vs parameters", elem_id="plot-sc-params")
-                sc_epochs = gr.Plot(label="Accuracy vs epochs", elem_id="plot-sc-epochs")
-                sc_table = gr.Dataframe(label="Sweep points (last evaluation of each run)",
-                                        interactive=False, elem_id="sc-table")
-                with gr.Row():
-                    sc_dl1 = gr.DownloadButton("Download accuracy-vs-params CSV", size="sm")
-                    sc_dl2 = gr.DownloadButton("Download accuracy-vs-epochs CSV", size="sm")
-
-        # ------------------------------------------------------------------ wiring
-        refresh_outs = [empty, runs_table, selected, rec_run, live_run, timer, status]
-        curve_ins = [selected, x_axis, log_loss]
-        curve_outs = [plots[k] for k in CURVES] + [downloads[k] for k in CURVES]
-        scaling_ins, scaling_outs = [sc_kinds, sc_ref, sc_source], [sc_params, sc_epochs, sc_table, sc_dl1, sc_dl2]
-        rec_ins = [rec_run, rec_split, rec_epoch]
-        rec_follow = gr.State(True)  # per browser session: does the slider track the newest epoch?
-
-        def do_refresh(sel, rec_name, live_name):
-            return _refresh(state, sel, rec_name, live_name)
-
-        def do_curves(sel, xa, lg):
-            return _curves(state, sel, xa, lg)
-
-        def do_scaling(kinds, ref, source):
-            return _scaling(state, kinds, ref, source)
-
-        def do_scaling_sources(current):
-            return _scaling_sources(state, current)
-
-        def do_recon_controls(name, split, epoch, follow):
-            return _recon_controls(state, name, split, epoch, follow)
-
-        def do_recon_moved(name, split, epoch):
-            epochs = _recon_epochs(state, name, split)
-            return (*_recon_view(state, name, split, epoch), not epochs or epoch >= epochs[-1])
-
-        def do_follow():
-            return True
-
-        def do_recon(name, split, epoch):
-            return _recon_view(state, name, split, epoch)
-
-        def do_live_controls(name):
-            return _live_controls(state, name)
-
-        def do_live(*args):
-            return _live(state, *args)
-
-        def do_refresh_all(sel, rec_name, live_name):
-            return _refresh(state, sel, rec_name, live_name, forget=True)
-
-        for trigger, fn in ((demo.load, do_refresh), (refresh.click, do_refresh_all), (timer.tick, do_refresh)):
-            (trigger(fn, [selected, rec_run, live_run], refresh_outs, show_progress="hidden")
-             .then(do_curves, curve_ins, curve_outs, show_progress="hidden")
-             .then(do_scaling_sources, [sc_source], [sc_source], show_progress="hidden")
-             .then(do_scaling, scaling_ins, scaling_outs, show_progress="hidden")
-             .then(do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note], show_progress="hidden")
-             .then(do_recon, rec_ins, [rec_img, rec_loss, rec_note], show_progress="hidden"))
-        gr.on([selected.input, x_axis.change, log_loss.change], do_curves, curve_ins, curve_outs)
-        gr.on([sc_kinds.change, sc_ref.change, sc_source.input], do_scaling, scaling_ins, scaling_outs)
-        gr.on([rec_run.input, rec_split.input], do_follow, None, rec_follow).then(
-            do_recon_controls, rec_ins + [rec_follow], [rec_epoch, rec_note]).then(
-            do_recon, rec_ins, [rec_img, rec_loss, rec_note])
-        # input: while dragging (only the last pending one runs); release: pointer up or number typed
-        gr.on([rec_epoch.input, rec_epoch.release], do_recon_moved, rec_ins,
-              [rec_img, rec_loss, rec_note, rec_follow],
-              trigger_mode="always_last", show_progress="minimal")
-        live_run.change(do_live_controls, [live_run], [live_ckpt, live_sample, live_note])
-        live_ins = [live_run, live_ckpt, live_upload, live_sample, live_ratio, live_sampler, live_seed]
-        gr.on([live_go.click, live_ratio.release, live_sampler.input, live_seed.submit], do_live, live_ins,
-              outs + [live_note])
+            runs, rec, live = _runs_tab(), _recons_tab(), _live_tab()
+            curves, scaling = _curves_tab(runs.selected), _scaling_tab()
+        _wire_refresh(demo, state, head, runs, rec, live, curves, scaling)
+        _wire_tabs(state, runs, rec, live, curves, scaling)
     return demo
 
 
@@ -464,9 +477,6 @@ def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, op
     `block=False` returns at once with the server running in a thread (tests, notebooks, demos);
     returns (demo, url). Binding anything but localhost prints a warning: the app has no login.
     """
-    import os
-    import sys
-
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     msg = bind_warning(host, port)
     if msg:

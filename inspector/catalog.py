@@ -14,16 +14,19 @@ from __future__ import annotations
 import html
 import logging
 import math
+import operator
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 import runstore
+from common.values import finite_or_none
+from runstore.reader import dataset_name
 
 from .views import evals_in_percent
 
@@ -40,6 +43,16 @@ TERMINAL = ("finished", "crashed", "preempted")
 BROKEN = "broken"
 # reads whose failure makes a run "broken" (reconstructions are optional and reported where shown)
 _ESSENTIAL = ("config", "status", "metrics", "evals", "checkpoints")
+# what the catalog reads of a `runstore.Run`, by the name its problems are filed under
+_READERS = {
+    "config": operator.attrgetter("config"),
+    "status": operator.attrgetter("status"),
+    "metrics": runstore.Run.metrics,
+    "evals": runstore.Run.evals,
+    "checkpoints": runstore.Run.checkpoints,
+    "reconstruction_epochs": runstore.Run.reconstruction_epochs,
+    "reconstructions": runstore.Run.reconstructions,
+}
 
 
 def one_line(text: Any, limit: int = 300) -> str:
@@ -50,19 +63,6 @@ def one_line(text: Any, limit: int = 300) -> str:
 
 class UnknownRunError(KeyError):
     """A run name that is not one of the runs found under the runs root."""
-
-
-def as_frame(data: Any) -> pd.DataFrame:
-    """Turn whatever a runstore reader returned (DataFrame, dict of columns, list of rows) into a frame."""
-    if data is None:
-        return pd.DataFrame()
-    if isinstance(data, pd.DataFrame):
-        return data
-    try:
-        return pd.DataFrame(data)
-    except (ValueError, TypeError):
-        # dict of scalars or ragged columns: treat as one row
-        return pd.DataFrame([data]) if isinstance(data, dict) else pd.DataFrame()
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -103,7 +103,7 @@ class RunCatalog:
         if self.root.is_dir():
             try:
                 found = runstore.list_runs(self.root)
-            except Exception as exc:  # a broken store must not take the app down
+            except Exception as exc:  # noqa: BLE001 - whatever one broken store raises must not take the app down
                 log.exception("listing runs under %s failed", self.root)
                 self.error = f"Could not list runs under {self.root}: {exc}"
                 found = []
@@ -117,18 +117,14 @@ class RunCatalog:
             self._problems = {n: p for n, p in self._problems.items() if n in runs}
         return self.names()
 
-    def _name_of(self, run) -> str:
+    def _name_of(self, run: runstore.Run) -> str:
         """A run's name: its folder relative to the root (sweeps nest runs, and two sweeps may both
-        hold a `run1`), else the store's own name."""
-        path = getattr(run, "path", None)
-        if path:
-            try:
-                rel = Path(path).resolve().relative_to(self.root.resolve())
-                if rel.parts:
-                    return rel.as_posix()
-            except ValueError:
-                pass
-        return str(getattr(run, "name", "") or "")
+        hold a `run1`); the run's own name when the root itself is the run."""
+        try:
+            rel = run.path.resolve().relative_to(self.root.resolve())
+        except ValueError:  # list_runs never leaves the root; a name is still better than none
+            return run.name
+        return rel.as_posix() if rel.parts else run.name
 
     def sweeps(self) -> dict[str, Path]:
         """Sweep folders (runstore sweep tables) at the root, one or two levels down: name -> path."""
@@ -163,8 +159,8 @@ class RunCatalog:
         if name not in sweeps:
             raise UnknownRunError(f"no sweep named {name!r} under {self.root}")
         try:
-            return as_frame(runstore.sweep(sweeps[name]))
-        except Exception as exc:
+            return runstore.sweep(sweeps[name])
+        except Exception as exc:  # noqa: BLE001 - a damaged sweep table is an empty plot, not a dead app
             log.warning("sweep %s: reading failed: %s", name, exc)
             return pd.DataFrame()
 
@@ -206,9 +202,10 @@ class RunCatalog:
         return [n for n in names if isinstance(n, str) and n in known]
 
     # ------------------------------------------------------------------ reads
-    def _read(self, name: str, what: str, *args):
-        """Run.<what>(*args), remembered for `ttl` seconds: one refresh renders several views from
-        the same tables, and a long-lived app must still follow a run that is training."""
+    def _read(self, name: str, what: str, *args, default: Any = None):
+        """`_READERS[what](run, *args)` (`default` if it fails), remembered for `ttl` seconds: one
+        refresh renders several views from the same tables, and a long-lived app must still follow
+        a run that is training."""
         run = self.get(name)
         key = (name, what, args)
         now = time.monotonic()
@@ -217,14 +214,14 @@ class RunCatalog:
         if hit is not None and now - hit[0] < self.ttl:
             return hit[1]
         failed, lines = False, []
-        try:  # inside the try: `config` and `status` are properties, read by getattr itself
-            fn = getattr(run, what, None)
-            value = (fn(*args) if callable(fn) else fn) if fn is not None else None
+        try:
+            value = _READERS[what](run, *args)
             if isinstance(value, pd.DataFrame):  # damage the reader worked around (corrupt chunks)
                 lines = [one_line(w) for w in value.attrs.get("runstore_warnings", [])]
-        except Exception as exc:  # half-written or corrupt stores: show what is there, say what is not
+        except Exception as exc:  # noqa: BLE001 - any damage to one run's files (zarr, YAML, JSON, codecs,
+            # links out of the root) is shown as that run's problem; the rest of it and every other run still work
             log.warning("run %s: %s%s failed: %s", name, what, args, exc)
-            value = None
+            value = default
             failed, lines = True, [one_line(exc)]
         lines = [self._relative(line) for line in lines]
         with self._lock:
@@ -275,55 +272,37 @@ class RunCatalog:
         return cfg if isinstance(cfg, dict) else {}
 
     def status(self, name: str) -> str:
-        status = self._read(name, "status")
-        if isinstance(status, dict):
-            status = status.get("status")
-        return str(status) if status else "unknown"
+        return self._read(name, "status") or "unknown"
 
     def metrics(self, name: str) -> pd.DataFrame:
-        return as_frame(self._read(name, "metrics"))
+        return self._read(name, "metrics", default=pd.DataFrame())
 
     def evals(self, name: str) -> pd.DataFrame:
-        return as_frame(self._read(name, "evals"))
+        return self._read(name, "evals", default=pd.DataFrame())
 
     def checkpoints(self, name: str) -> list[dict]:
         """Checkpoints of a run whose files exist inside the run's folder (others are not offered)."""
-        raw = self._read(name, "checkpoints")
-        rows = as_frame(raw).to_dict("records") if raw is not None else []
+        rows = self._read(name, "checkpoints", default=pd.DataFrame()).to_dict("records")
         run_dir = self.run_dir(name)
         out = []
         for row in rows:
-            path = row.get("path")
-            if not path:
-                continue
-            p = Path(path)
-            if not p.is_absolute() and run_dir is not None:
-                p = run_dir / p
-            if run_dir is not None and not _is_within(p, run_dir):
+            p = Path(row["path"])  # absolute: Run.checkpoints resolves the index's relative paths
+            if not _is_within(p, run_dir):
                 log.warning("run %s: checkpoint %s lies outside the run folder; ignored", name, p)
                 continue
             if p.is_file():
                 out.append({**row, "path": str(p)})
         return out
 
-    def run_dir(self, name: str) -> Path | None:
-        run = self.get(name)
-        for attr in ("path", "run_dir", "dir", "root"):
-            p = getattr(run, attr, None)
-            if p:
-                return Path(p)
-        return None
+    def run_dir(self, name: str) -> Path:
+        return self.get(name).path
 
     def reconstruction_epochs(self, name: str, split: str) -> list[int]:
-        epochs = self._read(name, "reconstruction_epochs", split)
-        try:
-            return sorted(int(e) for e in (epochs if epochs is not None else []))
-        except (TypeError, ValueError):
-            return []
+        return self._read(name, "reconstruction_epochs", split, default=[])
 
     def reconstructions(self, name: str, epoch: int, split: str) -> dict | None:
-        rec = self._read(name, "reconstructions", int(epoch), split)
-        return rec if isinstance(rec, dict) and rec else None
+        """One epoch's reconstructions, or None when they cannot be read (`last_error` says why)."""
+        return self._read(name, "reconstructions", int(epoch), split)
 
     def summary(self, name: str) -> dict:
         """One row of the runs table, derived from config, status, metrics and evals.
@@ -332,8 +311,7 @@ class RunCatalog:
         trainer's convention (metrics log fractional epochs, 1.0 at the end of the first) and each
         store is read once.
         """
-        s = summarize(name, self.config(name), self.status(name), {}, self.metrics(name),
-                      self.evals(name))
+        s = summarize(name, self.config(name), self.status(name), self.metrics(name), self.evals(name))
         broken, lines = self.problems(name)
         if broken:
             s["status"] = BROKEN
@@ -367,8 +345,6 @@ class RunCatalog:
     def _terminal_signature(self, name: str):
         """(path, mtime, size) of the run's status file: unchanged means a finished run is unchanged."""
         d = self.run_dir(name)
-        if d is None:
-            return None
         try:
             st = (d / "status.json").stat()
         except OSError:
@@ -377,16 +353,8 @@ class RunCatalog:
 
 
 # ---------------------------------------------------------------------------------------------
-def _num(x) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
-
-
-def _best(evals: pd.DataFrame | None, kinds: tuple[str, ...]) -> float | None:
-    if evals is None or evals.empty or "kind" not in evals or "top1" not in evals:
+def _best(evals: pd.DataFrame, kinds: tuple[str, ...]) -> float | None:
+    if evals.empty or "kind" not in evals or "top1" not in evals:
         return None
     evals = evals_in_percent(evals)
     sel = evals[evals["kind"].isin(kinds)]["top1"]
@@ -394,47 +362,33 @@ def _best(evals: pd.DataFrame | None, kinds: tuple[str, ...]) -> float | None:
     return float(sel.max()) if len(sel) else None
 
 
-def summarize(name: str, cfg: dict, status: str, s: dict, metrics: pd.DataFrame | None,
-              evals: pd.DataFrame | None) -> dict:
-    """Merge a store's own summary with what can be derived from config, metrics and evals."""
+def _column(metrics: pd.DataFrame, name: str) -> pd.Series:
+    """A metrics column as numbers without gaps (empty if the run never logged it)."""
+    if name not in metrics:
+        return pd.Series(dtype="float64")
+    return pd.to_numeric(metrics[name], errors="coerce").dropna()
+
+
+def summarize(name: str, cfg: dict, status: str, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict:
+    """One row of the runs table, derived from a run's config, status, metrics and evals."""
     model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    dataset = s.get("dataset") or data_cfg.get("name") or data_cfg.get("dataset")
-    if not dataset and data_cfg.get("train_path"):
-        # data/imagenette_ffcv/train.beton -> imagenette_ffcv; data/sample/train -> sample
-        tp = Path(str(data_cfg["train_path"]))
-        while tp.name and (tp.suffix or tp.name.lower() in ("train", "training", "val", "images")):
-            tp = tp.parent
-        dataset = tp.name
-    planned = s.get("epochs_planned", cfg.get("epochs"))
-    done = s.get("epochs_done")
-    last_loss = s.get("last_loss")
-    ips = s.get("images_per_s")
-    if metrics is not None and not metrics.empty:
-        if done is None and "epoch" in metrics:
-            e = pd.to_numeric(metrics["epoch"], errors="coerce").dropna()
-            # the trainer logs fractional epochs, 1.0 at the end of the first one
-            done = int(math.floor(e.max() + 1e-6)) if len(e) else None
-        if last_loss is None and "loss" in metrics:
-            l = pd.to_numeric(metrics["loss"], errors="coerce").dropna()
-            last_loss = float(l.iloc[-1]) if len(l) else None
-        if ips is None and "images_per_s" in metrics:
-            v = pd.to_numeric(metrics["images_per_s"], errors="coerce").dropna()
-            ips = float(v.tail(50).median()) if len(v) else None
-    best_lp = s.get("best_linprobe", _best(evals, ("linprobe", "linprobe_full")))
-    best_knn = s.get("best_knn", _best(evals, ("knn",)))
-    epochs = f"{done if done is not None else 0}/{planned if planned is not None else '?'}"
+    dataset = data_cfg.get("name") or data_cfg.get("dataset") or dataset_name(data_cfg.get("train_path"))
+    planned = cfg.get("epochs")
+    epoch, loss, ips = (_column(metrics, c) for c in ("epoch", "loss", "images_per_s"))
+    # the trainer logs fractional epochs, 1.0 at the end of the first one
+    done = int(math.floor(epoch.max() + 1e-6)) if len(epoch) else None
     return {
         "name": name,
-        "status": s.get("status") or status,
-        "model": s.get("model") or model_cfg.get("name") or cfg.get("model_name") or "?",
+        "status": status,
+        "model": model_cfg.get("name") or cfg.get("model_name") or "?",
         "dataset": dataset or "?",
-        "epochs": epochs,
+        "epochs": f"{done if done is not None else 0}/{planned if planned is not None else '?'}",
         "epochs_done": done,
         "epochs_planned": planned,
-        "last_loss": _num(last_loss),
-        "best_linprobe": _num(best_lp),
-        "best_knn": _num(best_knn),
-        "images_per_s": _num(ips),
-        "params": _num(s.get("params") or s.get("num_params")),
+        "last_loss": finite_or_none(loss.iloc[-1]) if len(loss) else None,
+        "best_linprobe": _best(evals, ("linprobe", "linprobe_full")),
+        "best_knn": _best(evals, ("knn",)),
+        "images_per_s": finite_or_none(ips.tail(50).median()) if len(ips) else None,
+        "params": None,
     }

@@ -10,10 +10,12 @@ full unpickling), so a crafted pickle cannot run code inside the inspector.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import functional as TF
+
+from common.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from model import SAMPLERS, load_checkpoint
+from model.checkpoint import safe_torch_load
+from model.visualize import reconstruction_panels
 
 from .limits import DEFAULT_MAX_PARAMS, DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
-
-SAMPLERS = ("random", "block", "grid")
-_FALLBACK_MEAN = (0.485, 0.456, 0.406)
-_FALLBACK_STD = (0.229, 0.224, 0.225)
 
 
 class LiveError(ValueError):
     """A problem the user can fix (bad upload, model too large, bad setting): shown as a message."""
-
-
-def imagenet_stats() -> tuple[tuple[float, ...], tuple[float, ...]]:
-    import model as model_pkg
-    mean = getattr(model_pkg, "IMAGENET_MEAN", _FALLBACK_MEAN)
-    std = getattr(model_pkg, "IMAGENET_STD", _FALLBACK_STD)
-    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -95,11 +92,9 @@ def _too_large(name: str, size: str, max_pixels: int) -> LiveError:
 
 def preprocess(img: Image.Image, size: int) -> torch.Tensor:
     """Resize the shorter side to `size` (bicubic), centre-crop, normalise -> 1 x 3 x size x size."""
-    from torchvision.transforms import functional as TF
     img = TF.resize(img, size, interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
     img = TF.center_crop(img, [size, size])
-    mean, std = imagenet_stats()
-    return TF.normalize(TF.to_tensor(img), mean, std).unsqueeze(0)
+    return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD).unsqueeze(0)
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -134,7 +129,6 @@ def verify_checksum(path: Path) -> None:
 
 def _read_checkpoint(path: Path) -> dict:
     """The checkpoint's contents after its checksum verifies, via the project's one safe reader."""
-    from model.checkpoint import safe_torch_load
     verify_checksum(path)
     try:  # mmap: counting parameters of a huge checkpoint must not read it all into memory
         return safe_torch_load(path, map_location="cpu", mmap=True)
@@ -186,7 +180,6 @@ class ModelCache:
                     f"{path.name} holds a model with {n / 1e6:.0f}M parameters; live masking on CPU is "
                     f"limited to {self.max_params / 1e6:.0f}M so it stays interactive. Start the inspector "
                     f"with --live-max-params {int(n * 1.01)} to allow it anyway.")
-            from model import load_checkpoint
             try:
                 model = load_checkpoint(ckpt, map_location="cpu").eval()
             except (ValueError, KeyError, TypeError) as exc:
@@ -213,33 +206,29 @@ class LiveResult:
                 f"· {self.seconds * 1000:.0f} ms on CPU")
 
 
-_forward_lock = threading.Lock()
+def with_sampler(model, sampler: str):
+    """The cached model as seen with another mask sampler: a shallow copy sharing every weight, so
+    concurrent requests with different samplers neither wait for each other nor change the model
+    they share (the model reads its sampler from an attribute; its forward takes none)."""
+    view = copy.copy(model)
+    view.mask_sampler = sampler
+    return view
 
 
 def mask_image(model, image: torch.Tensor, mask_ratio: float, sampler: str = "random",
                seed: int = 0) -> LiveResult:
     """Mask one normalised image (1 x 3 x H x W) with `sampler` at `mask_ratio`, reconstruct it now."""
-    import time
-    from model.visualize import reconstruction_panels
-
     if sampler not in SAMPLERS:
         raise LiveError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if not 0.0 < float(mask_ratio) < 1.0:
         raise LiveError(f"mask ratio must be between 0 and 1 (exclusive), got {mask_ratio}")
-    L = int(getattr(model, "num_patches", 0) or model.patch_embed.num_patches)
+    L = int(model.num_patches)
     gen = torch.Generator().manual_seed(int(seed))
     noise = torch.rand(image.shape[0], L, generator=gen)
     t0 = time.perf_counter()
-    # the sampler is a model attribute; the lock keeps concurrent requests from seeing each other's
-    with _forward_lock, torch.inference_mode():
-        old = model.mask_sampler
-        model.mask_sampler = sampler
-        try:
-            loss, pred, mask = model(image, mask_ratio=float(mask_ratio), noise=noise)
-        finally:
-            model.mask_sampler = old
-    mean, std = imagenet_stats()
-    panels = reconstruction_panels(model, image, pred, mask, mean, std)
+    with torch.inference_mode():
+        loss, pred, mask = with_sampler(model, sampler)(image, mask_ratio=float(mask_ratio), noise=noise)
+    panels = reconstruction_panels(model, image, pred, mask, IMAGENET_MEAN, IMAGENET_STD)
     seconds = time.perf_counter() - t0
     panels = {k: np.asarray(v)[0] for k, v in panels.items()}
     visible = int((mask[0] == 0).sum())

@@ -16,6 +16,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageFont
 
+from common.values import finite_or_none
+
 # The MAE paper's ImageNet-1K results (He et al. 2021, 1600-epoch pretraining, 224 px):
 # encoder parameters, fine-tune top-1 and linear-probe top-1.
 PAPER_REFERENCE = pd.DataFrame({
@@ -250,13 +252,13 @@ def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
     for _, r in sweep.iterrows():
         if str(r.get("status", "done")) not in ("done", "nan", "None"):
             continue
-        params = _float(r.get("encoder_params_m"))
-        params = params * 1e6 if params is not None else _float(r.get("params"))
-        epochs = _float(r.get("epochs_done"))
+        params = finite_or_none(r.get("encoder_params_m"))
+        params = params * 1e6 if params is not None else finite_or_none(r.get("params"))
+        epochs = finite_or_none(r.get("epochs_done"))
         if not epochs:
-            epochs = _float(r.get("epochs"))
+            epochs = finite_or_none(r.get("epochs"))
         for kind in ("linprobe", "linprobe_full", "knn", "finetune"):
-            top1 = _float(r.get(f"{kind}_top1"))
+            top1 = finite_or_none(r.get(f"{kind}_top1"))
             if top1 is not None:
                 rows.append({"run": str(r.get("point", "")), "model": str(r.get("model", "")),
                              "params": params, "epochs": epochs, "kind": kind, "top1": top1})
@@ -278,16 +280,8 @@ def final_evals(evals: pd.DataFrame, kinds: Iterable[str] = ("linprobe", "linpro
             k = k.sort_values("epoch", kind="stable")
         last = k.iloc[-1]
         out.append({"kind": kind, "top1": float(last["top1"]),
-                    "eval_epoch": None if "epoch" not in k else _float(last.get("epoch"))})
+                    "eval_epoch": None if "epoch" not in k else finite_or_none(last.get("epoch"))})
     return out
-
-
-def _float(v):
-    try:
-        f = float(v)
-        return None if math.isnan(f) else f
-    except (TypeError, ValueError):
-        return None
 
 
 def _scaling_figure(table: pd.DataFrame, x: str, title: str, x_title: str, kinds: Iterable[str],
@@ -447,9 +441,3 @@ def enlarge(img, size: int) -> np.ndarray:
         return a
     k = size / max(h, w)
     return np.asarray(Image.fromarray(a).resize((round(w * k), round(h * k)), Image.NEAREST))
-
-
-def panels_row(panels: Mapping, index: int = 0, cell: int = 224) -> np.ndarray:
-    """The four live-masking panels of one image side by side (used for a single combined view)."""
-    return reconstruction_grid({k: np.asarray(panels[k])[index:index + 1] for k in PANEL_NAMES},
-                               max_images=1, cell=cell)
