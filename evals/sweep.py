@@ -382,6 +382,12 @@ def _last_eval(evals: pd.DataFrame, kind: str) -> float:
     sel = evals[evals["kind"] == kind]
     if sel.empty:
         return math.nan
+    # A point's result is its trainer's online eval (fixed subset, every epoch). A record an eval
+    # CLI added later names its checkpoint; it may be on other data, so it is used only when the
+    # point has nothing else.
+    if "settings" in sel:
+        online = sel[~sel["settings"].fillna("").astype(str).str.contains('"checkpoint"')]
+        sel = online if len(online) else sel
     if "epoch" in sel:
         sel = sel.sort_values("epoch", kind="stable")
     return float(sel["top1"].iloc[-1])

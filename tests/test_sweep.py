@@ -246,3 +246,21 @@ def test_same_experiment_in_a_sibling_sweep_is_copied_not_trained(finished_sweep
     trained.clear()
     sweep.run_sweep(str(spec_path), out=tmp / "out_noreuse", reuse=False, echo=lambda *a: None)
     assert trained == ["random_75", "grid_75"]
+
+
+def test_a_cli_eval_on_other_data_does_not_become_the_points_result(tmp_path):
+    """The sweep table reports the point's own online evals (fixed subset, every epoch); a later
+    `python -m evals.knn` on the point's checkpoint with other data is kept in the run store but
+    must not silently replace the point's kNN number."""
+    run = tmp_path / "point"
+    with runstore.create(run, {"run_dir": str(run), "epochs": 2}) as w:
+        w.log_eval(epoch=2, kind="knn", top1=0.567, settings={"k": 20, "T": 0.07, "pool": "cls"})
+        w.log_eval(epoch=2, kind="linprobe", top1=0.6, settings={"pool": "cls", "cached": True})
+    runstore.log_eval(run, 2, kind="knn", top1=0.533,
+                      settings={"checkpoint": str(run / "checkpoints" / "final.pth"), "data": "/other"})
+    ev = runstore.open(run).evals()
+    assert len(ev[ev["kind"] == "knn"]) == 2                # both kept
+    assert sweep._last_eval(ev, "knn") == pytest.approx(0.567)
+    assert sweep._last_eval(ev, "linprobe") == pytest.approx(0.6)
+    only_cli = ev[ev["top1"] != 0.567]                      # a point with nothing else: use what there is
+    assert sweep._last_eval(only_cli, "knn") == pytest.approx(0.533)
