@@ -33,7 +33,7 @@ import torch
 from .test_trainer_helpers import ROOT, env, final_weights, max_checkpoint_step, pretrain_cmd, tiny_data, write_config  # noqa: F401
 
 SBATCH = ROOT / "scripts" / "slurm" / "pretrain.sbatch"
-EPOCHS, STEPS_PER_EPOCH = 6, 5  # 40 images / global batch 8; long enough to be stopped half way
+EPOCHS, STEPS_PER_EPOCH = 10, 5  # 40 images / global batch 8: ~50 steps after the first checkpoint to stop in
 JOB_ID = "4242"
 
 FAKE_SRUN = r"""#!/bin/bash
@@ -137,6 +137,7 @@ def test_two_nodes_preempted_requeued_and_resumed_match_one_node(tmp_path, tiny_
             os.kill(pid, signal.SIGTERM)
         assert job.wait(timeout=120) == 0, slurm.output(0)[-5000:]
         out = slurm.output(0)
+        assert _status(run) != "finished", "the run ended before the signal came (a very busy machine?)"
         assert _status(run) == "preempted", out[-5000:]
         assert "preempted by signal 15" in out and "exit 75" in out, out[-5000:]
         assert f"preempted: requeueing job {JOB_ID}" in out and slurm.requeued() == [f"requeue {JOB_ID}"]
