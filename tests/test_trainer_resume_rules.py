@@ -104,3 +104,37 @@ def test_schedule_changes_on_resume_are_refused_unless_allowed(reference, tmp_pa
         assert main(["--config", str(cfg), f"run_dir={run}", override, "--allow-change", key]) == 0
         final = torch.load(run / "checkpoints" / "final.pth", weights_only=True)
         assert final["epoch"] == 3 and {c["key"] for c in final["config_changes"]} >= {"epochs"}
+
+
+def test_resumed_under_two_processes_with_the_same_global_batch_continues_exactly(reference, tmp_path):
+    """1 process x batch 2 x accum 2 -> 2 processes (gloo) x batch 2 x accum 1, mid-epoch."""
+    import subprocess
+    import sys
+
+    from .test_trainer_helpers import ROOT, env
+    cfg, ref_dir = reference
+    run = _from_mid_epoch(ref_dir, tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "trainer.pretrain", "--config", str(cfg), f"run_dir={run}", "optim.accum_steps=1"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "world_size 1 -> 2" in done.stderr and "same effective batch 4" in done.stderr, done.stderr
+    final = torch.load(run / "checkpoints" / "final.pth", weights_only=True)
+    assert final["step"] == EPOCHS * STEPS_PER_EPOCH and final["world_size"] == 2
+    steps = list(range(16, EPOCHS * STEPS_PER_EPOCH + 1))
+    ref_m = runstore.open(ref_dir).metrics().set_index("step")["loss"]
+    new_m = runstore.open(run).metrics().set_index("step")["loss"]
+    np.testing.assert_allclose(new_m.loc[steps].to_numpy(), ref_m.loc[steps].to_numpy(), rtol=1e-4)
+
+
+def test_plan_names_the_world_size_when_processes_change_the_global_batch():
+    from trainer.config import load_config
+    from trainer.resume import ResumeError, plan
+    old = load_config(None, ["data.batch_size=4"]).to_dict()
+    state = {"config": old, "batch_in_epoch": 3, "samples_in_epoch": 12, "world_size": 1, "effective_batch": 4}
+    with pytest.raises(ResumeError, match=r"world_size 1 -> 2.*--allow-change world_size"):
+        plan(state, old, 2, "x.pth")
+    pos = plan(state, old, 2, "x.pth", allow={"world_size"})  # 12 samples // 8 per step: 1 step, 4 repeated
+    assert pos.batch_in_epoch == 1 and "4 of the 12 samples" in pos.notes[0]
+    same = load_config(None, ["data.batch_size=2"]).to_dict()
+    assert plan(state, same, 2, "x.pth").batch_in_epoch == 3  # 12 samples = step 3 of 4 per step
