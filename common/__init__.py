@@ -12,4 +12,5 @@ project, so every package may import it:
     common.values     finite_or_none
     common.keys       HARMLESS_ON_RESUME: config keys whose change never alters the weights' trajectory
     common.imagenet   IMAGENET_MEAN, IMAGENET_STD
+    common.paths      is_within (containment after symlinks: readers never leave a runs root)
 """

@@ -5,6 +5,8 @@ Views (`inspector.views`) are pure functions usable without Gradio.
 """
 from __future__ import annotations
 
+# `.app` (gradio, torch, the model) is imported inside the two entry points on purpose: loading it
+# takes seconds, and `python -m inspector --help` imports this package before anything else.
 
 def launch(runs_dir="runs", host: str = "127.0.0.1", port: int | None = None, open_browser: bool = False,
            **kwargs):

@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from .app import launch
+    from .app import launch  # here, not at the top: --help answers without loading gradio and torch
     try:
         launch(args.runs, host=args.host, port=args.port, open_browser=args.open,
                max_params=int(args.live_max_params))

@@ -281,7 +281,7 @@ def _live_image(state: InspectorState, name, upload, sample):
         raise LiveError("That sampled image is no longer available; press Refresh.")
     ids = recons.get("image_ids")
     source = f"{split} image {ids[idx] if ids is not None and idx < len(ids) else idx}"
-    return load_image(views._to_uint8_hwc(recons["original"][idx])), source
+    return load_image(views.to_uint8_hwc(recons["original"][idx])), source
 
 
 def _live(state: InspectorState, name, ckpt_name, upload, sample, ratio_pct, sampler, seed):

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 import runstore
+from common.paths import is_within
 from common.values import finite_or_none
 from runstore.reader import dataset_name
 
@@ -63,14 +64,6 @@ def one_line(text: Any, limit: int = 300) -> str:
 
 class UnknownRunError(KeyError):
     """A run name that is not one of the runs found under the runs root."""
-
-
-def _is_within(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
-        return False
 
 
 class RunCatalog:
@@ -138,7 +131,7 @@ class RunCatalog:
             log.warning("listing sweeps under %s failed: %s", self.root, exc)
             return found
         for d in dirs:
-            if not _is_within(d, root):  # a link out of the runs root: never followed
+            if not is_within(d, root):  # a link out of the runs root: never followed
                 continue
             try:
                 sweeps = runstore.list_sweeps(d)
@@ -147,7 +140,7 @@ class RunCatalog:
                 continue
             for sw in sweeps:
                 real = Path(sw).resolve()
-                if not _is_within(real, root):
+                if not is_within(real, root):
                     continue
                 rel = real.relative_to(root).as_posix()
                 found.setdefault(rel if rel != "." else real.name, real)
@@ -287,7 +280,7 @@ class RunCatalog:
         out = []
         for row in rows:
             p = Path(row["path"])  # absolute: Run.checkpoints resolves the index's relative paths
-            if not _is_within(p, run_dir):
+            if not is_within(p, run_dir):
                 log.warning("run %s: checkpoint %s lies outside the run folder; ignored", name, p)
                 continue
             if p.is_file():

@@ -353,7 +353,7 @@ def figure_csv(fig: go.Figure) -> str:
 
 
 # ---------------------------------------------------------------------------------------- images
-def _to_uint8_hwc(a) -> np.ndarray:
+def to_uint8_hwc(a) -> np.ndarray:
     a = np.asarray(a)
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = np.transpose(a, (1, 2, 0))  # CHW -> HWC
@@ -411,7 +411,7 @@ def reconstruction_grid(recons: Mapping, *, max_images: int = 8, cell: int = 160
         if losses is not None and i < len(losses) and np.isfinite(losses[i]):
             draw.text((pad, y + cell // 2 + 2), f"loss {losses[i]:.4f}", fill=(90, 90, 90), font=f_small)
         for j, panel in enumerate(PANEL_NAMES):
-            img = Image.fromarray(_to_uint8_hwc(recons[panel][i]))
+            img = Image.fromarray(to_uint8_hwc(recons[panel][i]))
             # nearest keeps patch edges crisp at CPU-scale resolutions (64 px, 8-px patches)
             img = img.resize((cell, cell), Image.NEAREST if img.width < cell else Image.BICUBIC)
             canvas.paste(img, (label_w + pad + j * (cell + pad), y))
@@ -435,7 +435,7 @@ def reconstruction_losses(recons: Mapping) -> pd.DataFrame:
 def enlarge(img, size: int) -> np.ndarray:
     """Scale an image up to `size` px on its longer side, nearest-neighbour (patches stay crisp);
     images already that large are returned unchanged."""
-    a = _to_uint8_hwc(img)
+    a = to_uint8_hwc(img)
     h, w = a.shape[:2]
     if max(h, w) >= size:
         return a

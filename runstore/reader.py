@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.paths import is_within
 from common.serialize import load_json, load_yaml
 from common.values import finite_or_none
 
@@ -38,14 +39,6 @@ def is_run_dir(path: Path) -> bool:
     try:
         return (path / "config.yaml").is_file() and any((path / s).exists() for s in STORES)
     except OSError:  # unreadable folder (permissions, a dangling mount): not a run we can show
-        return False
-
-
-def _within(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root)
-        return True
-    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symlink loop
         return False
 
 
@@ -79,7 +72,7 @@ class Run:
     def _file(self, name: str | Path) -> Path:
         """`self.path / name`, refused if a symlink takes it out of the runs root."""
         p = self.path / name
-        if self.root is not None and (p.exists() or p.is_symlink()) and not _within(p, self.root):
+        if self.root is not None and (p.exists() or p.is_symlink()) and not is_within(p, self.root):
             raise OutsideRootError(f"{p}: links outside the runs root {self.root}; not read")
         return p
 
@@ -294,7 +287,7 @@ def list_runs(root: str | os.PathLike, max_depth: int = 4) -> list[Run]:
 
     def walk(d: Path, depth: int) -> None:
         real = d.resolve()
-        if real in seen or not _within(real, root):
+        if real in seen or not is_within(real, root):
             return
         seen.add(real)
         if is_run_dir(real):

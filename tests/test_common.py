@@ -223,3 +223,15 @@ def test_common_imports_nothing_of_the_project():
             "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert not project & set(json.loads(out.stdout))
+
+
+def test_is_within_follows_links_and_refuses_loops(tmp_path):
+    from common.paths import is_within
+    root, outside = tmp_path / "runs", tmp_path / "elsewhere"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    (root / "out").symlink_to(outside)
+    (root / "loop").symlink_to(root / "loop")
+    assert is_within(root / "a", root) and is_within(root, root)
+    assert not is_within(root / "out", root) and not is_within(root / "a" / ".." / "..", root)
+    assert not is_within(root / "loop", root)
