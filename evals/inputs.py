@@ -107,10 +107,10 @@ def verified(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- data
-def data_error(data, err: Exception) -> UserError:
-    """A loader's complaint about one split, as a user error naming --data."""
+def data_error(data, split: str, err: Exception) -> UserError:
+    """A loader's complaint about one split, as a user error naming --data and the split."""
     text = " ".join(str(err).split()) or type(err).__name__
-    return UserError(f"--data {data}: {text}")
+    return UserError(f"--data {data}: {split} split: {text}")
 
 
 def open_split(data, split: str, make, *args, **kwargs):
@@ -121,7 +121,7 @@ def open_split(data, split: str, make, *args, **kwargs):
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
         if isinstance(e, UserError):
             raise
-        raise data_error(data, e) from None
+        raise data_error(data, split, e) from None
 
 
 def layout_hint(root: Path) -> str:
