@@ -174,6 +174,40 @@ def test_both_ablation_arms_treat_their_mask_token_alike(decay_tokens):
     assert arms[True]["mask_token"] is None  # frozen in the ablation (unused): not optimised at all
 
 
+@pytest.mark.parametrize("decay_tokens", [False, True])
+def test_ablation_optimizer_state_from_before_the_fix_still_loads(decay_tokens):
+    """An ablation run checkpointed before the fix had the decoder mask_token in the optimiser and
+    encoder_mask_token decayed; resuming it raised "loaded state dict contains a parameter group that
+    doesn't match". Its state now moves, parameter by parameter, into the new groups."""
+    from types import SimpleNamespace
+    from trainer.optim import build_optimizer
+    m = create_model("mae_vit_pico_patch8_64", mask_token_in_encoder=True, **PICO)
+    # the grouping as trainer/optim.py made it before (written out here: the test must not share the code)
+    old_tokens = ("pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "dist_token")
+    groups = {0.0: [], 0.05: []}
+    for name, p in m.named_parameters():
+        if p.requires_grad or name == "mask_token":
+            exempt = p.ndim <= 1 or name.endswith(".bias") or (name.split(".")[-1] in old_tokens and not decay_tokens)
+            groups[0.0 if exempt else 0.05].append(p)
+    old = torch.optim.AdamW([{"params": groups[0.0], "weight_decay": 0.0},
+                             {"params": groups[0.05], "weight_decay": 0.05}], lr=1e-3, betas=(0.9, 0.95))
+    for p in m.parameters():
+        p.grad = torch.randn_like(p)
+    old.step()
+    saved = old.state_dict()
+    old_state = {id(p): old.state[p] for p in m.parameters() if p in old.state}
+    cfg = SimpleNamespace(weight_decay=0.05, decay_tokens=decay_tokens, betas=[0.9, 0.95], eps=1e-8, fused=True)
+    new = build_optimizer(m, cfg, 1e-3, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="encoder_mask_token"):
+        new.load_state_dict(saved)
+    for p in (m.encoder_mask_token, m.cls_token, m.decoder_pred.weight, m.blocks[0].norm1.bias):
+        assert torch.equal(new.state[p]["exp_avg"], old_state[id(p)]["exp_avg"])
+    assert m.mask_token not in new.state
+    wd = _group_of(m, new.param_groups)
+    assert wd["encoder_mask_token"] == wd["cls_token"] == (0.05 if decay_tokens else 0.0)
+    new.step()  # and it trains on
+
+
 def test_wrap_ddp_pays_for_unused_detection_only_when_a_parameter_is_unused():
     """find_unused_parameters costs a graph walk per step: off for every option as built, on only if
     the ablation's unused mask_token is made trainable again."""

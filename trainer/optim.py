@@ -11,6 +11,9 @@ are left out entirely.
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 TOKEN_NAMES = ("pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "encoder_mask_token", "dist_token")
@@ -25,29 +28,69 @@ def scaled_lr(blr: float, eff_batch: int) -> float:
     return blr * eff_batch / 256
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_tokens: bool = False) -> list[dict]:
-    """Two groups: decayed weight matrices, and everything exempt from decay."""
+def _group_names(model: torch.nn.Module, decay_tokens: bool, legacy: bool = False) -> tuple[list, list]:
+    """(names exempt from decay, names decayed), in ``named_parameters`` order. ``legacy``: the rule
+    before the mask-token ablation's fix, when its decoder mask_token was trained and
+    encoder_mask_token decayed (to read optimizer states of checkpoints written then)."""
+    if legacy:
+        tokens = set(TOKEN_NAMES) - {"encoder_mask_token"}
+        trainable = set(getattr(model, "unused_parameters", list)())  # frozen now, trained then
+    else:
+        tokens = set(TOKEN_NAMES) | set(getattr(model, "no_weight_decay", set)())
+        trainable = set()
     decay, no_decay = [], []
-    tokens = set(TOKEN_NAMES) | set(getattr(model, "no_weight_decay", set)())
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not (p.requires_grad or name in trainable):
             continue
         short = name.split(".")[-1]
         is_token = short in tokens or name in tokens
         if p.ndim <= 1 or name.endswith(".bias") or (is_token and not decay_tokens):
-            no_decay.append(p)
+            no_decay.append(name)
         else:
-            decay.append(p)
+            decay.append(name)
+    return no_decay, decay
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_tokens: bool = False) -> list[dict]:
+    """Two groups: everything exempt from decay, and decayed weight matrices."""
+    params = dict(model.named_parameters())
+    no_decay, decay = _group_names(model, decay_tokens)
     return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
+        {"params": [params[n] for n in decay], "weight_decay": weight_decay},
     ]
 
 
+def _regroup_legacy_state(now: tuple, legacy: tuple, optimizer, state_dict: dict):
+    """load_state_dict pre-hook: an optimizer state saved under the legacy grouping (see
+    ``_group_names``) is moved, parameter by parameter, into the current groups. Any other state
+    passes unchanged (torch then checks it as usual)."""
+    groups = state_dict.get("param_groups", [])
+    sizes = [len(g["params"]) for g in groups]
+    if now == legacy or sizes != [len(g) for g in legacy] or sizes == [len(g) for g in now]:
+        return None
+    name_of = dict(zip((i for g in groups for i in g["params"]), (n for g in legacy for n in g)))
+    new_id = {n: i for i, n in enumerate(n for g in now for n in g)}
+    state = {new_id[name_of[i]]: s for i, s in state_dict["state"].items() if name_of.get(i) in new_id}
+    regrouped, start = [], 0
+    for g, names in zip(groups, now):
+        regrouped.append(dict(g, params=list(range(start, start + len(names)))))
+        start += len(names)
+    warnings.warn("optimizer state from before the mask-token ablation's fix: regrouped by parameter; from "
+                  "here on the decoder's unused mask_token is frozen and encoder_mask_token has the weight "
+                  "decay of mask_token", UserWarning, stacklevel=2)
+    return {"state": state, "param_groups": regrouped}
+
+
 def build_optimizer(model: torch.nn.Module, cfg_optim, lr: float, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; the fused CUDA kernel when training on a GPU."""
+    """AdamW over ``param_groups``; the fused CUDA kernel when training on a GPU. It also loads the
+    optimizer state of an ablation checkpoint written under the legacy grouping."""
     groups = param_groups(model, cfg_optim.weight_decay, cfg_optim.decay_tokens)
     kwargs = {}
     if device.type == "cuda" and cfg_optim.fused:
         kwargs["fused"] = True
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg_optim.betas), eps=cfg_optim.eps, **kwargs)
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg_optim.betas), eps=cfg_optim.eps, **kwargs)
+    now = _group_names(model, cfg_optim.decay_tokens)
+    legacy = _group_names(model, cfg_optim.decay_tokens, legacy=True)
+    opt.register_load_state_dict_pre_hook(functools.partial(_regroup_legacy_state, now, legacy))
+    return opt
