@@ -115,3 +115,15 @@ def test_help_shows_every_default():
     for key, value in flatten(load_config(None).to_dict()).items():
         assert f"{key}=" in out, key
     assert "skip_nonfinite_max_share=0.01" in out and "data.num_workers=2" in out
+
+
+def test_worker_clamp_shares_the_cpus_between_local_processes(monkeypatch):
+    from trainer import preflight
+    monkeypatch.setattr(preflight, "available_cpus", lambda: 16)
+    cfg = load_config(PRESET, ["data.num_workers=10"])
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    msg = preflight.clamp_workers(cfg)
+    assert cfg.data.num_workers == 2 and "data.num_workers=10" in msg and "8 processes" in msg
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    cfg = load_config(PRESET, ["data.num_workers=10"])
+    assert preflight.clamp_workers(cfg) is None and cfg.data.num_workers == 10

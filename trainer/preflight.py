@@ -26,15 +26,20 @@ def available_cpus() -> int:
 
 
 def clamp_workers(cfg) -> str | None:
-    """Lower ``data.num_workers`` to the CPUs available (FFCV / numba refuse more threads than CPUs,
-    and extra torch workers only contend); returns the warning to print, or None."""
+    """Lower ``data.num_workers`` to this process's share of the CPUs (FFCV / numba refuse more
+    threads than CPUs, and extra torch workers only contend); returns the warning to print, or None.
+    Under torchrun the node's CPUs are shared by its LOCAL_WORLD_SIZE processes."""
     cpus = available_cpus()
-    if cfg.data.num_workers <= cpus:
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    share = max(1, cpus // local)
+    if cfg.data.num_workers <= share:
         return None
     asked = cfg.data.num_workers
-    cfg.data.num_workers = cpus
-    return (f"warning: data.num_workers={asked} is more than the {cpus} CPU(s) this process may use: using "
-            f"{cpus} (set data.num_workers={cpus} to silence this)")
+    cfg.data.num_workers = share
+    whose = f"{cpus} CPU(s) this process may use" if local == 1 else \
+        f"{share} CPU(s) per process ({cpus} shared by {local} processes on this node)"
+    return (f"warning: data.num_workers={asked} is more than the {whose}: using {share} "
+            f"(set data.num_workers={share} to silence this)")
 
 
 def _path_problem(path: str, backend: str) -> str | None:
