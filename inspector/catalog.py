@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import operator
 import os
 import threading
@@ -26,8 +25,6 @@ import pandas as pd
 
 import runstore
 from common.paths import is_within
-from common.values import finite_or_none
-from runstore.reader import dataset_name
 
 from .views import evals_in_percent
 
@@ -298,12 +295,9 @@ class RunCatalog:
         return self._read(name, "reconstructions", int(epoch), split)
 
     def summary(self, name: str) -> dict:
-        """One row of the runs table, derived from config, status, metrics and evals.
-
-        Derived here rather than taken from `Run.summary()` so that the epoch count follows the
-        trainer's convention (metrics log fractional epochs, 1.0 at the end of the first) and each
-        store is read once.
-        """
+        """One row of the runs table, derived from config, status, metrics and evals as
+        `Run.summary()` does, but from the catalog's cached reads, so each store is read once and a
+        failed read is filed as the run's problem."""
         s = summarize(name, self.config(name), self.status(name), self.metrics(name), self.evals(name))
         broken, lines = self.problems(name)
         if broken:
@@ -346,42 +340,19 @@ class RunCatalog:
 
 
 # ---------------------------------------------------------------------------------------------
-def _best(evals: pd.DataFrame, kinds: tuple[str, ...]) -> float | None:
-    if evals.empty or "kind" not in evals or "top1" not in evals:
-        return None
-    evals = evals_in_percent(evals)
-    sel = evals[evals["kind"].isin(kinds)]["top1"]
-    sel = pd.to_numeric(sel, errors="coerce").dropna()
-    return float(sel.max()) if len(sel) else None
-
-
-def _column(metrics: pd.DataFrame, name: str) -> pd.Series:
-    """A metrics column as numbers without gaps (empty if the run never logged it)."""
-    if name not in metrics:
-        return pd.Series(dtype="float64")
-    return pd.to_numeric(metrics[name], errors="coerce").dropna()
-
-
 def summarize(name: str, cfg: dict, status: str, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict:
-    """One row of the runs table, derived from a run's config, status, metrics and evals."""
-    model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-    data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    dataset = data_cfg.get("name") or data_cfg.get("dataset") or dataset_name(data_cfg.get("train_path"))
-    planned = cfg.get("epochs")
-    epoch, loss, ips = (_column(metrics, c) for c in ("epoch", "loss", "images_per_s"))
-    # the trainer logs fractional epochs, 1.0 at the end of the first one
-    done = int(math.floor(epoch.max() + 1e-6)) if len(epoch) else None
+    """One row of the runs table: runstore's summary of the tables, accuracies in percent (the
+    paper's unit), '?' for what is unknown."""
+    s = runstore.summarize(cfg, metrics, evals_in_percent(evals))
+    done, planned = s["epochs_done"], s["epochs_planned"]
     return {
         "name": name,
         "status": status,
-        "model": model_cfg.get("name") or cfg.get("model_name") or "?",
-        "dataset": dataset or "?",
+        "model": s["model"] or "?",
+        "dataset": s["dataset"] or "?",
         "epochs": f"{done if done is not None else 0}/{planned if planned is not None else '?'}",
         "epochs_done": done,
         "epochs_planned": planned,
-        "last_loss": finite_or_none(loss.iloc[-1]) if len(loss) else None,
-        "best_linprobe": _best(evals, ("linprobe", "linprobe_full")),
-        "best_knn": _best(evals, ("knn",)),
-        "images_per_s": finite_or_none(ips.tail(50).median()) if len(ips) else None,
+        **{k: s[k] for k in ("last_loss", "best_linprobe", "best_knn", "images_per_s")},
         "params": None,
     }

@@ -11,7 +11,6 @@ full unpickling), so a crafted pickle cannot run code inside the inspector.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import re
 import threading
@@ -25,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
+from common.files import sha256_file
 from common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from model import SAMPLERS, load_checkpoint
 from model.checkpoint import safe_torch_load
@@ -98,14 +98,6 @@ def preprocess(img: Image.Image, size: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- models
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_checksum(path: Path) -> None:
     """LiveError unless `path` matches the `NAME.sha256` beside it ("<hex digest>  NAME", as
     trainer/checkpoint.py writes it). No sidecar: nothing to check (official downloads have none;
@@ -120,7 +112,7 @@ def verify_checksum(path: Path) -> None:
                         f"({exc.strerror or exc}); not loaded") from None
     if not re.fullmatch(r"[0-9a-f]{64}", recorded):
         raise LiveError(f"checkpoint {path.name}: {side.name} holds no SHA-256 digest; not loaded")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != recorded:
         raise LiveError(f"checkpoint {path.name} does not match its checksum ({side.name} records "
                         f"{recorded[:12]}..., the file hashes to {actual[:12]}...): corrupt or replaced; "

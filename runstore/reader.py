@@ -18,12 +18,12 @@ import pandas as pd
 
 from common.paths import is_within
 from common.serialize import load_json, load_yaml
-from common.values import finite_or_none
 
 from . import recons as _recons
-from .status import STALE_AFTER_S, describe, effective_state, read_status
-from .table import read_table
 from .layout import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
+from .status import STALE_AFTER_S, describe, effective_state, read_status
+from .summary import summarize
+from .table import read_table
 
 CHECKPOINT_COLUMNS = ["path", "epoch", "step", "tag", "time", "bytes", "exists"]
 STORES = ("metrics.zarr", "evals.zarr", "recons.zarr", "status.json")
@@ -217,53 +217,15 @@ class Run:
     def summary(self) -> dict[str, Any]:
         """One row for a runs table: name, path, status, model, dataset, epochs_done, epochs_planned,
         step, last_loss, best_linprobe, best_knn, images_per_s, params, updated."""
-        cfg = self.config
         info = self.status_info()
-        m = self.metrics(columns=["epoch", "loss", "images_per_s"])
-        ev = self.evals()
-        model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
-        data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-        done = info.get("epochs_done")
-        if done is None and len(m):
-            e = m["epoch"].dropna()
-            # `epoch` is epochs elapsed (the trainer logs epoch + it / steps_per_epoch): 2.0 = two done
-            done = int(math.floor(e.max() + 1e-6)) if len(e) else None
-        loss = m["loss"].dropna()
-        ips = m["images_per_s"].dropna()
-
-        def best(kinds):
-            sel = ev[ev["kind"].isin(kinds)]["top1"].dropna()
-            return float(sel.max()) if len(sel) else None
-
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "status": info["status"],
-            "model": model_cfg.get("name") or cfg.get("model_name"),
-            "dataset": data_cfg.get("name") or dataset_name(data_cfg.get("train_path")),
-            "epochs_done": done,
-            "epochs_planned": cfg.get("epochs"),
-            "step": int(m["step"].iloc[-1]) if len(m) else None,
-            "last_loss": finite_or_none(loss.iloc[-1]) if len(loss) else None,
-            "best_linprobe": best(("linprobe", "linprobe_full")),
-            "best_knn": best(("knn",)),
-            "images_per_s": float(ips.tail(50).median()) if len(ips) else None,
-            "params": info.get("params") or info.get("num_params"),
-            "updated": info.get("heartbeat"),
-        }
+        row = summarize(self.config, self.metrics(columns=["epoch", "loss", "images_per_s"]), self.evals())
+        if info.get("epochs_done") is not None:  # the trainer's own count wins over the metrics' epochs
+            row["epochs_done"] = info["epochs_done"]
+        return {"name": self.name, "path": str(self.path), "status": info["status"], **row,
+                "params": info.get("params") or info.get("num_params"), "updated": info.get("heartbeat")}
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
-
-
-def dataset_name(train_path: Any) -> str | None:
-    """'data/imagenette_ffcv/train.beton' -> 'imagenette_ffcv'; '.../imagenette/train' -> 'imagenette'."""
-    if not train_path:
-        return None
-    p = Path(str(train_path))
-    while p.name and (p.suffix or p.name.lower() in ("train", "training", "val", "images")):
-        p = p.parent
-    return p.name or None
 
 
 def open(run_dir: str | os.PathLike, stale_after: float = STALE_AFTER_S) -> Run:  # noqa: A001

@@ -235,3 +235,11 @@ def test_is_within_follows_links_and_refuses_loops(tmp_path):
     assert is_within(root / "a", root) and is_within(root, root)
     assert not is_within(root / "out", root) and not is_within(root / "a" / ".." / "..", root)
     assert not is_within(root / "loop", root)
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    import hashlib
+    from common.files import sha256_file
+    data = os.urandom(10_000)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f", chunk=999) == hashlib.sha256(data).hexdigest()
