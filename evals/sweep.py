@@ -708,6 +708,28 @@ def validate(points: list[Point]) -> None:
             raise SweepError(str(exc)) from None
 
 
+def data_problem(points: list[Point]) -> str | None:
+    """The first data path a point would fail on at its start (the trainer's own check, done once
+    here for all points, so a sweep of 20 points does not start 20 trainers that fail alike)."""
+    try:
+        from trainer.config import ConfigError, from_dict
+        from trainer.preflight import check_data_paths
+    except ImportError:  # trainer not installed: the trainer will report errors itself
+        return None
+    seen = set()
+    for p in points:
+        data = p.config.get("data", {})
+        key = (data.get("backend"), data.get("train_path"), data.get("val_path"))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_data_paths(from_dict(copy.deepcopy(p.config), f"sweep point {p.name}"))
+        except ConfigError as exc:
+            return f"point {p.name}: {exc}"
+    return None
+
+
 def default_out(name: str, preset: str) -> Path:
     """runs/sweeps/NAME for the cpu preset, runs/sweeps/NAME_PRESET otherwise (relative to the cwd)."""
     return Path("runs") / "sweeps" / (name if preset == "cpu" else f"{name}_{preset}")
@@ -734,6 +756,10 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
             raise SweepError(f"unknown point(s) {sorted(unknown)}; points: {', '.join(all_names)}")
         points = [p for p in planned if p.name in only]
     validate(planned)
+    missing = data_problem(points)
+    if missing and not dry_run:
+        raise SweepError(f"{missing}; nothing was run (pass the data with --set data.train_path=... "
+                         f"--set data.val_path=... or --base-config FILE)")
 
     old_plan = None
     if store.is_sweep_dir(sweep_dir):
@@ -745,6 +771,8 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
 
     if dry_run:
         echo(f"sweep {spec['name']} ({spec.get('title', '')}), preset {preset}, dir {sweep_dir}")
+        if missing:
+            echo(f"  warning: {missing}: the sweep would stop before its first point")
         for p in points:
             run = _open_run(sweep_dir / p.name)
             state = "done" if _is_done(p, run) else ("partial" if run is not None else "todo")

@@ -264,3 +264,20 @@ def test_a_cli_eval_on_other_data_does_not_become_the_points_result(tmp_path):
     assert sweep._last_eval(ev, "linprobe") == pytest.approx(0.6)
     only_cli = ev[ev["top1"] != 0.567]                      # a point with nothing else: use what there is
     assert sweep._last_eval(only_cli, "knn") == pytest.approx(0.533)
+
+
+def test_a_missing_data_path_stops_the_sweep_before_any_point(tmp_path):
+    """Before: every point started a trainer that failed on the path (each point FAILED, exit 1)."""
+    out = tmp_path / "sw"
+    proc = subprocess.run([sys.executable, "-m", "evals.sweep", "mask_ratio", "--epochs", "1", "--out", str(out),
+                           "--set", f"data.train_path={tmp_path / 'none' / 'train.beton'}"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "data.train_path" in line and str(tmp_path / "none" / "train.beton") in line, line
+    assert not out.exists()                      # nothing planned, written or trained
+    dry = subprocess.run([sys.executable, "-m", "evals.sweep", "mask_ratio", "--out", str(out), "--dry-run",
+                          "--set", f"data.train_path={tmp_path / 'none' / 'train.beton'}"],
+                         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert dry.returncode == 0 and "data.train_path" in dry.stdout + dry.stderr, dry.stderr[-2000:]
