@@ -95,6 +95,20 @@ def test_a_malicious_checkpoint_runs_nothing_and_is_refused_in_one_line(tiny, cl
     assert str(evil) in line and "system" in line, line
 
 
+def test_an_official_format_checkpoint_with_its_namespace_still_loads(tiny, tmp_path):
+    """Official MAE checkpoints ({"model", "optimizer", "epoch", "args": argparse.Namespace}) go
+    through the allow-list, not a fallback to full unpickling."""
+    import argparse
+
+    sd = torch.load(tiny["ckpt"], weights_only=True)["model"]
+    official = tmp_path / "checkpoint-1.pth"
+    torch.save({"model": sd, "epoch": 1, "args": argparse.Namespace(model="mae_vit_base_patch16",
+                                                                    input_size=32)}, official)
+    proc = run_cli("knn", *common(tiny, ckpt=official))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top1=" in proc.stdout
+
+
 # ----------------------------------------------------------------------------- 2. never a 0-step head
 def _last_record(run: Path, kind: str) -> dict:
     ev = runstore.open(run).evals(kind=kind)
