@@ -4,7 +4,8 @@ One home per mechanism that several packages need; nothing here imports any pack
 project, so every package may import it:
 
     common.files      write_atomic / write_atomic_with (temp file + fsync + rename; a full disk is one
-                      line, DiskFullError), fsync_dir, sha256_file
+                      line, DiskFullError), fsync_dir; sha256_file and the `NAME.sha256`
+                      sidecar (write_sha256_sidecar, recorded_sha256)
     common.locks      file_lock (short, waiting), exclusive_lock (ownership, non-blocking; LockedError
                       names the holder), sweep_stale_temps (temp files of killed writers)
     common.serialize  plain (YAML/JSON-safe Python), dump_yaml / load_yaml, dump_json / load_json

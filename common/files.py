@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -48,6 +49,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256_sidecar(path: str | os.PathLike) -> Path:
+    """`NAME.sha256` beside `path`: the checksum file checkpoints are published with."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def write_sha256_sidecar(path: str | os.PathLike, digest: str, name: str | None = None) -> Path:
+    """Write `path`'s sidecar atomically in `sha256sum`'s format ("<hex digest>  NAME"; `name`
+    defaults to the file's own), so `sha256sum -c NAME.sha256` checks it too."""
+    return write_atomic(sha256_sidecar(path), f"{digest}  {name or Path(path).name}\n")
+
+
+def recorded_sha256(path: str | os.PathLike) -> str | None:
+    """The digest `path`'s sidecar records (lower-case hex), None when it has no sidecar;
+    ValueError naming the sidecar when it holds no SHA-256 digest, OSError when it cannot be read."""
+    side = sha256_sidecar(path)
+    try:
+        text = side.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    recorded = (text.split() or [""])[0].lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", recorded):
+        raise ValueError(f"{side}: holds no SHA-256 digest")
+    return recorded
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

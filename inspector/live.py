@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import functional as TF
 
-from common.files import sha256_file
+from common.files import recorded_sha256, sha256_file, sha256_sidecar
 from common.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from model import SAMPLERS, load_checkpoint
 from model.checkpoint import safe_torch_load
@@ -102,16 +102,16 @@ def verify_checksum(path: Path) -> None:
     """LiveError unless `path` matches the `NAME.sha256` beside it ("<hex digest>  NAME", as
     trainer/checkpoint.py writes it). No sidecar: nothing to check (official downloads have none;
     the safe reader still guards them)."""
-    side = path.with_name(path.name + ".sha256")
-    if not side.exists():
-        return
+    side = sha256_sidecar(path)
     try:
-        recorded = (side.read_text(encoding="utf-8", errors="replace").split() or [""])[0].lower()
+        recorded = recorded_sha256(path)
     except OSError as exc:
         raise LiveError(f"checkpoint {path.name}: its checksum file {side.name} cannot be read "
                         f"({exc.strerror or exc}); not loaded") from None
-    if not re.fullmatch(r"[0-9a-f]{64}", recorded):
-        raise LiveError(f"checkpoint {path.name}: {side.name} holds no SHA-256 digest; not loaded")
+    except ValueError:
+        raise LiveError(f"checkpoint {path.name}: {side.name} holds no SHA-256 digest; not loaded") from None
+    if recorded is None:
+        return
     actual = sha256_file(path)
     if actual != recorded:
         raise LiveError(f"checkpoint {path.name} does not match its checksum ({side.name} records "

@@ -243,3 +243,20 @@ def test_sha256_file_matches_hashlib(tmp_path):
     data = os.urandom(10_000)
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f", chunk=999) == hashlib.sha256(data).hexdigest()
+
+
+def test_sha256_sidecar_round_trip_and_refusals(tmp_path):
+    from common.files import recorded_sha256, sha256_file, sha256_sidecar, write_sha256_sidecar
+    ckpt = tmp_path / "ckpt-e0001.pth"
+    ckpt.write_bytes(b"weights")
+    assert recorded_sha256(ckpt) is None  # no sidecar: nothing recorded
+    write_sha256_sidecar(ckpt, sha256_file(ckpt))
+    assert sha256_sidecar(ckpt).read_text() == f"{sha256_file(ckpt)}  ckpt-e0001.pth\n"  # sha256sum's format
+    assert recorded_sha256(ckpt) == sha256_file(ckpt)
+    out = subprocess.run(["sha256sum", "-c", sha256_sidecar(ckpt).name], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    write_sha256_sidecar(ckpt, "0" * 64, name="final.pth")
+    assert sha256_sidecar(ckpt).read_text() == f"{'0' * 64}  final.pth\n"
+    sha256_sidecar(ckpt).write_text("garbage\n")
+    with pytest.raises(ValueError, match=r"ckpt-e0001\.pth\.sha256: holds no SHA-256 digest"):
+        recorded_sha256(ckpt)

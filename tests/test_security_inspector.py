@@ -115,6 +115,9 @@ def test_live_masking_verifies_the_checksum_before_loading(tmp_path):
     with pytest.raises(gr.Error, match="checksum"):
         _live(state, "r", ckpt.name, _photo(tmp_path), None, 75, "random", 0)
     assert state.models.loads == 0
+    ckpt.with_name(ckpt.name + ".sha256").write_text("not a digest\n")
+    with pytest.raises(live.LiveError, match=f"{ckpt.name}.sha256 holds no SHA-256 digest; not loaded"):
+        cache.get(ckpt)
     _rewrite_sidecar(ckpt)  # a good checksum: it loads
     assert cache.get(ckpt) is not None and cache.loads == 1
 
