@@ -25,7 +25,9 @@ Decode limits, per back end, for the bytes it actually decodes, on one core time
 * ``torch`` / ``dali``: PIL full decode of the original JPEGs (DALI's ROI decode can beat it:
   it decodes only the crop);
 * ``ffcv``: FFCV's own decoder on the JPEGs stored in the .beton (``--max-resolution`` px, far
-  fewer pixels than the originals) plus its crop-resize, called image by image, no pipeline.
+  fewer pixels than the originals) plus its crop-resize, called image by image, no pipeline;
+  beside it the same with FFCV 1.0.2's crop-region decode (``enable_crop``), the stretch
+  experiment: decoding only the crop's region instead of the whole stored image.
 
 It prints the load average at start and end. Goals (idle machine): ``ffcv`` >= 0.95x
 ``ffcv_bare``; ``ffcv`` >= 80% of its decode limit; the best back end >= 2x torch in wall-clock
@@ -167,12 +169,16 @@ def stored_jpegs(beton: Path, count: int) -> list[tuple[np.ndarray, int, int]]:
     return out
 
 
-def ffcv_decode_rate(beton: Path, image_size: int, count: int, seconds: float = 4.0) -> tuple[float, float]:
+def ffcv_decode_rate(beton: Path, image_size: int, count: int, seconds: float = 4.0,
+                     crop_decode: bool = False) -> tuple[float, float]:
     """FFCV's own JPEG decode + RandomResizedCrop resize per image on one core, without a Loader.
 
     The same C functions FFCV's RandomResizedCropRGBImageDecoder calls (``imdecode`` of the
     whole stored JPEG, then ``resize_crop`` of the box to ``image_size``), so this is the limit of
-    a loader decoding those bytes on one core.
+    a loader decoding those bytes on one core. ``crop_decode``: decode only the crop's region
+    instead, with the one crop decode FFCV 1.0.2 has (``imdecode(enable_crop=True)``: a lossless
+    libjpeg-turbo transform cuts the box, widened to the 16-px MCU grid, out of the JPEG, which is
+    then decoded): the stretch experiment of issue 11. It re-encodes the cut, so it can be slower.
     """
     from ffcv.libffcv import imdecode, resize_crop
     items = stored_jpegs(beton, count)
@@ -186,9 +192,17 @@ def ffcv_decode_rate(beton: Path, image_size: int, count: int, seconds: float = 
 
     def work(k):
         data, h, w = items[k]
-        imdecode(data, temp, h, w, h, w, 0, 0, 1, 1, False, False)
         p = boxes[k]
-        resize_crop(temp[:h * w * 3].reshape(h, w, 3), p.top, p.top + p.height, p.left, p.left + p.width, dst)
+        if not crop_decode:
+            imdecode(data, temp, h, w, h, w, 0, 0, 1, 1, False, False)
+            resize_crop(temp[:h * w * 3].reshape(h, w, 3), p.top, p.top + p.height, p.left, p.left + p.width, dst)
+            return
+        x0, y0 = p.left - p.left % 16, p.top - p.top % 16  # the transform cuts on MCU boundaries
+        cw, ch = p.left + p.width - x0, p.top + p.height - y0
+        if imdecode(data, temp, h, w, ch, cw, x0, y0, 1, 1, True, False) != 0:
+            raise RuntimeError("FFCV crop decode failed")
+        resize_crop(temp[:ch * cw * 3].reshape(ch, cw, 3), p.top - y0, p.top - y0 + p.height,
+                    p.left - x0, p.left - x0 + p.width, dst)
     return _rate_loop(range(len(items)), work, seconds)
 
 
@@ -340,6 +354,11 @@ def run(args) -> dict:
     if beton is not None:
         one, per_cpu = ffcv_decode_rate(beton, args.image_size, args.decode_files, args.decode_seconds)
         res["limits"]["stored_ffcv"] = {"one_core": one, "per_cpu_s": per_cpu, "limit": one * args.workers}
+        if not args.no_crop_decode:
+            one, per_cpu = ffcv_decode_rate(beton, args.image_size, args.decode_files, args.decode_seconds,
+                                            crop_decode=True)
+            res["limits"]["stored_ffcv_crop_decode"] = {"one_core": one, "per_cpu_s": per_cpu,
+                                                        "limit": one * args.workers}
     loaders, notes = build_rows(args.rows, folder, beton, args)
     res["notes"] += notes
     for name, loader in list(loaders.items()):  # warm-up: FFCV's JIT compile, DALI's first build
@@ -404,10 +423,16 @@ def report(res: dict) -> str:
              f"load average at start {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}, at end {lb[0]:.2f} {lb[1]:.2f} {lb[2]:.2f}",
              "decode limits (one core x workers):"]
     names = {"originals_pil": "PIL full decode of the original JPEGs (torch, dali)",
-             "stored_ffcv": "FFCV decode + crop-resize of the JPEGs stored in the .beton (ffcv)"}
+             "stored_ffcv": "FFCV decode + crop-resize of the JPEGs stored in the .beton (ffcv)",
+             "stored_ffcv_crop_decode": "the same, decoding only the crop's region (FFCV's enable_crop)"}
     for k, v in res["limits"].items():
         lines.append(f"  {names[k]}: {v['one_core']:.0f}/s x {res['workers']} = {v['limit']:.0f} images/s "
                      f"({v['per_cpu_s']:.0f} per CPU-second)")
+    if "stored_ffcv_crop_decode" in res["limits"]:
+        full, crop = res["limits"]["stored_ffcv"], res["limits"]["stored_ffcv_crop_decode"]
+        lines.append(f"  crop-region decode / full decode: {crop['one_core'] / full['one_core']:.2f}x wall, "
+                     f"{crop['per_cpu_s'] / full['per_cpu_s']:.2f}x per CPU-second (FFCV 1.0.2's crop is a "
+                     "lossless transform + re-encode; a partial decode needs libjpeg-turbo >= 3.0)")
     lines += ["", f"{'row':<18}{'images/s':>10}{'x bare':>8}{'x limit':>9}{'x torch':>9}"
                   f"{'img/CPU-s':>11}{'x bare':>8}{'x torch':>9}  per-round images/s"]
     t = res["rows"].get("torch")
@@ -457,6 +482,8 @@ def parse_args(argv=None):
                     help="files used for the decode limits (default: %(default)s)")
     ap.add_argument("--decode-seconds", type=float, default=4.0,
                     help="seconds per decode limit (default: %(default)s)")
+    ap.add_argument("--no-crop-decode", action="store_true",
+                    help="skip the crop-region decode experiment (default: measure it beside the limits)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here (default: none)")
     args = ap.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
