@@ -204,8 +204,8 @@ def load_latest(directory: str | Path, map_location="cpu",
                 problem = str(e).replace(f"{path}: ", "")
         if problems is not None:
             problems.append((path, problem))
-        what = "is refused" if problem.startswith("refused") else "is corrupt"
-        warnings.warn(f"checkpoint {path} {what}: {problem}; falling back to the previous one", stacklevel=2)
+        what = problem if problem.startswith("refused") else f"is corrupt: {problem}"
+        warnings.warn(f"checkpoint {path} {what}; falling back to the previous one", stacklevel=2)
     return None
 
 
