@@ -247,6 +247,9 @@ def main(argv=None) -> int:
                         ("--max-val", args.max_val)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: must be at least 1")
+    if not args.cached and (args.max_train or args.max_val):
+        raise UserError("--max-train / --max-val cap the cached probe's features: add --cached, or "
+                        "leave them out for the full protocol on the whole splits")
     ckpt = resolve_ckpt(args.ckpt)
     run = checked_run_dir(args.run, ckpt)
     spec = resolve_data(args.data, args.backend)

@@ -215,6 +215,11 @@ def test_a_checkpoint_that_does_not_match_its_checksum_is_refused(tiny, tmp_path
     assert str(ckpt) in line and "checksum" in line, line
 
 
+def test_an_option_the_chosen_protocol_ignores_is_refused(tiny):
+    line = one_line_error(run_cli("linprobe", *common(tiny), "--max-train", "10"))
+    assert "--max-train" in line and "--cached" in line, line
+
+
 def test_too_many_workers_are_clamped_with_a_warning_naming_the_flag(tiny, tmp_path):
     # with a wrong --data too, so code without the check stops at the data error (it would fork them)
     proc = run_cli("knn", "--ckpt", tiny["ckpt"], "--data", tmp_path / "nope", "--num-workers", "9999")
