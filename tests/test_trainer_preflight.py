@@ -127,3 +127,17 @@ def test_worker_clamp_shares_the_cpus_between_local_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     cfg = load_config(PRESET, ["data.num_workers=10"])
     assert preflight.clamp_workers(cfg) is None and cfg.data.num_workers == 10
+
+
+def test_unusable_val_folder_for_reconstructions_is_exit_2_and_not_left_running(tiny_data, tmp_path):
+    """The folder exists (so the start-up path check passes) but holds no images: the error comes
+    from reading it, after the run was marked running; it must not stay "running"."""
+    import runstore
+    empty = tmp_path / "empty_val"
+    empty.mkdir()
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=1,
+                       recons={"every": 1, "num_train": 2, "num_val": 2})
+    done = run_pretrain(cfg, f"data.val_path={empty}")
+    assert done.returncode == 2, done.stderr  # old code: 1, a traceback, status "running" then "stale"
+    assert "Traceback" not in done.stderr and str(empty) in done.stderr, done.stderr
+    assert runstore.open(tmp_path / "run").status == "crashed"

@@ -363,8 +363,11 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
     if info.is_main:
         import runstore
         try:
-            writer = runstore.create(cfg.run_dir, cfg.to_dict(), resume=loaded is not None or bool(resume),
-                                     flush_rows=cfg.log.flush_every)
+            # in the ExitStack: an error before the loop's own handlers (compile, reconstructions,
+            # evals redone on resume) marks the run "crashed" instead of leaving it "running"
+            writer = owned.enter_context(runstore.create(cfg.run_dir, cfg.to_dict(),
+                                                         resume=loaded is not None or bool(resume),
+                                                         flush_rows=cfg.log.flush_every))
         except runstore.RunExistsError as e:
             raise ConfigError(f"{e} (or pass --resume)") from None
         writer.set_status("running", epoch=epoch, step=step)

@@ -35,17 +35,25 @@ def prepare(cfg, num_patches: int) -> list[ReconSet]:
     """Load the fixed images of each split (rank 0 only). Splits whose path is missing are skipped."""
     from pipeline import make_loader
 
+    from .config import ConfigError
+
     sets = []
     gen = torch.Generator().manual_seed(cfg.recons.seed)
     for split, path, n in (("train", cfg.data.train_path, cfg.recons.num_train),
                            ("val", cfg.data.val_path, cfg.recons.num_val)):
         if n <= 0 or not path or not Path(path).exists():
             continue
-        loader = make_loader(cfg.data.backend, path, batch_size=n, image_size=cfg.data.image_size,
-                             train=False, shuffle=True, drop_last=False, num_workers=cfg.data.num_workers,
-                             device="cpu", seed=cfg.recons.seed)
-        loader.set_epoch(0)
-        images, _ = next(iter(loader))
+        try:
+            loader = make_loader(cfg.data.backend, path, batch_size=n, image_size=cfg.data.image_size,
+                                 train=False, shuffle=True, drop_last=False, num_workers=cfg.data.num_workers,
+                                 device="cpu", seed=cfg.recons.seed)
+            loader.set_epoch(0)
+            images, _ = next(iter(loader))
+        except ValueError as e:  # the source's own checks (pipeline.sources.SourceError): a user mistake
+            if type(e).__module__.startswith("pipeline") or str(path) in str(e):
+                raise ConfigError(f"'data.{split}_path' (read for reconstructions; recons.every=0 turns them "
+                                  f"off): {e}") from None
+            raise
         images = images[:n].float().cpu().contiguous()
         noise = torch.rand(images.shape[0], num_patches, generator=gen)
         sets.append(ReconSet(split, _fixed_ids(loader.num_samples, cfg.recons.seed, images.shape[0]),
