@@ -141,3 +141,15 @@ def test_unusable_val_folder_for_reconstructions_is_exit_2_and_not_left_running(
     assert done.returncode == 2, done.stderr  # old code: 1, a traceback, status "running" then "stale"
     assert "Traceback" not in done.stderr and str(empty) in done.stderr, done.stderr
     assert runstore.open(tmp_path / "run").status == "crashed"
+
+
+def test_resume_flag_does_not_swallow_an_override_and_names_a_directory(tiny_data, tmp_path, capsys):
+    from trainer.pretrain import main
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=1)
+    assert main(["--config", str(cfg)]) == 0
+    # "--resume epochs=2": argparse would take "epochs=2" as the checkpoint path
+    assert main(["--config", str(cfg), "--resume", "epochs=2", "--allow-change", "epochs"]) == 0
+    assert "config 'epochs' changed 1 -> 2" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "--resume", str(tmp_path / "run")]) == 4
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "checkpoints" in err, err

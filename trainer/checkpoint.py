@@ -212,6 +212,10 @@ def load_latest(directory: str | Path, map_location="cpu",
 def load_file(path: str | Path, map_location="cpu") -> dict:
     """Load one named checkpoint, verifying its checksum when the sidecar exists."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory: --resume CKPT takes a .pth file (e.g. one in "
+                              f"RUN/checkpoints); to resume a run directory's newest checkpoint, give --resume "
+                              f"without CKPT and set run_dir")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     side = path.with_name(path.name + ".sha256")

@@ -650,6 +650,10 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        # "--resume epochs=2": argparse gave the override to --resume's optional CKPT
+        args.overrides.insert(0, args.resume)
+        args.resume = True
     try:
         allow_change = resume_rules.parse_allow(args.allow_change)
         cfg = load_config(args.config, list(args.overrides))
