@@ -7,6 +7,8 @@ Modules, one job each:
   schedule.py     linear warm-up then half-cosine, a pure function of the fractional epoch
   noise.py        masking noise as a function of (seed, step), sliced per rank / micro-batch
   checkpoint.py   atomic checkpoint files with SHA-256 sidecars, retention, RNG states
+  resume.py       what a resume may change (same global batch: exact; schedule / batch: --allow-change)
+  preflight.py    checks before the work: data paths, workers vs CPUs, GPU-scale settings on a CPU
   distributed.py  torchrun / srun detection, gloo (CPU) or nccl (GPU), small collectives
   recons.py       fixed images + fixed noise -> reconstruction panels in the run store
   bench.py        full loop vs model alone throughput: ``python -m trainer.bench``

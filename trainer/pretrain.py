@@ -24,7 +24,10 @@ A run resumes automatically when ``RUN/checkpoints`` holds checkpoints (``--resu
 explicit, or names a file). On CPU with ``deterministic: true`` the resumed run is bit-identical to
 an uninterrupted one: the loader order and augmentation are functions of (seed, epoch, index), the
 masking noise a function of (seed, step) (see ``trainer.noise``), and the checkpoint carries the
-model, optimizer, scaler, position in the epoch and the RNG states of every rank.
+model, optimizer, scaler, position in the epoch and the RNG states of every rank. A resume with
+another split of the same global batch (per-process batch, accumulation, processes) continues at
+the exact sample; a changed global batch or lr schedule is refused unless ``--allow-change`` names
+it (``trainer.resume``). One trainer owns a run directory at a time (``RUN/.lock``).
 """
 from __future__ import annotations
 
