@@ -131,6 +131,18 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
     return path
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """A copy where hard links fail (some file systems); a full disk is named like in save_atomic."""
+    import shutil
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as e:
+        dst.unlink(missing_ok=True)
+        if _disk_full(e):
+            raise _disk_full_error(dst) from e
+        raise
+
+
 def add_milestone(path: Path, epoch: int, step: int) -> Path:
     """Keep ``path`` forever under a milestone name (a hard link, or a copy where links fail)."""
     dst = path.with_name(checkpoint_name(epoch, step, "milestone"))
@@ -138,8 +150,7 @@ def add_milestone(path: Path, epoch: int, step: int) -> Path:
         try:
             os.link(path, dst)
         except OSError:
-            import shutil
-            shutil.copyfile(path, dst)
+            _copy(path, dst)
         side = path.with_name(path.name + ".sha256").read_text().split()[0]
         _write_atomic_bytes(dst.with_name(dst.name + ".sha256"), f"{side}  {dst.name}\n".encode())
         _fsync_dir(path.parent)
@@ -153,8 +164,7 @@ def link_as(path: Path, name: str) -> Path:
     try:
         os.link(path, tmp)
     except OSError:
-        import shutil
-        shutil.copyfile(path, tmp)
+        _copy(path, tmp)
     side = path.with_name(path.name + ".sha256").read_text().split()[0]
     _write_atomic_bytes(dst.with_name(name + ".sha256"), f"{side}  {name}\n".encode())
     os.replace(tmp, dst)
