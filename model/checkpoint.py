@@ -19,11 +19,12 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+
+from common.files import write_atomic_with
 
 from .mae import MaskedAutoencoderViT
 
@@ -69,10 +70,10 @@ _HF_TOP = {
 
 def _hf_layout(layout: str) -> str:
     if layout == "auto":
-        try:
+        try:  # optional dependency, imported only to read its version
             import transformers
             return "v5" if int(transformers.__version__.split(".")[0]) >= 5 else "v4"
-        except ImportError:
+        except ImportError:  # not installed: the hub checkpoints' (4.x) layout
             return "v4"
     if layout not in ("v4", "v5"):
         raise ValueError(f"layout must be 'auto', 'v4' or 'v5', got {layout!r}")
@@ -376,7 +377,8 @@ def save_model_state(model: MaskedAutoencoderViT, path, **extra) -> Path:
     """Write ``{"model": state_dict, "model_config": model.config, **extra}`` atomically.
 
     The file is written to a temporary name in the same directory, fsync'ed, then renamed over
-    ``path``, so a crash never leaves a half-written checkpoint under the real name.
+    ``path`` (and the directory fsync'ed), so a crash never leaves a half-written checkpoint under
+    the real name; a full disk is ``common.files.DiskFullError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,23 +386,4 @@ def save_model_state(model: MaskedAutoencoderViT, path, **extra) -> Path:
     name = getattr(model, "model_name", None)
     if name is not None:
         state.setdefault("model_name", name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
+    return write_atomic_with(path, lambda f: torch.save(state, f), sync_dir=True)

@@ -61,38 +61,13 @@ class MaskedAutoencoderViT(nn.Module):
         # checkpoint's json config (which cannot hold a class) rebuilds the same model.
         custom_norm = norm_layer is not None
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=norm_eps)
-
-        # --------------------------------------------------------------------------
-        # MAE encoder specifics (attribute order = the official one, so state_dict order matches too)
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        num_patches = self.patch_embed.num_patches
-
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)  # fixed sin-cos
-
-        self.blocks = nn.ModuleList([vit_block(embed_dim, num_heads, mlp_ratio, norm_layer) for _ in range(depth)])
-        self.norm = norm_layer(embed_dim)
-
-        # --------------------------------------------------------------------------
-        # MAE decoder specifics
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
-
-        self.decoder_blocks = nn.ModuleList([
-            vit_block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer) for _ in range(decoder_depth)])
-        self.decoder_norm = norm_layer(decoder_embed_dim)
         patch_dim = patch_size**2 * in_chans
-        if target == "pca":
-            pca_dims = int(pca_dims) if pca_dims is not None else max(1, patch_dim // PCA_FRACTION)
-            if not 1 <= pca_dims <= patch_dim:
-                raise ValueError(f"pca_dims must be in [1, {patch_dim}] (values per patch), got {pca_dims}")
-        elif pca_dims is not None:
-            raise ValueError(f"pca_dims is for target='pca', not target={target!r}")
-        out_dim = pca_dims if target == "pca" else patch_dim
-        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)  # decoder to patch
+        pca_dims = self._check_pca_dims(target, pca_dims, patch_dim)
+        # attribute order = the official one, so state_dict order (and the init RNG stream) match too
+        self._build_encoder(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, norm_layer)
+        self._build_decoder(embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                            norm_layer, out_dim=pca_dims if target == "pca" else patch_dim)
 
-        # --------------------------------------------------------------------------
         # Ablation only: the encoder's own mask token (absent from the default state dict). The
         # decoder's mask_token then fills nothing (the encoder output is full length): it stays in the
         # state dict under its official name, so checkpoints keep one layout, but is frozen, so DDP
@@ -156,6 +131,41 @@ class MaskedAutoencoderViT(nn.Module):
         if norm_pix_loss is not None and bool(norm_pix_loss) != (target == "norm_pix"):
             raise ValueError(f"target={target!r} contradicts norm_pix_loss={norm_pix_loss}")
         return target
+
+    @staticmethod
+    def _check_pca_dims(target: str, pca_dims, patch_dim: int) -> int | None:
+        """The pca target's coefficient count (default: 1/8 of the values per patch, as the paper)."""
+        if target == "pca":
+            pca_dims = int(pca_dims) if pca_dims is not None else max(1, patch_dim // PCA_FRACTION)
+            if not 1 <= pca_dims <= patch_dim:
+                raise ValueError(f"pca_dims must be in [1, {patch_dim}] (values per patch), got {pca_dims}")
+        elif pca_dims is not None:
+            raise ValueError(f"pca_dims is for target='pca', not target={target!r}")
+        return pca_dims
+
+    def _build_encoder(self, img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, norm_layer):
+        """MAE encoder specifics: patch embedding, cls token, fixed sin-cos positions, ViT blocks, norm."""
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)  # fixed sin-cos
+
+        self.blocks = nn.ModuleList([vit_block(embed_dim, num_heads, mlp_ratio, norm_layer) for _ in range(depth)])
+        self.norm = norm_layer(embed_dim)
+
+    def _build_decoder(self, embed_dim, decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+                       norm_layer, out_dim: int):
+        """MAE decoder specifics: projection to decoder width, mask token, positions, blocks, head."""
+        num_patches = self.patch_embed.num_patches
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
+
+        self.decoder_blocks = nn.ModuleList([
+            vit_block(decoder_embed_dim, decoder_num_heads, mlp_ratio, norm_layer) for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim, bias=True)  # decoder to patch
 
     # ------------------------------------------------------------------ init
     def initialize_weights(self):
@@ -226,9 +236,10 @@ class MaskedAutoencoderViT(nn.Module):
         return x.reshape(n, c, gh * p, gw * p)
 
     # ------------------------------------------------------------------ masking
-    def sample_mask(self, batch: int, mask_ratio: float, noise=None, generator=None, device=None):
-        """(ids_keep, ids_restore, mask) from the configured sampler; ``noise`` (N, L) makes it deterministic."""
-        return sample_mask(self.mask_sampler, batch, self.grid_size, mask_ratio, noise=noise,
+    def sample_mask(self, batch: int, mask_ratio: float, noise=None, generator=None, device=None, sampler=None):
+        """(ids_keep, ids_restore, mask) from ``sampler`` (default: the configured ``mask_sampler``);
+        ``noise`` (N, L) makes it deterministic."""
+        return sample_mask(self.mask_sampler if sampler is None else sampler, batch, self.grid_size, mask_ratio, noise=noise,
                            generator=generator, device=device if device is not None else self.pos_embed.device)
 
     def random_masking(self, x, mask_ratio, noise=None, generator=None):
@@ -248,15 +259,16 @@ class MaskedAutoencoderViT(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward_encoder(self, imgs, mask_ratio=None, noise=None, generator=None):
-        """Embed patches, add positions, drop the masked ones, prepend cls, run the ViT.
+    def forward_encoder(self, imgs, mask_ratio=None, noise=None, generator=None, sampler=None):
+        """Embed patches, add positions, drop the masked ones, prepend cls, run the ViT. ``sampler``
+        replaces the configured ``mask_sampler`` for this call only (the model is not changed).
 
         Returns (latent (N, 1+K, D), mask (N, L), ids_restore (N, L)). With ``mask_token_in_encoder`` the
         latent is full length (N, 1+L, D): masked positions carry the encoder's mask token instead.
         """
         mask_ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         n = imgs.shape[0]
-        ids_keep, ids_restore, mask = self.sample_mask(n, mask_ratio, noise, generator, imgs.device)
+        ids_keep, ids_restore, mask = self.sample_mask(n, mask_ratio, noise, generator, imgs.device, sampler)
         if self.mask_token_in_encoder:
             x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
             mask = mask.to(x.dtype)
@@ -399,16 +411,18 @@ class MaskedAutoencoderViT(nn.Module):
         # one) sums to 0 rather than 0 / 0 = NaN
         return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
-    def forward(self, imgs, mask_ratio=None, noise=None, generator=None):
+    def forward(self, imgs, mask_ratio=None, noise=None, generator=None, sampler=None):
         """imgs (N, C, H, W) -> (loss, pred (N, L, p*p*C) or (N, L, pca_dims), mask (N, L), 1 = masked).
 
         ``noise`` (N, L) makes the masking deterministic; ``generator`` draws it reproducibly instead.
+        ``sampler`` ("random" | "block" | "grid") masks this call with another sampler than the
+        configured one, without changing the model (so concurrent callers may share it).
         """
         self.check_mask_ratio(self.mask_ratio if mask_ratio is None else mask_ratio)
         if noise is None and generator is not None:
             noise = make_noise(imgs.shape[0], self.num_patches, generator=generator)
             noise = noise.to(imgs.device)
-        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise)
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, noise, sampler=sampler)
         pred = self.forward_decoder(latent, ids_restore)  # [N, L, p*p*3]
         loss = self.forward_loss(imgs, pred, mask)
         return loss, pred, mask

@@ -29,6 +29,12 @@ at 75%), the main demo model; the 64 px family spans ~30x in parameters for scal
 """
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
 from .mae import MaskedAutoencoderViT
 
 _DECODER = dict(decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
@@ -80,20 +86,70 @@ def create_model(name: str, **overrides) -> MaskedAutoencoderViT:
     return model
 
 
-def _count(model) -> tuple[int, int]:
-    enc = sum(p.numel() for n, p in model.named_parameters()
-              if not n.startswith(("decoder", "mask_token")) and p.requires_grad)
-    return enc, sum(p.numel() for p in model.parameters() if p.requires_grad)
+def kwargs_from_config(cfg: Mapping) -> dict:
+    """Constructor keywords of a run's stored config dict (``config.yaml``: sections ``model`` and
+    ``data``), as the trainer builds its model: ``create_model(cfg["model"]["name"], **kw)``.
+
+    The ``model`` section's keys except ``name``, with an ``extra`` section merged into it (the
+    trainer stores its extra constructor keywords flattened; older dicts may nest them); an explicit
+    ``target`` replaces ``norm_pix_loss`` (the model refuses a contradicting pair, and the trainer
+    passes only the target); ``data.image_size`` becomes ``img_size`` unless the section names one.
+    ``mask_ratio`` stays: it is the model's default for ``forward``. ValueError naming the key for a
+    section that is not a mapping.
+    """
+    model_cfg = _section(cfg, "model")
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "extra")}
+    kwargs.update(_section(model_cfg, "extra", "model.extra"))
+    if "target" in kwargs:
+        kwargs.pop("norm_pix_loss", None)
+    image_size = _section(cfg, "data").get("image_size")
+    if image_size and "img_size" not in kwargs:
+        kwargs["img_size"] = image_size
+    return kwargs
+
+
+def _section(cfg: Mapping, key: str, where: str | None = None) -> Mapping:
+    """``cfg[key]`` as a mapping ({} when absent or null); ValueError naming ``where`` otherwise."""
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"config key '{where or key}' must be a section (mapping), got "
+                         f"{type(value).__name__} {value!r}")
+    return value
+
+
+def param_counts(model_or_config: nn.Module | Mapping) -> tuple[int, int]:
+    """(encoder, total) trainable parameters of a model, or of the model a run's config dict builds
+    (counted on the meta device: no memory, milliseconds even for ViT-H). The encoder is everything
+    but the decoder and its mask token, as the paper counts it; frozen parameters (the fixed sin-cos
+    position tables) are not counted. KeyError for an unknown or missing model name, ValueError /
+    TypeError for keywords the constructor refuses."""
+    model = model_or_config
+    if isinstance(model_or_config, Mapping):
+        name = _section(model_or_config, "model").get("name")
+        if not name:
+            raise KeyError("config has no model.name")
+        with torch.device("meta"):
+            model = create_model(name, **kwargs_from_config(model_or_config))
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    encoder = sum(p.numel() for n, p in trainable if not n.startswith(("decoder", "mask_token")))
+    return encoder, sum(p.numel() for _, p in trainable)
+
+
+def encoder_param_count(model_or_config: nn.Module | Mapping) -> int:
+    """Trainable encoder parameters (the paper's model size) of a model or a run's config dict;
+    see :func:`param_counts`."""
+    return param_counts(model_or_config)[0]
 
 
 def main() -> None:
     """Print every preset with its trainable parameter counts."""
-    import argparse
     argparse.ArgumentParser(description=main.__doc__).parse_args()
     print(f"{'name':28s} {'img/p':>7s} {'encoder':>12s} {'total':>12s}")
     for name in list_models():
         cfg = PRESETS[name]
-        enc, tot = _count(create_model(name))
+        enc, tot = param_counts(create_model(name))
         print(f"{name:28s} {cfg['img_size']:>4d}/{cfg['patch_size']:<2d} {enc / 1e6:>11.2f}M {tot / 1e6:>11.2f}M")
 
 
