@@ -21,6 +21,7 @@ descriptors and allocation table; :func:`verify_beton` recomputes them and names
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from common.files import write_atomic
 
 SUMS_SUFFIX = ".sums"
 SUMS_FORMAT = "maepipe-beton-sums-1"
@@ -57,11 +60,34 @@ def check_beton(path) -> dict:
     0), lies at the end of the file and points only inside the data region; and every image/bytes
     sample's data pointer is one the table allocated (so every sample is readable).
     """
-    from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, TYPE_ID_HANDLER, FieldDescType,
-                            HeaderType, get_handlers, get_metadata_type)
-    from ffcv.utils import align_to_page, decode_null_terminated_string
+    # FFCV imported here, not at module top: it pulls in numba and cv2 (seconds), which importers
+    # of pipeline that never open a .beton should not pay
+    from ffcv.types import get_handlers, get_metadata_type
 
     path = Path(path)
+    size, head = _read_header(path)
+    descs, fields, desc_end = _read_fields(path, head["num_fields"], size)
+    if head["alloc_ptr"] == 0:
+        _fail(path, "incomplete: the allocation table was never written "
+                    "(the conversion that wrote it was interrupted)")
+    summary = dict(path=str(path), num_samples=head["num_samples"], fields=fields,
+                   page_size=head["page_size"], size_bytes=size)
+    if any(t.startswith("custom") for t in fields.values()):
+        return summary   # a custom field's metadata layout is unknown: the header checks are all we can do
+    meta_type = get_metadata_type(get_handlers(descs))
+    table = _read_alloc_table(path, size, head, desc_end + head["num_samples"] * meta_type.itemsize)
+    meta = np.fromfile(path, dtype=meta_type, count=head["num_samples"], offset=desc_end)
+    if len(meta) != head["num_samples"]:
+        _fail(path, f"truncated metadata: {len(meta)} of {head['num_samples']} samples")
+    _check_samples(path, fields, meta, table)
+    return summary
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    """(file size, header values) of a file that exists, holds a header of FFCV's format version
+    and has a sane field count and page size; BetonError otherwise."""
+    from ffcv.types import CURRENT_VERSION, HeaderType
+
     if not path.exists():
         raise BetonError(f"{path}: .beton file not found")
     if not path.is_file():
@@ -69,23 +95,31 @@ def check_beton(path) -> dict:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            head = f.read(HeaderType.itemsize)
+            raw = f.read(HeaderType.itemsize)
     except OSError as e:
         raise BetonError(f"{path}: cannot read: {e.strerror or e}") from None
     if size < HeaderType.itemsize:
         _fail(path, f"file is {size} bytes, smaller than the {HeaderType.itemsize}-byte header "
                     "(empty or truncated)")
-    header = np.frombuffer(head, dtype=HeaderType, count=1)[0]
+    header = np.frombuffer(raw, dtype=HeaderType, count=1)[0]
     version = int(header["version"])
     if version != CURRENT_VERSION:
         _fail(path, f"format version {version}, expected {CURRENT_VERSION} "
                     "(a foreign file, or written by another FFCV version)")
-    num_fields, page_size = int(header["num_fields"]), int(header["page_size"])
-    num_samples, alloc_ptr = int(header["num_samples"]), int(header["alloc_table_ptr"])
-    if not 1 <= num_fields <= 64:
-        _fail(path, f"implausible field count {num_fields}")
+    head = dict(num_fields=int(header["num_fields"]), page_size=int(header["page_size"]),
+                num_samples=int(header["num_samples"]), alloc_ptr=int(header["alloc_table_ptr"]))
+    if not 1 <= head["num_fields"] <= 64:
+        _fail(path, f"implausible field count {head['num_fields']}")
+    page_size = head["page_size"]
     if page_size < (1 << 12) or page_size & (page_size - 1):
         _fail(path, f"page size {page_size} is not a power of two >= 4096")
+    return size, head
+
+
+def _read_fields(path: Path, num_fields: int, size: int) -> tuple[np.ndarray, dict, int]:
+    """(field descriptors, {name: field class name}, end offset of the descriptors)."""
+    from ffcv.types import TYPE_ID_HANDLER, FieldDescType, HeaderType
+    from ffcv.utils import decode_null_terminated_string
 
     desc_end = HeaderType.itemsize + num_fields * FieldDescType.itemsize
     if size < desc_end:
@@ -102,17 +136,17 @@ def check_beton(path) -> dict:
             _fail(path, f"field {names[-1]!r} has unknown type id {tid} (foreign file)")
         handler = TYPE_ID_HANDLER[tid]
         types.append(handler.__name__ if handler is not None else f"custom:{tid}")
-    fields = dict(zip(names, types))
+    return descs, dict(zip(names, types)), desc_end
 
-    if alloc_ptr == 0:
-        _fail(path, "incomplete: the allocation table was never written "
-                    "(the conversion that wrote it was interrupted)")
-    if any(t.startswith("custom") for t in types):
-        return dict(path=str(path), num_samples=num_samples, fields=fields,
-                    page_size=page_size, size_bytes=size)
-    meta_type = get_metadata_type(get_handlers(descs))
-    meta_end = desc_end + num_samples * meta_type.itemsize
-    data_start = align_to_page(meta_end, page_size)
+
+def _read_alloc_table(path: Path, size: int, head: dict, meta_end: int) -> np.ndarray:
+    """The allocation table, checked to lie after the metadata, at the end of the file, and to
+    point only into the data region (from the first page after the metadata to the table)."""
+    from ffcv.types import ALLOC_TABLE_TYPE
+    from ffcv.utils import align_to_page
+
+    alloc_ptr = head["alloc_ptr"]
+    data_start = align_to_page(meta_end, head["page_size"])
     if alloc_ptr < meta_end:
         _fail(path, f"allocation table pointer {alloc_ptr} lies inside the metadata "
                     f"(which ends at {meta_end})")
@@ -123,31 +157,31 @@ def check_beton(path) -> dict:
                     f"a whole number of {ALLOC_TABLE_TYPE.itemsize}-byte entries")
     table = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, offset=alloc_ptr)
     if len(table):
-        if int(table["sample_id"].max()) >= num_samples:
+        if int(table["sample_id"].max()) >= head["num_samples"]:
             _fail(path, "allocation table names a sample id beyond the sample count")
         ends = table["ptr"].astype(np.uint64) + table["size"].astype(np.uint64)
         if int(table["ptr"].min()) < data_start or int(ends.max()) > alloc_ptr:
             _fail(path, "allocation table points outside the data region")
-    meta = np.fromfile(path, dtype=meta_type, count=num_samples, offset=desc_end)
-    if len(meta) != num_samples:
-        _fail(path, f"truncated metadata: {len(meta)} of {num_samples} samples")
+    return table
+
+
+def _check_samples(path: Path, fields: dict, meta: np.ndarray, table: np.ndarray) -> None:
+    """Every sample's data pointer is one the table allocated; images have a known storage mode
+    and a non-zero size."""
     allocated = np.sort(table["ptr"]) if len(table) else np.zeros(0, np.uint64)
     for i, (name, t) in enumerate(fields.items()):
         col = meta[meta.dtype.names[i]]
         if col.dtype.names and "data_ptr" in col.dtype.names:
-            ptrs = col["data_ptr"]
-            found = np.isin(ptrs, allocated)
+            found = np.isin(col["data_ptr"], allocated)
             if not found.all():
                 bad = int(np.flatnonzero(~found)[0])
                 _fail(path, f"field {name!r}: {int((~found).sum())} sample(s) point to unallocated "
                             f"data (first: sample {bad}); the file is incomplete or corrupt")
-        if t == "RGBImageField" and num_samples:
+        if t == "RGBImageField" and len(meta):
             if not np.isin(col["mode"], (0, 1)).all():
                 _fail(path, f"field {name!r}: unknown image storage mode")
             if (col["width"] == 0).any() or (col["height"] == 0).any():
                 _fail(path, f"field {name!r}: an image has zero width or height")
-    return dict(path=str(path), num_samples=num_samples, fields=fields,
-                page_size=page_size, size_bytes=size)
 
 
 def sums_path(path) -> Path:
@@ -206,13 +240,7 @@ def write_sums(path, out=None, build_id: str = "") -> Path:
     buf = io.BytesIO()
     np.savez(buf, digests=digests, structure=np.frombuffer(structure, np.uint8),
              info=np.frombuffer(json.dumps(info).encode(), np.uint8))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, buf.getvalue())
 
 
 def read_sums(path) -> tuple:
@@ -333,7 +361,7 @@ def read_samples(path, indices=None):
     ``Reader`` for the tables and OpenCV (what FFCV itself uses) to decode the stored JPEGs.
     Expects fields named ``image`` (RGBImageField) and ``label`` (IntField), as ``build_ffcv`` writes.
     """
-    import cv2
+    import cv2  # with FFCV: slow imports, only when samples are really read
     from ffcv.reader import Reader
 
     info = check_beton(path)
@@ -360,7 +388,6 @@ def read_samples(path, indices=None):
 
 def main(argv=None) -> int:
     """``python -m pipeline.beton [--verify] FILE...``: check each file, print its summary or the problem."""
-    import argparse
     ap = argparse.ArgumentParser(
         prog="python -m pipeline.beton", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Check that files are complete, valid FFCV .beton files (header, tables, "

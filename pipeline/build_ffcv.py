@@ -21,14 +21,14 @@ decoded by :func:`pipeline.sources.open_rgb` in a process pool (pass 1, "check")
 sees files that decoded (pass 2, "write"). Should a file still fail in pass 2 (changed on disk
 meanwhile), the sample is noted, the split is rewritten without it and the report says so.
 
-Why atomic, and one build at a time: a build holds ``runstore.exclusive_lock(OUT/.lock)`` from
+Why atomic, and one build at a time: a build holds ``common.locks.exclusive_lock(OUT/.lock)`` from
 its first write to its last (a second build into the same OUT exits 2 naming the holder's pid),
 refuses an OUT inside SRC (it would become a class of the next scan) and refuses to add splits to
 an OUT whose other ``.beton`` files were built from a different class list. Every split is first
 written to ``OUT/.<split>.beton.<pid>.tmp`` and checked by :func:`pipeline.beton.check_beton`; only
 when all splits are done are they renamed into place (``os.replace``), followed by classes.json,
 report.csv and manifest.json. A killed run never leaves a ``.beton`` that looks complete; the next
-run sweeps its temporaries (``runstore.sweep_stale_temps``, under the lock).
+run sweeps its temporaries (``common.locks.sweep_stale_temps``, under the lock).
 """
 from __future__ import annotations
 
@@ -45,12 +45,17 @@ import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
+
+from common.files import write_atomic
+from common.locks import LockedError, exclusive_lock, sweep_stale_temps
 
 from .beton import check_beton, read_sums, sums_path, write_sums
 from .sources import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadImageError, SourceError, load_rgb,
@@ -116,7 +121,7 @@ def _page_size(max_bytes: int, num_samples: int) -> int:
 def _write_beton(path: Path, items, fields, *, num_workers, chunk_size, page_size,
                  max_pixels, min_size, progress, desc):
     """Run FFCV's DatasetWriter on ``items``; return the indices that failed during writing."""
-    import ffcv.writer as fw
+    import ffcv.writer as fw  # slow import (numba): only when a split is really written
     late = path.with_name(f"{path.name}.late.tmp")   # swept like the other temporaries
     late.unlink(missing_ok=True)
     data = _ValidatedImages(items, max_pixels, min_size, str(late))
@@ -175,82 +180,116 @@ def build(src, out, *, splits=None, max_resolution: int | None = DEFAULT_MAX_RES
     "empty_classes", "bytes", "seconds"}}, "classes", "report", "classes_json", "manifest",
     "build_id", "failed_splits"}``. Raises :class:`pipeline.sources.SourceError` for a missing,
     empty or unlabelled source, :class:`OutputError` for an unusable OUT (inside SRC, holding
-    another build's splits), ``runstore.LockedError`` while another build writes OUT, and
+    another build's splits), ``common.locks.LockedError`` while another build writes OUT, and
     ``ValueError`` for bad options.
     """
-    import runstore  # zarr & co: imported only when a build really starts
-
     _check_options(write_mode, jpeg_quality, compress_probability, subset)
-    max_resolution = int(max_resolution) if max_resolution else None
-    if write_mode == "smart" and smart_threshold is None:
-        side = (max_resolution or 512) // 2
-        smart_threshold = 3 * side * side
+    settings = _write_settings(write_mode, max_resolution, smart_threshold, jpeg_quality, compress_probability)
     workers = int(num_workers) if num_workers else (os.cpu_count() or 1)
     t_start = time.time()
     out = Path(out)
     _check_out_outside_src(src, out)
     source = scan_source(src, splits=splits, val_labels=val_labels, class_names=class_names)
-    from ffcv.fields import IntField, RGBImageField  # slow import (numba, cv2): after the cheap checks
+    make_fields = _field_maker(settings)
     out.mkdir(parents=True, exist_ok=True)
-    build_id = uuid.uuid4().hex[:16]
-    with runstore.exclusive_lock(out / ".lock", out):
-        for p in runstore.sweep_stale_temps(out):
+    stage = _Staging(out=out, build_id=uuid.uuid4().hex[:16],
+                     class_index={c: i for i, c in enumerate(source.classes)}, make_fields=make_fields,
+                     subset=subset, seed=seed, log=log,
+                     write_opts=dict(workers=workers, chunk_size=chunk_size, page_size=page_size,
+                                     max_resolution=settings["max_resolution"], max_pixels=max_pixels,
+                                     min_size=min_size, progress=progress))
+    with exclusive_lock(out / ".lock", out):
+        for p in sweep_stale_temps(out):
             log(f"removed stale temporary file of an interrupted run: {p}")
         kept = _splits_to_keep(out, source.classes, set(source.splits))
         for w in source.warnings:
             log(f"warning: {w}")
-        class_index = {c: i for i, c in enumerate(source.classes)}
-        rows = []       # report rows: split, path, class, status, reason
         summary, staged, failed_splits = {}, {}, []
-        settings = dict(write_mode=write_mode, max_resolution=max_resolution,
-                        smart_threshold=smart_threshold, jpeg_quality=int(jpeg_quality),
-                        compress_probability=float(compress_probability))
         try:
             for name, split in source.splits.items():
-                t0 = time.time()
-                files = _select_subset(split.files, subset, seed) if subset else split.files
-                for p, reason in split.skipped:
-                    rows.append((name, p, "", "skipped", reason))
-                for c in split.empty_classes:
-                    rows.append((name, str(split.root / c), c, "skipped",
-                                 "empty class folder (kept in the class index with 0 images)"))
-                    log(f"warning: empty class folder {split.root / c}")
-                good, good_rows, max_wh = _check_files(name, files, class_index, rows, workers,
-                                                       max_pixels, min_size, progress)
-                tmp = None
-                if good:
-                    fields = {"image": RGBImageField(**settings), "label": IntField()}
-                    tmp, good, good_rows = _write_split(
-                        out, name, good, good_rows, rows, fields, workers=workers,
-                        chunk_size=chunk_size, page_size=page_size, max_resolution=max_resolution,
-                        max_wh=max_wh, max_pixels=max_pixels, min_size=min_size, progress=progress)
-                if tmp is None:
-                    log(f"error: split {name!r}: no usable images among {len(files)} files in "
-                        f"{split.root} (see {out / 'report.csv'}); no .beton written")
+                summary[name], pair = _stage_split(stage, name, split)
+                if pair is None:
                     failed_splits.append(name)
-                    summary[name] = dict(path=None, num_samples=0, converted=0, fixed=0,
-                                         skipped=sum(r[0] == name for r in rows),
-                                         empty_classes=list(split.empty_classes), bytes=0,
-                                         seconds=time.time() - t0)
-                    continue
-                sums_tmp = out / f".{name}.beton.sums.{os.getpid()}.tmp"
-                write_sums(tmp, sums_tmp, build_id=build_id)
-                staged[name] = (tmp, sums_tmp)
-                rows.extend(tuple(r) for r in good_rows)
-                counts = Counter(r[3] for r in rows if r[0] == name)
-                summary[name] = dict(path=str(out / f"{name}.beton"), num_samples=len(good),
-                                     converted=counts["converted"], fixed=counts["fixed"],
-                                     skipped=counts["skipped"], empty_classes=list(split.empty_classes),
-                                     bytes=os.path.getsize(tmp), seconds=time.time() - t0)
-            result = _commit(out, source, staged, kept, rows, summary, failed_splits, build_id,
+                else:
+                    staged[name] = pair
+            result = _commit(out, source, staged, kept, stage.rows, summary, failed_splits, stage.build_id,
                              settings, log)
         finally:
             for pair in staged.values():   # what _commit did not move: an error stopped the build
                 for p in pair:
                     p.unlink(missing_ok=True)
     result["seconds"] = time.time() - t_start
-    _print_summary(result, rows, log)
+    _print_summary(result, stage.rows, log)
     return result
+
+
+def _write_settings(write_mode, max_resolution, smart_threshold, jpeg_quality, compress_probability) -> dict:
+    """``RGBImageField``'s keywords (also the manifest's ``settings``), defaults resolved: no
+    ``max_resolution`` is None (original size); smart mode's threshold is ``3 * (side/2)**2``."""
+    max_resolution = int(max_resolution) if max_resolution else None
+    if write_mode == "smart" and smart_threshold is None:
+        side = (max_resolution or 512) // 2
+        smart_threshold = 3 * side * side
+    return dict(write_mode=write_mode, max_resolution=max_resolution, smart_threshold=smart_threshold,
+                jpeg_quality=int(jpeg_quality), compress_probability=float(compress_probability))
+
+
+def _field_maker(settings: dict) -> Callable[[], dict]:
+    """A function making one split's fields: ``image`` (RGBImageField with ``settings``) and
+    ``label`` (IntField). FFCV is imported here, after the cheap checks of the source and options,
+    because its import (numba, cv2) takes seconds."""
+    from ffcv.fields import IntField, RGBImageField
+    return lambda: {"image": RGBImageField(**settings), "label": IntField()}
+
+
+@dataclass
+class _Staging:
+    """What the splits of one build share while each is checked and written to a temporary file."""
+
+    out: Path
+    build_id: str
+    class_index: dict                    # class folder -> label
+    make_fields: Callable[[], dict]
+    subset: int | None
+    seed: int
+    log: Callable
+    write_opts: dict                     # keywords of _write_split besides max_wh
+    rows: list = field(default_factory=list)   # report rows: split, path, class, status, reason
+
+
+def _stage_split(stage: _Staging, name: str, split) -> tuple[dict, tuple | None]:
+    """Pass 1 and 2 of one split into ``OUT/.<split>.beton.<pid>.tmp`` (+ its checksums): returns
+    (the split's summary, (beton temp, sums temp)), or (summary, None) when no file of the split is
+    usable (logged as an error; no .beton for it)."""
+    t0 = time.time()
+    rows = stage.rows   # the whole build's report rows: this split's are appended
+    files = _select_subset(split.files, stage.subset, stage.seed) if stage.subset else split.files
+    for p, reason in split.skipped:
+        rows.append((name, p, "", "skipped", reason))
+    for c in split.empty_classes:
+        rows.append((name, str(split.root / c), c, "skipped",
+                          "empty class folder (kept in the class index with 0 images)"))
+        stage.log(f"warning: empty class folder {split.root / c}")
+    opts = stage.write_opts
+    good, good_rows, max_wh = _check_files(name, files, stage.class_index, rows, opts["workers"],
+                                           opts["max_pixels"], opts["min_size"], opts["progress"])
+    tmp = None
+    if good:
+        tmp, good, good_rows = _write_split(stage.out, name, good, good_rows, rows, stage.make_fields(),
+                                            max_wh=max_wh, **opts)
+    if tmp is None:
+        stage.log(f"error: split {name!r}: no usable images among {len(files)} files in "
+                  f"{split.root} (see {stage.out / 'report.csv'}); no .beton written")
+        return dict(path=None, num_samples=0, converted=0, fixed=0,
+                    skipped=sum(r[0] == name for r in rows), empty_classes=list(split.empty_classes),
+                    bytes=0, seconds=time.time() - t0), None
+    sums_tmp = stage.out / f".{name}.beton.sums.{os.getpid()}.tmp"
+    write_sums(tmp, sums_tmp, build_id=stage.build_id)
+    rows.extend(tuple(r) for r in good_rows)
+    counts = Counter(r[3] for r in rows if r[0] == name)
+    return dict(path=str(stage.out / f"{name}.beton"), num_samples=len(good), converted=counts["converted"],
+                fixed=counts["fixed"], skipped=counts["skipped"], empty_classes=list(split.empty_classes),
+                bytes=os.path.getsize(tmp), seconds=time.time() - t0), (tmp, sums_tmp)
 
 
 class OutputError(ValueError):
@@ -382,8 +421,6 @@ def _commit(out, source, staged, kept, rows, summary, failed_splits, build_id, s
     """Move every staged file into place, then classes.json, report.csv and manifest.json (last):
     each rename is atomic, and a run killed between them leaves files whose build ids disagree,
     which ``pipeline.beton --verify`` names (never a silently mixed OUT)."""
-    import runstore
-
     for name in failed_splits:   # an old file of a split that failed now is not part of this build
         for p in (out / f"{name}.beton", sums_path(out / f"{name}.beton")):
             if p.exists():
@@ -405,17 +442,17 @@ def _commit(out, source, staged, kept, rows, summary, failed_splits, build_id, s
                             **{s: per_class[(s, c)] for s in source.splits}})
                for i, c in enumerate(source.classes)]
     classes_text = json.dumps(classes, indent=1)
-    runstore.write_atomic(out / "classes.json", classes_text)
+    write_atomic(out / "classes.json", classes_text)
     old_rows = _old_report_rows(out, set(kept)) if kept else []
     buf = io.StringIO(newline="")
     _write_report(buf, old_rows + rows)
-    runstore.write_atomic(out / "report.csv", buf.getvalue())
+    write_atomic(out / "report.csv", buf.getvalue())
     manifest = dict(format=MANIFEST_FORMAT, build_id=build_id,
                     created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     source=str(Path(source.root).resolve()), settings=settings,
                     num_classes=len(classes),
                     classes_sha256=hashlib.sha256(classes_text.encode()).hexdigest(), splits=entries)
-    runstore.write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=1))
     return dict(out=str(out), splits=summary, classes=len(classes), report=str(out / "report.csv"),
                 classes_json=str(out / "classes.json"), manifest=str(out / "manifest.json"),
                 build_id=build_id, failed_splits=failed_splits)
@@ -531,7 +568,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the --subset choice")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
-    import runstore
     try:
         result = build(a.src, a.out, splits=a.splits, max_resolution=a.max_resolution,
                        write_mode=a.write_mode, jpeg_quality=a.jpeg_quality,
@@ -540,7 +576,7 @@ def main(argv=None) -> int:
                        page_size=a.page_size, val_labels=a.val_labels, class_names=a.class_names,
                        min_size=a.min_size, max_pixels=a.max_pixels, seed=a.seed,
                        progress=not a.quiet)
-    except runstore.LockedError as e:
+    except LockedError as e:
         print(f"error: {e}{_lock_hint(e.pid)}", file=sys.stderr)
         return 2
     except (SourceError, ValueError) as e:

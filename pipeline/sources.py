@@ -36,13 +36,19 @@ project-wide contract in docs/INTERFACES.md).
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from common.files import write_atomic, write_atomic_with
+from common.locks import file_lock
 
 # Never let PIL pad a truncated file with grey: a truncated file must be reported.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -245,7 +251,6 @@ def decode_hazards(paths, workers: int | None = None) -> dict:
     paths = [str(p) for p in paths]
     workers = workers or min(16, os.cpu_count() or 1)
     if workers > 1 and len(paths) > 4000:
-        from multiprocessing import get_context
         with get_context("fork").Pool(workers) as pool:
             reasons = pool.map(decode_hazard, paths, chunksize=512)
     else:
@@ -258,8 +263,6 @@ def cached_decode_hazards(paths, cache_dir=None) -> dict:
     sizes and mtimes. Why: every DDP rank and every restart of a run would otherwise re-read
     1.28 M headers; the first process computes the answer while the others wait on a lock, then
     read it. An unwritable cache only costs the recomputation."""
-    import hashlib
-    import json
     paths = [str(p) for p in paths]
     cache = Path(cache_dir) if cache_dir else decode_cache_dir()
     h = hashlib.blake2b(digest_size=16)
@@ -272,8 +275,6 @@ def cached_decode_hazards(paths, cache_dir=None) -> dict:
         h.update(f"{os.path.abspath(p)}\0{sig}\n".encode())
     entry = cache / f"hazards-{h.hexdigest()}.json"
     try:
-        import runstore
-        from runstore._files import file_lock
         with file_lock(cache / ".hazards.lock"):
             if entry.is_file():
                 try:
@@ -281,9 +282,9 @@ def cached_decode_hazards(paths, cache_dir=None) -> dict:
                 except ValueError:
                     pass   # a damaged entry is recomputed and replaced
             result = decode_hazards(paths)
-            runstore.write_atomic(entry, json.dumps(result))
+            write_atomic(entry, json.dumps(result))
             return result
-    except OSError:
+    except OSError:  # an unwritable or full cache folder: answer without remembering
         return decode_hazards(paths)
 
 
@@ -301,7 +302,6 @@ def decoded_copy(path, cache_dir=None) -> str:
     torch loader get. The name is a digest of the file's real path, size and mtime, so an edited
     file gets a new copy; PNG is lossless, and plain RGB PNGs are decoded alike everywhere.
     """
-    import hashlib
     cache = Path(cache_dir) if cache_dir else decode_cache_dir()
     st = os.stat(path)
     key = hashlib.blake2b(f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode(),
@@ -310,9 +310,8 @@ def decoded_copy(path, cache_dir=None) -> str:
     if not out.is_file():
         img = open_rgb(path)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        img.save(tmp, "PNG", compress_level=1)
-        os.replace(tmp, out)  # atomic: a concurrent rank never reads half a PNG
+        # atomic: a concurrent rank never reads half a PNG
+        write_atomic_with(out, lambda f: img.save(f, "PNG", compress_level=1))
     return str(out)
 
 
@@ -476,7 +475,6 @@ def read_class_names(path) -> dict:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        import json
         data = json.loads(text)
         items = data if isinstance(data, list) else data.get("classes", [])
         return {d["folder"]: d.get("name", "") for d in items}
@@ -586,43 +584,13 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
     (naming the path) for a missing or empty source.
     """
     root = Path(src)
-    if not root.exists():
-        raise SourceNotFoundError(f"source not found: {root}")
-    if not root.is_dir():
-        raise SourceError(f"source is not a folder: {root}")
-    val_labels = Path(val_labels) if val_labels else None
-    if val_labels is not None and not val_labels.is_file():
-        raise SourceError(f"validation label file not found: {val_labels} (--val-labels)")
-    found: dict = {}
+    val_labels = _check_source_args(root, val_labels)
     warn: list = []
     data_root = root
     if (root / KAGGLE_SUBDIR).is_dir() and not _split_dirs(root):
         data_root = root / KAGGLE_SUBDIR
         warn.append(f"Kaggle ImageNet layout: reading {data_root}")
-    split_dirs = _split_dirs(data_root)
-    extra = set()
-    if split_dirs:
-        if splits:
-            split_dirs = [d for d in split_dirs if d.name in splits]
-        for d in split_dirs:
-            strict = bool(splits) or d.name.lower() != "test"
-            s = _scan_split_dir(d.name, d, val_labels, warn, strict=strict)
-            if s is not None:
-                found[d.name] = s
-    elif _has_subdirs(root):
-        name = root.name if root.name.lower() in SPLIT_NAMES else "train"
-        found[name] = _scan_split_dir(name, root, val_labels, warn)
-        extra = _sibling_classes(root, val_labels)
-    else:
-        csv_path = val_labels or _find_up(VAL_SOLUTION_CSV, root)
-        if csv_path is not None:
-            name = root.name if root.name.lower() in SPLIT_NAMES else "val"
-            s = SplitSource(name, root, "ilsvrc_flat_val")
-            _scan_flat_val(s, Path(csv_path))
-            found[name] = s
-            extra = _sibling_classes(root, val_labels)
-        elif any(file_skip_reason(e.name) is None for e in os.scandir(root) if not e.is_dir()):
-            raise SourceError(_unlabelled(root))   # images but no classes: say how to label them
+    found, extra = _find_splits(root, data_root, splits, val_labels, warn)
     if splits:
         missing = [x for x in splits if x not in found]
         if missing:
@@ -631,6 +599,56 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
     if not found or not any(s.files for s in found.values()):
         raise SourceError(f"no images found in {root}: expected <split>/<class>/<image>, "
                           f"<class>/<image>, or a flat folder with {VAL_SOLUTION_CSV}")
+    classes = _class_list(root, found, extra, warn)
+    names = _class_names(class_names, data_root)
+    return Source(root, found, classes, {c: names.get(c, "") for c in classes}, warn)
+
+
+def _check_source_args(root: Path, val_labels) -> Path | None:
+    """The source must be a folder, a given label file a file; returns ``val_labels`` as a Path."""
+    if not root.exists():
+        raise SourceNotFoundError(f"source not found: {root}")
+    if not root.is_dir():
+        raise SourceError(f"source is not a folder: {root}")
+    val_labels = Path(val_labels) if val_labels else None
+    if val_labels is not None and not val_labels.is_file():
+        raise SourceError(f"validation label file not found: {val_labels} (--val-labels)")
+    return val_labels
+
+
+def _find_splits(root: Path, data_root: Path, splits, val_labels, warn: list) -> tuple[dict, set]:
+    """The layouts of :func:`scan_source`, in its order -> ({split name: SplitSource}, the class
+    names of sibling split folders when ``root`` is one split of a tree)."""
+    found: dict = {}
+    split_dirs = _split_dirs(data_root)
+    if split_dirs:
+        if splits:
+            split_dirs = [d for d in split_dirs if d.name in splits]
+        for d in split_dirs:
+            strict = bool(splits) or d.name.lower() != "test"
+            s = _scan_split_dir(d.name, d, val_labels, warn, strict=strict)
+            if s is not None:
+                found[d.name] = s
+        return found, set()
+    if _has_subdirs(root):
+        name = root.name if root.name.lower() in SPLIT_NAMES else "train"
+        found[name] = _scan_split_dir(name, root, val_labels, warn)
+        return found, _sibling_classes(root, val_labels)
+    csv_path = val_labels or _find_up(VAL_SOLUTION_CSV, root)
+    if csv_path is not None:
+        name = root.name if root.name.lower() in SPLIT_NAMES else "val"
+        s = SplitSource(name, root, "ilsvrc_flat_val")
+        _scan_flat_val(s, Path(csv_path))
+        found[name] = s
+        return found, _sibling_classes(root, val_labels)
+    if any(file_skip_reason(e.name) is None for e in os.scandir(root) if not e.is_dir()):
+        raise SourceError(_unlabelled(root))   # images but no classes: say how to label them
+    return found, set()
+
+
+def _class_list(root: Path, found: dict, extra: set, warn: list) -> list:
+    """The union of the splits' classes (and of ``extra``, the siblings'), sorted; warns about
+    classes only the siblings have and about splits that lack some classes."""
     own = set()
     for s in found.values():
         own.update(s.folders if s.kind == "folders" else (lbl for _, lbl in s.files))
@@ -642,20 +660,24 @@ def scan_source(src, *, splits=None, val_labels=None, class_names=None) -> Sourc
     for k, fs in folder_sets.items():
         if fs != set(classes) and found[k].kind == "folders":
             warn.append(f"split {k!r} has {len(fs)} of the {len(classes)} classes")
+    return classes
+
+
+def _class_names(class_names, data_root: Path) -> dict:
+    """{folder: human name} from the given names file or one found next to the data ({} if none)."""
     names_file = Path(class_names) if class_names else (
         _find_file("classes.tsv", data_root, data_root.parent)
         or _find_up(SYNSET_MAPPING, data_root, CSV_SEARCH_LEVELS - 1))
-    names = {}
-    if names_file is not None:
-        if not names_file.is_file():
-            raise SourceError(f"class-names file not found: {names_file}")
-        try:
-            names = read_class_names(names_file)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SourceError(f"{names_file}: unreadable class names ({type(e).__name__}: {e}); "
-                              f"expected classes.tsv (index, folder, name), LOC_synset_mapping.txt "
-                              f"('wnid name' lines) or a JSON list of {{folder, name}}") from None
-    return Source(root, found, classes, {c: names.get(c, "") for c in classes}, warn)
+    if names_file is None:
+        return {}
+    if not names_file.is_file():
+        raise SourceError(f"class-names file not found: {names_file}")
+    try:
+        return read_class_names(names_file)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SourceError(f"{names_file}: unreadable class names ({type(e).__name__}: {e}); "
+                          f"expected classes.tsv (index, folder, name), LOC_synset_mapping.txt "
+                          f"('wnid name' lines) or a JSON list of {{folder, name}}") from None
 
 
 def scan_split(path, *, val_labels=None) -> Source:

@@ -98,8 +98,8 @@ def test_verify_without_sums_checks_structure_only(built, tmp_path):
 def test_second_build_into_the_same_out_names_the_holder(built, tmp_path, capsys):
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import runstore, sys, time\n"
-         f"with runstore.exclusive_lock({str(out / '.lock')!r}):\n"
+        [sys.executable, "-c", "import sys, time\nfrom common.locks import exclusive_lock\n"
+         f"with exclusive_lock({str(out / '.lock')!r}):\n"
          "    print('held', flush=True); time.sleep(60)"],
         cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.locks import LockedError, exclusive_lock
 from pipeline.beton import BetonError, check_beton, read_samples
 from pipeline.build_ffcv import build, main
 from pipeline.sample import make_sample_dataset
@@ -170,13 +171,12 @@ def test_killed_conversion_leaves_no_beton_and_rerun_works(tmp_path):
 def _wait_until_unlocked(out, timeout=30.0):
     """The killed build's forked workers share its OUT/.lock (flock) until the kernel has ended
     them too, a moment after the parent: wait for that, as a user restarting at once would."""
-    import runstore
     deadline = time.time() + timeout
     while True:
         try:
-            with runstore.exclusive_lock(out / ".lock", out):
+            with exclusive_lock(out / ".lock", out):
                 return
-        except runstore.LockedError:
+        except LockedError:
             if time.time() > deadline:
                 raise
             time.sleep(0.05)
