@@ -177,7 +177,7 @@ def test_a_broken_val_split_is_found_before_the_work(tiny, tmp_path):
 
 
 def test_ckpt_a_run_directory_means_its_final_checkpoint_and_says_so(tiny, tmp_path):
-    run = tmp_path / "run"
+    run = (tmp_path / "run").resolve()          # records name the resolved file
     shutil.copytree(tiny["run"], run)
     proc = run_cli("knn", *common(tiny, ckpt=run))
     assert proc.returncode == 0, proc.stderr[-3000:]
