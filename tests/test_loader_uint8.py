@@ -118,3 +118,30 @@ def test_make_loader_accepts_dtype_names(data):
                          num_workers=0, dtype="uint8")
     assert next(iter(loader))[0].dtype == torch.uint8
     assert np.isclose(float(to_model_input(next(iter(loader))[0]).mean()), 0, atol=2.5)
+
+
+def test_ffcv_buffers_reused_across_epochs_and_an_abandoned_epoch_does_not_corrupt_the_next(data):
+    """FFCV's batch memory is allocated once (not every epoch); leaving an epoch early stops
+    FFCV's thread before the next epoch writes the same slots. Eval mode (deterministic crops),
+    shuffled: every epoch's batches differ, and must equal a loader that allocates per epoch."""
+    beton = path_for("ffcv", data)
+    kw = dict(batch_size=4, image_size=64, train=False, num_workers=1, dtype=torch.uint8, shuffle=True)
+    fresh = make_loader("ffcv", beton, reuse_memory=False, **kw)
+    reused = make_loader("ffcv", beton, **kw)
+    for epoch in range(4):
+        fresh.set_epoch(epoch)
+        want = [(x.clone(), y.clone()) for x, y in fresh]
+        reused.set_epoch(epoch)
+        if epoch == 1:  # leave after one batch, while FFCV is still decoding the next ones
+            for _ in reused:
+                break
+            continue
+        got = [(x.clone(), y.clone()) for x, y in reused]
+        assert len(got) == len(want) == 5
+        assert all(torch.equal(a, b) and torch.equal(la, lb) for (a, la), (b, lb) in zip(got, want)), epoch
+    allocations = []
+    for _ in range(2):
+        it = iter(reused._ffcv)
+        allocations.append(it.memory_allocations)
+        list(it)
+    assert allocations[0] is allocations[1]

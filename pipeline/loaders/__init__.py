@@ -33,7 +33,8 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
       torch: ``decode="pil"|"batched"`` (batched = torchvision.io.decode_jpeg on ``device``;
              nvJPEG on CUDA), ``prefetch_factor``.
       ffcv:  ``order="shared"|"random"|"quasi_random"|"sequential"``, ``os_cache`` (True),
-             ``batches_ahead``.
+             ``batches_ahead``, ``reuse_memory`` (True: FFCV's batch buffers allocated once,
+             not every epoch).
       dali:  ``decoder="auto"|"cpu"|"mixed"``, ``prefetch``.
     """
     drop_last = train if drop_last is None else drop_last
