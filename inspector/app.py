@@ -25,9 +25,8 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pandas as pd
-import torch
 
-from model import create_model
+from model import encoder_param_count, kwargs_from_config
 
 from . import views
 from .catalog import RunCatalog, UnknownRunError
@@ -67,40 +66,38 @@ class InspectorState:
         return str(path)
 
     def encoder_params(self, name: str) -> float | None:
-        """Encoder parameter count of a run's model (the paper's x axis), from its config on the meta device."""
-        model_name, kwargs = model_kwargs(self.catalog.config(name))
-        if not model_name:
-            return None
-        return _count_encoder_params(json.dumps([model_name, kwargs], sort_keys=True, default=str))
+        """Trainable encoder parameters of a run's model (the paper's x axis; the number the trainer
+        and the sweep report), from its config on the meta device; None when it cannot be counted."""
+        return run_encoder_params(self.catalog.config(name))
 
 
-def model_kwargs(cfg: dict) -> tuple[str | None, dict]:
-    """(model name, constructor keywords) of a run's config, as the trainer builds its model."""
-    mcfg = dict(cfg.get("model") or {})
-    mcfg.update(mcfg.pop("extra", None) or {})  # the trainer keeps other constructor kwargs here
-    if "target" in mcfg:  # an explicit target replaces norm_pix_loss (trainer.pretrain.model_kwargs),
-        mcfg.pop("norm_pix_loss", None)  # and the model refuses both at once (issue 12: PCA runs)
-    img = (cfg.get("data") or {}).get("image_size")
-    if img and "img_size" not in mcfg:
-        mcfg["img_size"] = img
-    mcfg.pop("mask_ratio", None)  # a forward argument, not a constructor one
-    return mcfg.pop("name", None), mcfg
+def run_encoder_params(cfg: dict) -> float | None:
+    """`model.encoder_param_count` of a run's stored config; None for a config naming no model or
+    whose `model` / `data` entry is not a section (a hand-edited config.yaml: the run is still listed)."""
+    try:
+        kwargs = kwargs_from_config(cfg)
+    except ValueError as exc:
+        log.info("cannot count parameters: %s", exc)
+        return None
+    model_name = (cfg.get("model") or {}).get("name")
+    if not model_name:
+        return None
+    # JSON keys the cache; default=str: a value YAML parsed to a date or similar still gives a key
+    return _count_encoder_params(json.dumps({"model": {"name": model_name, **kwargs}}, sort_keys=True, default=str))
 
 
 @functools.lru_cache(maxsize=256)
 def _count_encoder_params(key: str) -> float | None:
-    """Encoder parameters of `[name, kwargs]` (JSON); None for a model this version cannot build."""
-    model_name, kwargs = json.loads(key)
+    """Encoder parameters of a run config (JSON); None for a model this version cannot build."""
+    cfg = json.loads(key)
     try:
-        with torch.device("meta"):
-            try:
-                m = create_model(model_name, **kwargs)
-            except TypeError:  # keywords of another version's constructor: count the preset itself
-                m = create_model(model_name)
+        try:
+            return float(encoder_param_count(cfg))
+        except TypeError:  # keywords of another version's constructor: count the preset itself
+            return float(encoder_param_count({"model": {"name": cfg["model"]["name"]}}))
     except (KeyError, ValueError, TypeError) as exc:  # unknown model name, impossible sizes
-        log.info("model %s: cannot count parameters: %s", model_name, exc)
+        log.info("model %s: cannot count parameters: %s", cfg["model"]["name"], exc)
         return None
-    return float(sum(p.numel() for k, p in m.named_parameters() if not k.startswith(("decoder", "mask_token"))))
 
 
 # ===================================================================================== handlers

@@ -10,7 +10,6 @@ full unpickling), so a crafted pickle cannot run code inside the inspector.
 """
 from __future__ import annotations
 
-import copy
 import os
 import re
 import threading
@@ -198,15 +197,6 @@ class LiveResult:
                 f"· {self.seconds * 1000:.0f} ms on CPU")
 
 
-def with_sampler(model, sampler: str):
-    """The cached model as seen with another mask sampler: a shallow copy sharing every weight, so
-    concurrent requests with different samplers neither wait for each other nor change the model
-    they share (the model reads its sampler from an attribute; its forward takes none)."""
-    view = copy.copy(model)
-    view.mask_sampler = sampler
-    return view
-
-
 def mask_image(model, image: torch.Tensor, mask_ratio: float, sampler: str = "random",
                seed: int = 0) -> LiveResult:
     """Mask one normalised image (1 x 3 x H x W) with `sampler` at `mask_ratio`, reconstruct it now."""
@@ -219,7 +209,9 @@ def mask_image(model, image: torch.Tensor, mask_ratio: float, sampler: str = "ra
     noise = torch.rand(image.shape[0], L, generator=gen)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        loss, pred, mask = with_sampler(model, sampler)(image, mask_ratio=float(mask_ratio), noise=noise)
+        # the sampler is an argument of this call: the model shared by every browser session is
+        # never changed, so concurrent requests need no lock and no copy of it
+        loss, pred, mask = model(image, mask_ratio=float(mask_ratio), noise=noise, sampler=sampler)
     panels = reconstruction_panels(model, image, pred, mask, IMAGENET_MEAN, IMAGENET_STD)
     seconds = time.perf_counter() - t0
     panels = {k: np.asarray(v)[0] for k, v in panels.items()}

@@ -19,13 +19,16 @@ def _model(sampler: str = "random"):
 def test_a_request_never_changes_the_shared_models_sampler():
     model = _model()
     seen = []
-    # runs inside the forward: what the request's model and the shared model hold at that moment
-    model.register_forward_pre_hook(lambda module, args: seen.append((module.mask_sampler, model.mask_sampler)))
+    # runs inside the forward: the module called (the shared model itself, no copy of it), the
+    # sampler the request passed, and the shared model's own setting at that moment
+    model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((module is model, kwargs.get("sampler"), model.mask_sampler)),
+        with_kwargs=True)
     live.mask_image(model, torch.randn(1, 3, 32, 32), 0.75, "block", seed=0)
-    assert seen == [("block", "random")]
+    assert seen == [(True, "block", "random")]
 
 
-def test_a_sampler_view_computes_what_a_model_built_with_that_sampler_does():
+def test_a_sampler_argument_computes_what_a_model_built_with_that_sampler_does():
     shared, x = _model(), torch.randn(1, 3, 32, 32)
     for sampler in ("block", "grid"):
         own = _model(sampler)

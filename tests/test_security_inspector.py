@@ -275,6 +275,32 @@ def test_parameter_count_of_a_pca_run_is_shown(tmp_path):
     assert table.set_index("run").loc["pca", "encoder params"] != ""
 
 
+def test_encoder_count_is_the_one_the_trainer_and_the_sweep_report(tmp_path):
+    # issue 13: one home (model.encoder_param_count, trainable parameters only); the inspector's own
+    # copy also counted the frozen sin-cos pos_embed (pico 64 px: 472,416 shown, 466,176 trainable)
+    from model import encoder_param_count
+    runs = tmp_path / "runs"
+    make_run(runs, "pixels", checkpoint=False)
+    cfg = yaml.safe_load((runs / "pixels" / "config.yaml").read_text())
+    assert _state(runs).encoder_params("pixels") == encoder_param_count(cfg)
+
+
+@pytest.mark.parametrize("section", ["model", "data"])
+def test_a_config_section_that_is_not_a_mapping_shows_no_count(tmp_path, section):
+    # a hand-edited config.yaml (`model: vit_base`): the runs table shows the run without a count,
+    # it does not fail the whole Refresh
+    from inspector.app import _refresh
+    runs = tmp_path / "runs"
+    run = make_run(runs, "edited", checkpoint=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg[section] = "vit_base"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    state = _state(runs)
+    assert state.encoder_params("edited") is None
+    _, table, *_ = _refresh(state, None)
+    assert list(table["run"]) == ["edited"]
+
+
 def test_sweep_listing_stays_inside_the_root_and_survives_outside_links(tmp_path):
     from inspector.catalog import RunCatalog
     runs = tmp_path / "runs"
