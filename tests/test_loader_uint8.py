@@ -145,3 +145,33 @@ def test_ffcv_buffers_reused_across_epochs_and_an_abandoned_epoch_does_not_corru
         allocations.append(it.memory_allocations)
         list(it)
     assert allocations[0] is allocations[1]
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_in_place_flip_matches_a_mirror(prob):
+    """The FFCV flip op that replaced FFCV's copying RandomHorizontalFlip: same pixels, in place."""
+    from ffcv.pipeline.compiler import Compiler
+    from pipeline.loaders.ffcv_loader import in_place_flip
+    flip = Compiler.compile(in_place_flip(prob).generate_code())
+    x = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    want = x[:, :, ::-1].copy() if prob else x.copy()
+    out = flip(x, None)
+    assert np.shares_memory(out, x) and np.array_equal(out, want)
+
+
+def test_ffcv_train_crops_are_mirrored_about_half_the_time(tmp_path):
+    """Train mode on images whose red channel grows left to right: a mirrored crop's red falls."""
+    from PIL import Image
+    from pipeline.build_ffcv import build
+    x = np.linspace(0, 255, 160)[None, :].repeat(120, 0)
+    img = np.stack([x, np.full_like(x, 60), np.full_like(x, 128)], -1).round().astype(np.uint8)
+    for c in ("a", "b"):
+        (tmp_path / "src" / "train" / c).mkdir(parents=True)
+        for i in range(24):
+            Image.fromarray(img).save(tmp_path / "src" / "train" / c / f"{i}.jpg", quality=95)
+    build(tmp_path / "src", tmp_path / "ffcv", num_workers=1, progress=False, log=lambda *a, **k: None)
+    loader = make_loader("ffcv", tmp_path / "ffcv" / "train.beton", batch_size=48, image_size=32,
+                         train=True, num_workers=1, dtype=torch.uint8)
+    red = next(iter(loader))[0][:, 0].float().mean(dim=1)         # N x W: red per column
+    mirrored = (red[:, -1] < red[:, 0]).float().mean().item()
+    assert 0.2 < mirrored < 0.8, mirrored

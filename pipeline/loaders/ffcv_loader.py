@@ -2,7 +2,7 @@
 
 The pipeline, declared as a list of stages like FFCV's own examples:
 
-    image: RandomResizedCropRGBImageDecoder | CenterCropRGBImageDecoder -> RandomHorizontalFlip
+    image: RandomResizedCropRGBImageDecoder | CenterCropRGBImageDecoder -> in-place horizontal flip
            -> ToTensor -> ToDevice(non_blocking) -> ToTorchImage          (uint8, N x 3 x S x S)
     label: IntDecoder -> ToTensor -> Squeeze -> ToDevice(non_blocking)
 
@@ -66,7 +66,7 @@ class FFCVLoader(base.EpochState):
                                           RandomResizedCropRGBImageDecoder)
         from ffcv.loader import Loader, OrderOption
         from ffcv.reader import Reader
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
         path = Path(path)
         _check_beton(path)
@@ -96,7 +96,7 @@ class FFCVLoader(base.EpochState):
         if train:
             decoder = RandomResizedCropRGBImageDecoder(size, scale=transforms.RRC_SCALE,
                                                        ratio=transforms.RRC_RATIO)
-            image_ops = [decoder, RandomHorizontalFlip()]
+            image_ops = [decoder, in_place_flip()]
         else:
             image_ops = [CenterCropRGBImageDecoder(size, ratio=image_size / transforms.eval_resize_size(image_size))]
         image_ops.append(ToTensor())
@@ -165,6 +165,55 @@ class FFCVLoader(base.EpochState):
         if it is not None and it.is_alive():
             it.terminate_event.set()   # its put() loop checks this every 0.5 s
             it.join()
+
+
+def in_place_flip(flip_prob: float = 0.5):
+    """FFCV's RandomHorizontalFlip, done in place on the decoder's output.
+
+    FFCV's own op copies every image into a second buffer, the flipped half through a
+    reverse-strided slice that numba compiles to a byte loop: 180 us per 224-px image, a third of
+    the whole pipeline's CPU time (1,740 vs 2,650 images per CPU-second with and without it).
+    Swapping the pixels of the flipped images' rows in place takes 14 us and leaves the others
+    untouched. Same draws (numba's per-thread ``rand``), same result.
+    """
+    from dataclasses import replace
+
+    from numpy.random import rand  # numba compiles it to its per-thread generator, as in FFCV's op
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.operation import Operation
+
+    class InPlaceRandomHorizontalFlip(Operation):
+        def __init__(self, flip_prob: float = 0.5):
+            super().__init__()
+            self.flip_prob = flip_prob
+
+        def generate_code(self):
+            my_range = Compiler.get_iterator()
+            flip_prob = self.flip_prob
+
+            def flip(images, _unused):
+                should_flip = rand(images.shape[0]) < flip_prob
+                n, h, w, c = images.shape
+                rows = images.reshape(n, h, w * c)
+                for i in my_range(n):
+                    if should_flip[i]:
+                        for r in range(h):
+                            row = rows[i, r]
+                            for x in range(w // 2):
+                                a, b = c * x, c * (w - 1 - x)
+                                for k in range(c):
+                                    t = row[a + k]
+                                    row[a + k] = row[b + k]
+                                    row[b + k] = t
+                return images
+
+            flip.is_parallel = True
+            return flip
+
+        def declare_state_and_memory(self, previous_state):
+            return replace(previous_state, jit_mode=True), None
+
+    return InPlaceRandomHorizontalFlip(flip_prob)
 
 
 def _reuse_batch_memory(ffcv_loader) -> None:
