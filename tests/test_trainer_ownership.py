@@ -20,6 +20,7 @@ import time
 import pytest
 import torch
 
+import common.files
 import runstore
 import trainer.pretrain as pretrain
 from trainer import checkpoint as ckpt
@@ -202,9 +203,10 @@ class _FullDisk(io.RawIOBase):
 
 
 def _fill_disk(monkeypatch, room=2000):
+    # checkpoint files (their temps are ".NAME.pth.<hex>.tmp") are written by common.files.write_atomic_with
     real_open = open
-    monkeypatch.setattr(ckpt, "open", lambda p, mode="r", *a, **k: _FullDisk(real_open(p, mode, *a, **k), room)
-                        if "w" in mode else real_open(p, mode, *a, **k), raising=False)
+    monkeypatch.setattr(common.files, "open", lambda p, mode="r", *a, **k: _FullDisk(real_open(p, mode, *a, **k), room)
+                        if "w" in mode and ".pth" in str(p) else real_open(p, mode, *a, **k), raising=False)
 
 
 def test_disk_full_during_a_checkpoint_is_one_clear_line(tmp_path, tiny_data, capsys, monkeypatch):

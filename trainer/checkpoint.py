@@ -18,15 +18,23 @@ Why this shape:
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import random
 import re
+import shutil
+import time
 import warnings
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
+
+from common import files
+from common.files import sha256_file  # re-exported: trainer.checkpoint.sha256_file (tests, evals)
+from model.checkpoint import safe_torch_load
+
+from . import distributed
 
 NAME_RE = re.compile(r"^(ckpt|milestone)-e(\d+)-s(\d+)\.pth$")
 FORMAT_VERSION = 1
@@ -40,23 +48,11 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written for a reason outside the program (the disk is full)."""
 
 
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """True if ``exc`` or an exception it was raised from is ENOSPC / EDQUOT. torch.save reports a
-    failed write as an opaque ``inline_container.cc`` RuntimeError with the OSError only as context."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+class NonFiniteWeights(RuntimeError):
+    """The weights are not finite at a save: they are not written as a checkpoint (exit 3)."""
 
 
 def _disk_full_error(path: Path) -> CheckpointWriteError:
-    import shutil
     try:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there now"
     except OSError:
@@ -69,107 +65,65 @@ def _disk_full_error(path: Path) -> CheckpointWriteError:
 def _load(path: Path, map_location):
     """torch.load(weights_only=True) through the project's one checkpoint reader (model.checkpoint):
     a pickle that needs any global outside its allow-list is refused, never run."""
-    from model.checkpoint import safe_torch_load
     return safe_torch_load(path, map_location=map_location)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_name(epoch: int, step: int, kind: str = "ckpt") -> str:
     return f"{kind}-e{epoch:04d}-s{step:08d}.pth"
 
 
+def _publish(path: Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``common.files.write_atomic_with`` (temp file, fsync, rename, directory fsync), with a full
+    disk named as the trainer's one-line error (free space and checkpoint.keep_last)."""
+    try:
+        return files.write_atomic_with(path, write, sync_dir=True)
+    except files.DiskFullError as e:
+        raise _disk_full_error(path) from e
+
+
 def save_atomic(obj: dict, path: str | Path) -> Path:
     """torch.save ``obj`` to ``path`` atomically, with a ``path.sha256`` sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+    def write(f) -> None:
+        torch.save(obj, f)
+        f.flush()
+        # the digest of the bytes in the temp file (``f``), published before the rename: a
+        # checkpoint that is visible always has its checksum beside it
+        files.write_sha256_sidecar(path, sha256_file(f.name))
+    return _publish(path, write)
+
+
+def _publish_as(path: Path, dst: Path) -> Path:
+    """``path`` under a second name ``dst`` with its own sidecar, replacing an older ``dst``
+    atomically: a hard link, or a copy where links fail (some file systems)."""
+    files.write_sha256_sidecar(dst, files.recorded_sha256(path) or sha256_file(path))
+    tmp = files.temp_name(dst)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha256_file(tmp)
-        _write_atomic_bytes(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
-        os.replace(tmp, path)
-    except Exception as e:
-        if _disk_full(e):
-            raise _disk_full_error(path) from e
-        raise
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system (or across devices): copy instead
+        with open(path, "rb") as src:
+            return _publish(dst, lambda f: shutil.copyfileobj(src, f, 1 << 22))
+    try:
+        os.replace(tmp, dst)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-
-def _copy(src: Path, dst: Path) -> None:
-    """A copy where hard links fail (some file systems); a full disk is named like in save_atomic."""
-    import shutil
-    try:
-        shutil.copyfile(src, dst)
-    except OSError as e:
-        dst.unlink(missing_ok=True)
-        if _disk_full(e):
-            raise _disk_full_error(dst) from e
-        raise
+        tmp.unlink(missing_ok=True)  # only when the rename failed
+    files.fsync_dir(dst.parent)
+    return dst
 
 
 def add_milestone(path: Path, epoch: int, step: int) -> Path:
     """Keep ``path`` forever under a milestone name (a hard link, or a copy where links fail)."""
     dst = path.with_name(checkpoint_name(epoch, step, "milestone"))
     if not dst.exists():
-        try:
-            os.link(path, dst)
-        except OSError:
-            _copy(path, dst)
-        side = path.with_name(path.name + ".sha256").read_text().split()[0]
-        _write_atomic_bytes(dst.with_name(dst.name + ".sha256"), f"{side}  {dst.name}\n".encode())
-        _fsync_dir(path.parent)
+        _publish_as(path, dst)
     return dst
 
 
 def link_as(path: Path, name: str) -> Path:
     """Publish ``path`` under a fixed ``name`` too (``final.pth``), replacing an older one atomically."""
-    dst = path.with_name(name)
-    tmp = path.with_name(f".{name}.tmp{os.getpid()}")
-    try:
-        os.link(path, tmp)
-    except OSError:
-        _copy(path, tmp)
-    side = path.with_name(path.name + ".sha256").read_text().split()[0]
-    _write_atomic_bytes(dst.with_name(name + ".sha256"), f"{side}  {name}\n".encode())
-    os.replace(tmp, dst)
-    _fsync_dir(path.parent)
-    return dst
+    return _publish_as(path, path.with_name(name))
 
 
 def list_checkpoints(directory: str | Path) -> list[tuple[int, int, Path]]:
@@ -189,10 +143,12 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, int, Path]]:
 
 def verify(path: Path) -> str | None:
     """None if ``path`` matches its sidecar checksum, else the reason it does not."""
-    side = path.with_name(path.name + ".sha256")
-    if not side.exists():
+    try:
+        want = files.recorded_sha256(path)
+    except (ValueError, OSError) as e:  # a sidecar without a digest, or one that cannot be read
+        return str(e)
+    if want is None:
         return "no .sha256 checksum file beside it"
-    want = side.read_text().split()[0] if side.read_text().strip() else ""
     got = sha256_file(path)
     if got != want:
         return f"checksum mismatch (file {got[:12]}..., recorded {want[:12]}...)"
@@ -210,7 +166,8 @@ def load_latest(directory: str | Path, map_location="cpu",
         if problem is None:
             try:
                 return _load(path, map_location), path
-            except Exception as e:  # truncated zip, bad or unsafe pickle: same treatment as a checksum error
+            except Exception as e:  # untrusted bytes (truncated zip, bad or unsafe pickle): any failure
+                # to read them is the same "not usable, fall back" as a checksum error
                 problem = str(e).replace(f"{path}: ", "")
         if problems is not None:
             problems.append((path, problem))
@@ -228,8 +185,7 @@ def load_file(path: str | Path, map_location="cpu") -> dict:
                               f"without CKPT and set run_dir")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    side = path.with_name(path.name + ".sha256")
-    if side.exists() and (problem := verify(path)):
+    if files.sha256_sidecar(path).exists() and (problem := verify(path)):
         raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
     try:
         return _load(path, map_location)
@@ -242,7 +198,7 @@ def prune(directory: str | Path, keep_last: int) -> list[Path]:
     regular = [p for _, _, p in list_checkpoints(directory) if p.name.startswith("ckpt-")]
     removed = []
     for p in regular[keep_last:]:
-        for f in (p, p.with_name(p.name + ".sha256")):
+        for f in (p, files.sha256_sidecar(p)):
             try:
                 f.unlink()
             except FileNotFoundError:
@@ -276,3 +232,82 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ---- the checkpointer: when to save, the save itself, retention ---------------------------------
+
+def params_finite(model) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def good_checkpoint_note(directory: Path) -> str:
+    """What a stopped run leaves to resume from, for exit-3 messages (saves refuse non-finite
+    weights, so every checkpoint in the directory is a good one)."""
+    found = list_checkpoints(directory)
+    if not found:
+        return "No checkpoint was saved yet: rerunning starts from scratch"
+    s, e, p = found[0]
+    return f"The last good checkpoint is {p} (epoch {e}, step {s}); rerunning the same command resumes from it"
+
+
+class Checkpointer:
+    """One run's checkpoints: when a save is due, the save (every rank calls it: it gathers every
+    rank's RNG state; rank 0 writes the file, records it in the run store and prunes), retention.
+
+    ``run`` holds the pieces a checkpoint captures (cfg, info, raw_model, optimizer, scaler,
+    loader, eff_batch, writer); ``state`` (``trainer.resume.TrainState``) where training is."""
+
+    def __init__(self, run, saved_step: int = -1):
+        self.run = run
+        self.dir = Path(run.cfg.run_dir) / "checkpoints"
+        self.last_step = saved_step  # the step the newest checkpoint holds (-1: none yet)
+        self.last_time = time.monotonic()
+
+    def unsaved(self, step: int) -> bool:
+        return self.last_step != step
+
+    def poll(self, step: int, stop_requested: bool) -> tuple[bool, bool]:
+        """(stop now, a mid-epoch save is due), decided together across ranks: a signal may reach
+        one rank only, and each rank's clock says something else about ``every_minutes``."""
+        c = self.run.cfg.checkpoint
+        time_due = bool(c.every_minutes) and time.monotonic() - self.last_time > 60 * c.every_minutes
+        stop, time_due = distributed.any_flags(self.run.info, [stop_requested, time_due])
+        return stop, time_due or (bool(c.every_steps) and step % c.every_steps == 0)
+
+    def epoch_end(self, epoch: int) -> tuple[bool, str | None]:
+        """(a save is due after ``epoch`` complete epochs, its tag: "milestone", "final" or None)."""
+        c = self.run.cfg.checkpoint
+        tag = "milestone" if epoch in c.milestones else ("final" if epoch == self.run.cfg.epochs else None)
+        return bool(c.every and epoch % c.every == 0) or tag is not None, tag
+
+    def save(self, state, tag: str | None = None) -> None:
+        run = self.run
+        if not params_finite(run.raw_model):  # identical on every rank: all stop together
+            raise NonFiniteWeights(f"parameters are not finite at step {state.step}, epoch {state.epoch + 1}: not "
+                                   f"saving them as a checkpoint; stopping. {good_checkpoint_note(self.dir)}. "
+                                   f"Lower optim.blr or set clip_grad")
+        rng = distributed.gather_objects(run.info, rng_state(run.info.device))
+        if run.info.is_main:
+            run.writer.flush()
+            path = save_atomic(self._content(state, rng), self.dir / checkpoint_name(state.epoch, state.step))
+            run.writer.add_checkpoint(str(path), epoch=state.epoch, step=state.step, tag=tag)
+            if tag == "milestone":
+                add_milestone(path, state.epoch, state.step)
+            if tag == "final":
+                link_as(path, "final.pth")
+            prune(self.dir, run.cfg.checkpoint.keep_last)
+        distributed.barrier(run.info)
+        self.last_time, self.last_step = time.monotonic(), state.step
+
+    def _content(self, state, rng: list) -> dict:
+        run, B, W = self.run, self.run.cfg.data.batch_size, self.run.info.world_size
+        return {
+            "model": run.raw_model.state_dict(), "model_config": run.raw_model.config,
+            "model_name": run.cfg.model.name, "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "epoch": state.epoch, "step": state.step,
+            "batch_in_epoch": state.batch_in_epoch, "samples_in_epoch": state.batch_in_epoch * B * W,
+            "batches_per_epoch": len(run.loader), "rng": rng, "config": run.cfg.to_dict(),
+            "config_changes": state.config_changes, "world_size": W, "effective_batch": run.eff_batch,
+            "nonfinite_skips": state.nonfinite_skips, "format_version": FORMAT_VERSION,
+        }

@@ -8,8 +8,10 @@ the keys that would have been valid.
     cfg.optim.blr, cfg.to_dict()
 
 The ``model`` section is open: besides ``name``, ``mask_ratio`` and ``norm_pix_loss`` it takes any
-keyword of ``MaskedAutoencoderViT`` (checked against its signature when ``model`` is importable),
-passed to ``model.create_model``.
+keyword of ``MaskedAutoencoderViT`` (checked against its signature), passed to ``model.create_model``.
+
+Dotted keys and the keys harmless on resume are the project's shared ones (``common.dotted``,
+``common.keys``); ``flatten`` and ``diff_configs`` keep a run's ``extra`` section whole.
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from common import dotted
+from common.keys import HARMLESS_ON_RESUME
+from model import MaskedAutoencoderViT
 
 
 class ConfigError(ValueError):
@@ -46,6 +52,9 @@ class DataConfig:
     batch_size: int = 128  # per device (per process), per micro-batch
     num_workers: int = 2
     options: dict = field(default_factory=dict)  # back-end keywords for make_loader, e.g. {decode: batched}
+    # check .beton files against their checksums (<file>.sums) before training, one full read each:
+    # auto = files under 2 GiB that have checksums | always (checksums required) | never
+    verify: str = "auto"
 
 
 @dataclass
@@ -137,6 +146,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "data.backend": ("ffcv", "dali", "torch"),
+    "data.verify": ("auto", "always", "never"),
     "evals.pool": ("cls", "avg"),
 }
 POSITIVE = {"epochs", "data.image_size", "data.batch_size", "optim.accum_steps", "checkpoint.keep_last"}
@@ -149,11 +159,7 @@ NON_NEGATIVE = {
 
 
 def _model_kwargs() -> set[str] | None:
-    """Constructor keywords the model accepts, or None when the model package is not importable."""
-    try:
-        from model import MaskedAutoencoderViT
-    except Exception:
-        return None
+    """Constructor keywords the model accepts (None if it takes any: ``**kwargs``)."""
     params = inspect.signature(MaskedAutoencoderViT.__init__).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return None
@@ -293,26 +299,16 @@ def _check_values(cfg: TrainConfig, origin: str) -> None:
         raise ConfigError(f"{origin}: 'checkpoint.milestones' must be a list of epoch numbers") from None
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "extra":
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+def flatten(d: dict) -> dict:
+    """{'a': {'b': 1}} -> {'a.b': 1}; an ``extra`` section stays one value."""
+    return dotted.flatten(d, leaves=("extra",))
 
 
-def _set_dotted(d: dict, dotted: str, value: Any, origin: str) -> None:
-    parts = dotted.split(".")
-    node = d
-    for p in parts[:-1]:
-        child = node.setdefault(p, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{origin}: '{dotted}': '{p}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
+def _set_dotted(d: dict, key: str, value: Any, origin: str) -> None:
+    try:
+        dotted.set_dotted(d, key, value)
+    except dotted.NotASectionError as e:
+        raise ConfigError(f"{origin}: {e}") from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -359,15 +355,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     return from_dict(data, origin + (" + overrides" if overrides else ""))
 
 
-def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
 # Keys whose change on resume never alters the weights' trajectory (logging, evals, output, speed
-# knobs). Anything else is flagged; the schedule and the global batch are refused unless allowed
-# explicitly (``trainer.resume``): ``epochs`` is among them, since the cosine depends on it.
-HARMLESS_PREFIXES = ("run_dir", "evals.", "recons.", "checkpoint.", "log.", "data.num_workers",
-                     "compile", "dist_timeout_minutes", "data.train_path", "data.val_path")
+# knobs): common.keys.HARMLESS_ON_RESUME. Anything else is flagged; the schedule and the global batch
+# are refused unless allowed explicitly (``trainer.resume``). The old name stays for its importers.
+HARMLESS_PREFIXES = HARMLESS_ON_RESUME
 # Keys that change parameter shapes: resuming across them is an error.
 SHAPE_KEYS = ("model.name", "data.image_size", "model.patch_size", "model.embed_dim", "model.depth",
               "model.num_heads", "model.decoder_embed_dim", "model.decoder_depth",
@@ -375,11 +366,11 @@ SHAPE_KEYS = ("model.name", "data.image_size", "model.patch_size", "model.embed_
 
 
 def diff_configs(old: dict, new: dict) -> list[dict]:
-    """Changed keys between two config dicts: [{'key', 'old', 'new', 'harmless'}]."""
+    """Changed keys between two config dicts: [{'key', 'old', 'new', 'harmless'}].
+
+    A key that is None on one side and absent on the other is not a change (unlike
+    ``common.dotted.changed_keys``): a checkpoint written before a key existed must not report
+    "None -> None" for a new key whose default is None, nor record it in its config_changes."""
     a, b = flatten(old), flatten(new)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key) != b.get(key):
-            out.append({"key": key, "old": a.get(key), "new": b.get(key),
-                        "harmless": key.startswith(HARMLESS_PREFIXES)})
-    return out
+    return [{"key": key, "old": a.get(key), "new": b.get(key), "harmless": key.startswith(HARMLESS_ON_RESUME)}
+            for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]

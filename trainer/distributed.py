@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 @dataclass
@@ -76,8 +77,6 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     leaves out is known from the model's configuration (``model.unused_parameters()``; the model
     freezes them itself), so detection is switched on only if one of them was made trainable again.
     """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
     declared = getattr(inner, "unused_parameters", list)()
     trainable_unused = [n for n in declared if inner.get_parameter(n).requires_grad]

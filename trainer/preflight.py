@@ -1,12 +1,17 @@
-"""Checks before the work: input paths, worker count against the CPUs, GPU-scale settings on a CPU.
+"""Checks before the work: input paths, damaged .beton files, worker count against the CPUs,
+GPU-scale settings on a CPU.
 
 Every mistake a user can make in a config should end the run at start, in one line naming the key
-and what would be valid (a ``ConfigError``: exit 2), not hours later at the first eval as a crash.
+and what would be valid (a ``ConfigError``: exit 2), not hours later at the first eval as a crash;
+so should a damaged input file (a ``DataError``: exit 2), not as a crash or, worse, silently wrong
+images deep into a run.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from pipeline.beton import sums_path, verify_beton
 
 from .config import ConfigError
 
@@ -61,14 +66,20 @@ def _path_problem(path: str, backend: str) -> str | None:
     return None
 
 
-def check_data_paths(cfg) -> None:
-    """``data.train_path`` always, ``data.val_path`` when online evals or val reconstructions read it."""
+def _data_paths(cfg) -> list[tuple[str, str]]:
+    """(key, path): ``data.train_path`` always, ``data.val_path`` when online evals or val
+    reconstructions read it."""
     uses_val = (bool(cfg.evals.every) and (cfg.evals.knn or cfg.evals.linprobe)) or \
         (bool(cfg.recons.every) and cfg.recons.num_val > 0)
     keys = [("data.train_path", cfg.data.train_path)]
     if uses_val:
         keys.append(("data.val_path", cfg.data.val_path))
-    for key, path in keys:
+    return keys
+
+
+def check_data_paths(cfg) -> None:
+    """Each path the run reads exists and suits the back end (``ConfigError`` naming the key)."""
+    for key, path in _data_paths(cfg):
         problem = _path_problem(path, cfg.data.backend) if path else "is empty"
         if problem:
             why = "" if key == "data.train_path" else " (read by the online evals / reconstructions; " \
@@ -102,3 +113,40 @@ def step_time_note(seconds_per_step: float, steps_per_epoch: int, epochs_left: f
     return (f"warning: {seconds_per_step:.2f} s per step on this CPU: about {human(seconds_per_step * steps_per_epoch)} "
             f"per epoch ({steps_per_epoch} steps), {human(seconds_per_step * steps_per_epoch * epochs_left)} for the "
             f"{epochs_left:g} epochs left")
+
+
+class DataError(RuntimeError):
+    """An input file is damaged (e.g. .beton samples that differ from their checksums): exit 2."""
+
+
+VERIFY_AUTO_MAX_BYTES = 2 * 2**30  # data.verify=auto: files up to this size are read in full (seconds)
+
+
+def verify_data(cfg, say=print, auto_max_bytes: int = VERIFY_AUTO_MAX_BYTES) -> list:
+    """``data.verify`` for the .beton files the run reads (backend ffcv): each checked completely
+    (structure, every sample against ``<file>.sums``) by ``pipeline.beton.verify_beton``.
+
+    ``auto`` checks files that have checksums and are at most ``auto_max_bytes`` (bigger ones are
+    named, with how to check them); ``always`` checks every file and requires its checksums;
+    ``never`` checks nothing. A damaged file raises ``DataError`` with ``verify_beton``'s one line
+    (the file and the bad sample indices). Returns the ``VerifyResult`` of each file checked."""
+    mode = cfg.data.verify
+    if mode == "never" or cfg.data.backend != "ffcv":
+        return []
+    results = []
+    for key, path in _data_paths(cfg):
+        if mode == "auto":
+            if not sums_path(path).is_file():
+                continue
+            size = Path(path).stat().st_size
+            if size > auto_max_bytes:
+                say(f"{key}: {path} is {size / 2**30:.1f} GiB, not verified before training (data.verify=auto "
+                    f"checks files up to {auto_max_bytes / 2**30:g} GiB; data.verify=always checks it, "
+                    f"python -m pipeline.beton --verify {path} checks it once)")
+                continue
+        result = verify_beton(path, require_sums=mode == "always")
+        if not result.ok:
+            raise DataError(result.message)
+        say(f"{key}: {result.message} ({result.seconds:.1f}s; data.verify=never skips this)")
+        results.append(result)
+    return results

@@ -33,56 +33,74 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import json
 import math
 import os
 import random
 import signal
 import sys
+import textwrap
 import time
 import traceback
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+import runstore
+from common.locks import LockedError, exclusive_lock, sweep_stale_temps
+from evals.online import epoch_evals
+from model import create_model, kwargs_from_config, param_counts
+from pipeline import make_loader
 
 from . import checkpoint as ckpt
-from . import distributed, noise as masking_noise, recons
-from . import preflight
+from . import distributed, noise as masking_noise, preflight, recons
 from . import resume as resume_rules
-from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, from_dict, load_config
+from .config import ConfigError, TrainConfig, flatten, from_dict, load_config
 from .optim import build_optimizer, effective_batch, scaled_lr
+from .resume import ResumeError, TrainState
 from .schedule import lr_at, set_lr
 
 EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_NONFINITE, EXIT_RESUME, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 75
 
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss is not finite (or, with skip_nonfinite, the weights after a step are not): exit 3."""
 
 
-ResumeError = resume_rules.ResumeError
+class Preempted(Exception):
+    """A stop signal was honoured: the checkpoint is saved, the run exits 75."""
 
 
 # ----------------------------------------------------------------------------- small helpers
 
-class _Stop:
+class StopSignal:
     """Set by SIGTERM / SIGUSR1; the loop finishes the current step, saves, and exits 75."""
 
     def __init__(self):
         self.signum = None
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def __call__(self, signum, frame):
         self.signum = signum
 
-    def install(self):
+    def install(self) -> StopSignal:
         for s in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(s, self)
+        return self
 
 
 def _say(info, msg: str) -> None:
     if info.is_main:
-        from tqdm import tqdm
         tqdm.write(msg, file=sys.stderr)
 
 
@@ -100,6 +118,12 @@ def _setup_runtime(cfg, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def _amp(cfg, device: torch.device):
     """(autocast context factory, dtype or None, GradScaler) for the chosen precision."""
     prec = cfg.precision
@@ -113,18 +137,13 @@ def _amp(cfg, device: torch.device):
 
 
 def model_kwargs(cfg) -> dict:
-    """The keywords ``create_model(cfg.model.name, **kw)`` gets: the model section's extra keys, the
-    masking ratio, the image size and norm_pix_loss (unless an explicit ``target`` replaces it)."""
-    kwargs = dict(cfg.model.extra)
-    kwargs.setdefault("mask_ratio", cfg.model.mask_ratio)
-    if "target" not in kwargs:
-        kwargs["norm_pix_loss"] = cfg.model.norm_pix_loss
-    return {"img_size": cfg.data.image_size, **kwargs}
+    """The keywords ``create_model(cfg.model.name, **kw)`` gets (``model.kwargs_from_config`` of the
+    config as the run stores it: the model section's extra keys, the masking ratio, the image size
+    and norm_pix_loss unless an explicit ``target`` replaces it)."""
+    return kwargs_from_config(cfg.to_dict())
 
 
 def build_model(cfg, device: torch.device):
-    from model import create_model
-
     model = create_model(cfg.model.name, **model_kwargs(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -132,8 +151,6 @@ def build_model(cfg, device: torch.device):
 
 
 def build_loader(cfg, info, train: bool = True):
-    from pipeline import make_loader
-
     return make_loader(cfg.data.backend, cfg.data.train_path, batch_size=cfg.data.batch_size,
                        image_size=cfg.data.image_size, train=train, num_workers=cfg.data.num_workers,
                        device=str(info.device), channels_last=cfg.channels_last, seed=cfg.seed,
@@ -162,29 +179,10 @@ def fit_pca_target(model, cfg, info, max_images: int = PCA_FIT_IMAGES) -> None:
     imgs = torch.cat(chunks)[:max_images].to(info.device)
     explained = model.fit_pca_target(imgs)
     if info.enabled:
-        import torch.distributed as dist
         for buf in (model.pca_mean, model.pca_components, model.pca_std):
             dist.broadcast(buf, src=0)
     _say(info, f"target pca: {model.pca_dims} whitened components fit on {imgs.shape[0]} training images "
                f"({explained:.1%} of the patch variance)")
-
-
-def _check_same_shape(saved: dict, model, path) -> None:
-    """Refuse to resume into a model whose parameter shapes differ from the checkpoint's."""
-    own = model.state_dict()
-    theirs = saved["model"]
-    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                for k, v in theirs.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    problems += [f"{k}: only in checkpoint" for k in theirs if k not in own]
-    problems += [f"{k}: only in model" for k in own if k not in theirs]
-    if problems:
-        old = flatten(saved.get("config", {}))
-        changed = [k for k in SHAPE_KEYS if k in old and old.get(k) != flatten(saved["_new_config"]).get(k)]
-        raise ResumeError(
-            f"cannot resume from {path}: the model shape changed"
-            + (f" (config keys {', '.join(changed)})" if changed else "")
-            + ". Differences: " + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
-            + ". Start a new run directory, or restore the original model settings.")
 
 
 # ----------------------------------------------------------------------------- one step
@@ -222,6 +220,184 @@ def optimizer_step(optimizer, scaler, raw_model, clip_grad: float) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+# ----------------------------------------------------------------------------- one epoch
+
+@dataclass
+class Run:
+    """The fixed pieces of one training run, built by ``_prepare``; the loop reads them."""
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    raw_model: torch.nn.Module  # what is saved, evaluated and visualised
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_ctx: Callable
+    amp_dtype: torch.dtype | None
+    loader: object
+    steps_per_epoch: int
+    eff_batch: int
+    base_lr: float
+    cpu_warning: str | None = None
+    model: torch.nn.Module | None = None  # raw_model compiled and/or in DDP: what the step runs
+    writer: runstore.RunWriter | None = None  # rank 0's run store
+    recon_sets: list = field(default_factory=list)
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.cfg.run_dir) / "checkpoints"
+
+    def say(self, msg: str) -> None:
+        _say(self.info, msg)
+
+    def lr_at(self, epoch: int, it: int) -> float:
+        """The schedule at step ``it`` of ``epoch`` (a pure function of the fractional epoch)."""
+        o = self.cfg.optim
+        return lr_at(epoch + it / self.steps_per_epoch, lr=self.base_lr, min_lr=o.min_lr,
+                     warmup_epochs=o.warmup_epochs, epochs=self.cfg.epochs)
+
+
+@dataclass
+class EpochStats:
+    """What the epoch line reports: the mean loss over the steps taken, throughput, data wait."""
+    lr: float
+    t0: float = field(default_factory=time.perf_counter)
+    loss_sum: float = 0.0
+    taken: int = 0  # steps with a finite loss: the epoch's mean loss is over these only
+    steps: int = 0
+    wait: float = 0.0
+
+
+def train_one_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: StopSignal) -> tuple[bool, EpochStats]:
+    """The optimizer steps from ``state``'s position to the end of its epoch.
+
+    Mid-epoch it saves when a checkpoint is due, and on a stop signal saves and raises Preempted.
+    Returns (a stop signal came during the last step: the epoch-end save is then the preemption
+    one, the epoch's numbers)."""
+    cfg, A = run.cfg, run.cfg.optim.accum_steps
+    run.loader.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    batches = iter(run.loader)
+    it = state.batch_in_epoch // A
+    stats = EpochStats(lr=run.lr_at(state.epoch, it))
+    bar = tqdm(total=run.steps_per_epoch, initial=it, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               disable=not (run.info.is_main and cfg.log.progress), dynamic_ncols=True, leave=False)
+    with bar:
+        while it < run.steps_per_epoch:
+            t0 = time.perf_counter()
+            stats.lr = run.lr_at(state.epoch, it)
+            set_lr(run.optimizer, stats.lr)
+            loss, wait = forward_backward(run.model, batches, cfg, run.info, state.step,
+                                          run.raw_model.num_patches, run.amp_ctx, run.scaler)
+            state.batch_in_epoch += A
+            loss_value = distributed.mean_scalar(run.info, loss).item()
+            if math.isfinite(loss_value):
+                optimizer_step(run.optimizer, run.scaler, run.raw_model, cfg.clip_grad)
+                _check_weights(run, state, loss_value)
+                stats.loss_sum, stats.taken = stats.loss_sum + loss_value, stats.taken + 1
+            else:
+                _skip_nonfinite(run, state, loss_value)
+            state.step, it = state.step + 1, it + 1
+            _log_step(run, state, stats, bar, loss_value, wait, time.perf_counter() - t0, it)
+            stop_now, save_due = saver.poll(state.step, stop.requested)
+            if it == run.steps_per_epoch:  # saved (if due) as (next epoch, batch 0) by end_epoch
+                return stop_now, stats
+            if stop_now or save_due:
+                saver.save(state)
+            if stop_now:
+                raise Preempted()
+    return False, stats
+
+
+def _skip_nonfinite(run: Run, state: TrainState, loss_value: float) -> None:
+    """A step whose loss is not finite: stop, or with skip_nonfinite skip it (within its share)."""
+    cfg, where = run.cfg, f"step {state.step + 1}, epoch {state.epoch + 1}"
+    run.optimizer.zero_grad(set_to_none=True)
+    if not cfg.skip_nonfinite:
+        raise NonFiniteLoss(f"non-finite loss ({loss_value}) at {where} (batch {state.batch_in_epoch}/"
+                            f"{len(run.loader)}); stopping. {ckpt.good_checkpoint_note(run.ckpt_dir)}. "
+                            f"Lower optim.blr, set clip_grad, or set skip_nonfinite: true")
+    state.nonfinite_skips += 1
+    if state.nonfinite_skips > max(1, int(cfg.skip_nonfinite_max_share * (state.step + 1))):
+        raise NonFiniteLoss(f"{state.nonfinite_skips} of {state.step + 1} steps had a non-finite loss, more than "
+                            f"skip_nonfinite_max_share={cfg.skip_nonfinite_max_share:g} allows; stopping at "
+                            f"{where}. {ckpt.good_checkpoint_note(run.ckpt_dir)}. Lower optim.blr or set clip_grad")
+    run.say(f"warning: non-finite loss at {where}: step skipped ({state.nonfinite_skips} so far)")
+
+
+def _check_weights(run: Run, state: TrainState, loss_value: float) -> None:
+    # a finite loss can still give an update that overflows the weights; skipping later steps
+    # cannot undo it, so skip_nonfinite checks the weights after every step
+    if run.cfg.skip_nonfinite and not ckpt.params_finite(run.raw_model):
+        raise NonFiniteLoss(f"parameters are not finite after step {state.step + 1}, epoch {state.epoch + 1} "
+                            f"(its loss was finite, {loss_value:.4g}; skip_nonfinite cannot undo an applied "
+                            f"step); stopping. {ckpt.good_checkpoint_note(run.ckpt_dir)}. Lower optim.blr or "
+                            f"set clip_grad")
+
+
+def _log_step(run: Run, state: TrainState, stats: EpochStats, bar, loss_value: float, wait: float,
+              dt: float, it: int) -> None:
+    """The step's metrics row, progress bar and (on a CPU-only run of GPU-scale work) time estimate."""
+    if run.cpu_warning and state.step - state.start_step == 2:  # the second step: past the warm-up
+        run.say(preflight.step_time_note(dt, run.steps_per_epoch,
+                                         run.cfg.epochs - state.epoch - it / run.steps_per_epoch))
+    ips = run.eff_batch / dt
+    stats.steps, stats.wait = stats.steps + 1, stats.wait + wait
+    if run.info.is_main:
+        run.writer.log_metrics({"step": state.step, "epoch": state.epoch + it / run.steps_per_epoch,
+                                "loss": loss_value, "lr": stats.lr, "images_per_s": ips, "data_wait": wait / dt})
+        bar.set_postfix_str(f"loss {loss_value:.4f} lr {stats.lr:.2e} {ips:.0f} img/s wait {100 * wait / dt:.0f}%",
+                            refresh=False)
+        bar.update(1)
+
+
+def end_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stats: EpochStats, stop_requested: bool) -> None:
+    """After an epoch's last step: the epoch line, its checkpoint (when due, or on a stop signal:
+    then Preempted), then reconstructions and online evals."""
+    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+    elapsed, skips = time.perf_counter() - stats.t0, state.nonfinite_skips
+    mean = f"{stats.loss_sum / stats.taken:.4f}" if stats.taken else "n/a (every step skipped)"
+    run.say(f"epoch {state.epoch}/{run.cfg.epochs}: loss {mean}, lr {stats.lr:.3g}, "
+            f"{stats.steps * run.eff_batch / elapsed:.0f} img/s, data wait {100 * stats.wait / elapsed:.1f}%, "
+            f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
+    _flush(run)
+    due, tag = saver.epoch_end(state.epoch)
+    if due or stop_requested:
+        saver.save(state, tag=tag)
+    if stop_requested:
+        raise Preempted()
+    epoch_end_work(run, state.epoch)
+
+
+def _flush(run: Run) -> None:
+    if run.writer is not None:
+        run.writer.flush()
+
+
+def epoch_end_work(run: Run, done_epochs: int) -> None:
+    """Reconstructions (every K epochs and after the last) and online evals (every E epochs)
+    after ``done_epochs`` complete epochs, on rank 0 while the others wait."""
+    cfg = run.cfg
+    if run.recon_sets and (done_epochs % cfg.recons.every == 0 or done_epochs == cfg.epochs):
+        recons.log(run.raw_model, run.recon_sets, run.writer, done_epochs, cfg.model.mask_ratio,
+                   run.info.device, run.amp_ctx, cfg.recons.seed)
+    if run.info.is_main and cfg.evals.every and done_epochs % cfg.evals.every == 0:
+        _online_evals(run, done_epochs)
+    distributed.barrier(run.info)
+
+
+def _online_evals(run: Run, epoch: int) -> None:
+    t0 = time.perf_counter()
+    run.raw_model.eval()
+    cfg_dict = run.cfg.to_dict()
+    for rec in epoch_evals(run.raw_model, cfg_dict["evals"], cfg_dict["data"], run.info.device):
+        rec = dict(rec)
+        rec.pop("epoch", None)
+        run.writer.log_eval(epoch=epoch, **rec)
+        run.say(f"eval epoch {epoch}: " + ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+    run.raw_model.train()
+    run.writer.flush()
+    run.say(f"evals took {time.perf_counter() - t0:.1f}s")
+
+
 # ----------------------------------------------------------------------------- the run
 
 def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
@@ -231,7 +407,7 @@ def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
     saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
              {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)})
     try:
-        with contextlib.ExitStack() as owned:  # the run directory's lock, released on return
+        with contextlib.ExitStack() as owned:  # the run directory's lock and run store, released on return
             return _train(cfg, resume, frozenset(allow_change), owned)
     finally:
         torch.set_num_threads(saved[0])
@@ -240,68 +416,89 @@ def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
             signal.signal(s, h)
 
 
-def _own_run_dir(cfg, info, owned: contextlib.ExitStack) -> None:
-    """One writer per run directory: rank 0 holds ``RUN/.lock`` (flock, released by the kernel if the
-    process dies) for the trainer's whole life, so a second trainer on the same run stops at once
-    (exit 2, naming the owner's pid) instead of interleaving metrics and overwriting checkpoints.
-    Under the lock, temp files that a killed checkpoint write left behind are removed."""
-    import runstore
-    error = None
-    if info.is_main:
-        run_dir = Path(cfg.run_dir)
-        try:
-            owned.enter_context(runstore.exclusive_lock(run_dir / ".lock", run_dir))
-        except runstore.LockedError as e:
-            error = e
-        else:
-            for p in runstore.sweep_stale_temps(run_dir / "checkpoints"):
-                _say(info, f"removed {p.name}: left by a checkpoint write that was killed")
-    (locked,) = distributed.any_flags(info, [error is not None])
-    if locked:
-        raise error if error is not None else runstore.LockedError(Path(cfg.run_dir), None)
+def _train(cfg, request: str | bool, allow_change: frozenset, owned: contextlib.ExitStack) -> int:
+    run = _prepare(cfg, owned)
+    state = resume_rules.resume(run, request, allow_change)
+    fresh = state.resumed_from is None
+    if fresh and getattr(run.raw_model, "target", None) == "pca" and not bool(run.raw_model.pca_fitted):
+        fit_pca_target(run.raw_model, cfg, run.info)
+    # Signals are handled from before the run is marked "running": a SIGTERM during start-up (compile,
+    # reconstructions, evals redone on resume) is honoured at the first epoch boundary of the loop.
+    stop = StopSignal().install()
+    run.writer = _open_run_store(run, state, request, owned)
+    run.model = _wrap(run.raw_model, cfg, run.info)
+    run.recon_sets = recons.prepare(cfg, run.raw_model.num_patches) if run.info.is_main and cfg.recons.every else []
+    saver = ckpt.Checkpointer(run, saved_step=-1 if fresh else state.step)
+    if fresh and run.recon_sets:
+        recons.log(run.raw_model, run.recon_sets, run.writer, 0, cfg.model.mask_ratio, run.info.device,
+                   run.amp_ctx, cfg.recons.seed)
+    run.say(_describe(run, state))
+    _redo_lost_evals(run, state)
+    return _run_epochs(run, state, saver, stop)
 
 
-def _params_finite(model) -> bool:
-    flags = [torch.isfinite(p).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: StopSignal) -> int:
+    """The epochs from ``state`` to ``cfg.epochs``; the run's final status and exit code."""
+    writer = run.writer
+    run.model.train()
+    try:
+        while state.epoch < run.cfg.epochs:
+            (early_stop,) = distributed.any_flags(run.info, [stop.requested])  # before this epoch's first step
+            if early_stop:
+                if saver.unsaved(state.step):
+                    saver.save(state)
+                raise Preempted()
+            stop_at_end, stats = train_one_epoch(run, state, saver, stop)
+            end_epoch(run, state, saver, stats, stop_at_end)
+        if saver.unsaved(state.step):
+            saver.save(state, tag="final")
+        if writer is not None:
+            writer.flush()
+            writer.set_status("finished", epoch=state.epoch, step=state.step, nonfinite_skips=state.nonfinite_skips)
+        run.say(f"done: {state.epoch} epochs, {state.step} steps. Run directory: {run.cfg.run_dir}")
+        return EXIT_OK
+    except Preempted:
+        if writer is not None:
+            writer.set_status("preempted", message=f"signal {stop.signum}", epoch=state.epoch, step=state.step)
+        run.say(f"preempted by signal {stop.signum}: checkpoint saved at epoch {state.epoch}, step {state.step}; "
+                f"exit {EXIT_PREEMPTED} (requeue to resume)")
+        return EXIT_PREEMPTED
+    except (NonFiniteLoss, ckpt.NonFiniteWeights) as e:
+        if writer is not None:
+            writer.set_status("crashed", message=str(e), epoch=state.epoch, step=state.step)
+        run.say(f"error: {e}")
+        return EXIT_NONFINITE
+    except BaseException as exc:  # any other end (a bug, Ctrl-C, a full disk): recorded, then re-raised
+        if writer is not None:
+            with contextlib.suppress(Exception):  # a failing status write must not hide the real error
+                writer.set_status("crashed", message=f"{type(exc).__name__}: {exc}", epoch=state.epoch, step=state.step)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        distributed.cleanup(run.info)
 
 
-def _good_checkpoint(ckpt_dir: Path) -> str:
-    """What a stopped run leaves to resume from, for exit-3 messages (saves refuse non-finite
-    weights, so every checkpoint in the directory is a good one)."""
-    found = ckpt.list_checkpoints(ckpt_dir)
-    if not found:
-        return "No checkpoint was saved yet: rerunning starts from scratch"
-    s, e, p = found[0]
-    return f"The last good checkpoint is {p} (epoch {e}, step {s}); rerunning the same command resumes from it"
+# ----------------------------------------------------------------------------- start-up
 
-
-def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
-           owned: contextlib.ExitStack | None = None) -> int:
+def _prepare(cfg, owned: contextlib.ExitStack) -> Run:
+    """Everything before a checkpoint is read: input checks, the process group, the run directory's
+    lock, runtime switches and seeds, the model, the data and the optimiser."""
     preflight.check_data_paths(cfg)  # before anything is created or loaded: a wrong path is exit 2 now
     info = distributed.init(cfg.device, cfg.dist_timeout_minutes)
     _own_run_dir(cfg, info, owned)
+    _verify_data(cfg, info)
     if (note := preflight.clamp_workers(cfg)) is not None:
         _say(info, note)
-    device = info.device
-    _setup_runtime(cfg, device)
-    torch.manual_seed(cfg.seed + info.rank)
-    np.random.seed((cfg.seed + info.rank) % 2**32)
-    random.seed(cfg.seed + info.rank)
-    amp_ctx, amp_dtype, scaler = _amp(cfg, device)
-
-    # -- model, data, optimiser ----------------------------------------------------------------
-    model = build_model(cfg, device)
+    _setup_runtime(cfg, info.device)
+    _seed(cfg.seed + info.rank)
+    amp_ctx, amp_dtype, scaler = _amp(cfg, info.device)
+    model = build_model(cfg, info.device)
     cpu_warning = preflight.cpu_scale_warning(cfg, sum(p.numel() for p in model.parameters())) \
-        if device.type == "cpu" else None
+        if info.device.type == "cpu" else None
     if cpu_warning:
         _say(info, cpu_warning)
-    try:
-        loader = build_loader(cfg, info)
-    except ValueError as e:  # the data source's own checks (pipeline.sources.SourceError, bad .beton)
-        if type(e).__module__.startswith("pipeline") or str(cfg.data.train_path) in str(e):
-            raise ConfigError(f"'data.train_path': {e}") from None
-        raise
+    loader = _build_train_loader(cfg, info)
     A, B, W = cfg.optim.accum_steps, cfg.data.batch_size, info.world_size
     steps_per_epoch = len(loader) // A
     if steps_per_epoch == 0:
@@ -309,299 +506,104 @@ def _train(cfg, resume: str | bool = False, allow_change=frozenset(),
                           f"optimizer step (accum_steps={A}); lower data.batch_size or accum_steps")
     eff_batch = effective_batch(B, A, W)
     base_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, eff_batch)
-    optimizer = build_optimizer(model, cfg.optim, base_lr, device)
+    optimizer = build_optimizer(model, cfg.optim, base_lr, info.device)
+    return Run(cfg, info, model, optimizer, scaler, amp_ctx, amp_dtype, loader, steps_per_epoch, eff_batch,
+               base_lr, cpu_warning)
 
-    # -- resume ---------------------------------------------------------------------------------
-    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
-    epoch, step, batch_in_epoch, skips, changes = 0, 0, 0, 0, []
-    loaded = None
-    if isinstance(resume, str):
-        loaded = (ckpt.load_file(resume), Path(resume))
-    elif ckpt.list_checkpoints(ckpt_dir):
-        problems: list = []
-        loaded = ckpt.load_latest(ckpt_dir, problems=problems)
-        if loaded is None:
-            raise ResumeError(f"{ckpt_dir}: checkpoints exist but none can be resumed from: "
-                              + "; ".join(f"{p.name}: {why}" for p, why in problems))
-    elif resume:
-        _say(info, f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
-    if loaded is not None:
-        state, path = loaded
-        state["_new_config"] = cfg.to_dict()
-        _check_same_shape(state, model, path)
-        # refuses (exit 4) a changed schedule or global batch unless allowed; the position in the epoch
-        # is recomputed for the new layout (same global batch: the exact sample)
-        position = resume_rules.plan(state, cfg.to_dict(), W, path, allow_change)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_lr(optimizer, base_lr)  # the schedule rewrites it every step anyway
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        epoch, step, skips = state["epoch"], state["step"], state.get("nonfinite_skips", 0)
-        batch_in_epoch = position.batch_in_epoch
-        for note in position.notes:
-            _say(info, note)
-        rngs = state.get("rng", [])
-        if len(rngs) == W:
-            ckpt.set_rng_state(rngs[info.rank], device)
-        else:
-            _say(info, f"warning: checkpoint has RNG states for {len(rngs)} ranks, running {W}; reseeding")
-        changes = list(state.get("config_changes", []))
-        new = [dict(c, at_step=step) for c in diff_configs(state.get("config", {}), cfg.to_dict())]
-        for c in new:
-            _say(info, f"resume: config '{c['key']}' changed {c['old']!r} -> {c['new']!r}"
-                       + ("" if c["harmless"] else "  (affects the training trajectory)"))
-        changes += new
-        _say(info, f"resumed from {path} at epoch {epoch}, step {step}, batch {batch_in_epoch}/{len(loader)}")
-        del state
 
-    if loaded is None and getattr(model, "target", None) == "pca" and not bool(model.pca_fitted):
-        fit_pca_target(model, cfg, info)
-
-    # Signals are handled from before the run is marked "running": a SIGTERM during start-up (compile,
-    # reconstructions, evals redone on resume) is honoured at the first epoch boundary of the loop.
-    stop = _Stop()
-    stop.install()
-    writer = None
+def _on_rank0(info, check: Callable[[], None], error: type[BaseException], elsewhere: Callable[[], BaseException]):
+    """Run ``check`` on rank 0 only and stop every rank together if it raised ``error``: rank 0
+    raises its own, the others ``elsewhere()`` (their messages are not printed: only rank 0 talks)."""
+    problem = None
     if info.is_main:
-        import runstore
         try:
-            # in the ExitStack: an error before the loop's own handlers (compile, reconstructions,
-            # evals redone on resume) marks the run "crashed" instead of leaving it "running"
-            writer = owned.enter_context(runstore.create(cfg.run_dir, cfg.to_dict(),
-                                                         resume=loaded is not None or bool(resume),
-                                                         flush_rows=cfg.log.flush_every))
-        except runstore.RunExistsError as e:
-            raise ConfigError(f"{e} (or pass --resume)") from None
-        writer.set_status("running", epoch=epoch, step=step)
+            check()
+        except error as e:
+            problem = e
+    (failed,) = distributed.any_flags(info, [problem is not None])
+    if failed:
+        raise problem if problem is not None else elsewhere()
 
-    # -- wrappers: compile, DDP ------------------------------------------------------------------
-    raw_model = model  # what we save, evaluate and visualise
+
+def _own_run_dir(cfg, info, owned: contextlib.ExitStack) -> None:
+    """One writer per run directory: rank 0 holds ``RUN/.lock`` (flock, released by the kernel if the
+    process dies) for the trainer's whole life, so a second trainer on the same run stops at once
+    (exit 2, naming the owner's pid) instead of interleaving metrics and overwriting checkpoints.
+    Under the lock, temp files that a killed checkpoint write left behind are removed."""
+    run_dir = Path(cfg.run_dir)
+
+    def lock() -> None:
+        owned.enter_context(exclusive_lock(run_dir / ".lock", run_dir))
+        for p in sweep_stale_temps(run_dir / "checkpoints"):
+            _say(info, f"removed {p.name}: left by a checkpoint write that was killed")
+    _on_rank0(info, lock, LockedError, lambda: LockedError(run_dir, None))
+
+
+def _verify_data(cfg, info) -> None:
+    """``data.verify``: rank 0 checks the .beton files against their checksums (one full read each);
+    a damaged one stops every rank before training (exit 2)."""
+    _on_rank0(info, lambda: preflight.verify_data(cfg, functools.partial(_say, info)), preflight.DataError,
+              lambda: preflight.DataError("rank 0 found a damaged input file (its message names it)"))
+
+
+def _build_train_loader(cfg, info):
+    try:
+        return build_loader(cfg, info)
+    except ValueError as e:  # the data source's own checks (pipeline.sources.SourceError, bad .beton)
+        if type(e).__module__.startswith("pipeline") or str(cfg.data.train_path) in str(e):
+            raise ConfigError(f"'data.train_path': {e}") from None
+        raise
+
+
+def _open_run_store(run: Run, state: TrainState, request: str | bool, owned: contextlib.ExitStack):
+    """Rank 0's run store, marked "running" (None on other ranks). It is in the ExitStack: an error
+    before the loop's own handlers (compile, reconstructions, evals redone on resume) marks the run
+    "crashed" instead of leaving it "running"."""
+    if not run.info.is_main:
+        return None
+    cfg = run.cfg
+    try:
+        writer = owned.enter_context(runstore.create(cfg.run_dir, cfg.to_dict(),
+                                                     resume=state.resumed_from is not None or bool(request),
+                                                     flush_rows=cfg.log.flush_every))
+    except runstore.RunExistsError as e:
+        raise ConfigError(f"{e} (or pass --resume)") from None
+    writer.set_status("running", epoch=state.epoch, step=state.step)
+    return writer
+
+
+def _wrap(model, cfg, info):
+    """What the step runs: ``model`` compiled if asked, in DDP under several processes
+    (find_unused_parameters only for a model option that needs it, see wrap_ddp)."""
     if cfg.compile:
         model = torch.compile(model)
-    if info.enabled:  # find_unused_parameters only for a model option that needs it (see wrap_ddp)
+    if info.enabled:
         model = distributed.wrap_ddp(model, info)
-
-    recon_sets = recons.prepare(cfg, raw_model.num_patches) if info.is_main and cfg.recons.every else []
-    last_save_time = time.monotonic()
-    last_saved_step = step if loaded is not None else -1
-
-    def flush_metrics():
-        if writer is not None:
-            writer.flush()
-
-    def save(tag: str | None = None) -> None:
-        """Collective: gathers every rank's RNG state; rank 0 writes, prunes and records."""
-        nonlocal last_save_time, last_saved_step
-        if not _params_finite(raw_model):  # identical on every rank: all stop together
-            raise NonFiniteLoss(f"parameters are not finite at step {step}, epoch {epoch + 1}: not saving them "
-                                f"as a checkpoint; stopping. {_good_checkpoint(ckpt_dir)}. Lower optim.blr "
-                                f"or set clip_grad")
-        rng = distributed.gather_objects(info, ckpt.rng_state(device))
-        if info.is_main:
-            flush_metrics()
-            state = {
-                "model": raw_model.state_dict(), "model_config": raw_model.config,
-                "model_name": cfg.model.name, "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
-                "batch_in_epoch": batch_in_epoch, "samples_in_epoch": batch_in_epoch * B * W,
-                "batches_per_epoch": len(loader), "rng": rng, "config": cfg.to_dict(),
-                "config_changes": changes, "world_size": W, "effective_batch": eff_batch,
-                "nonfinite_skips": skips, "format_version": ckpt.FORMAT_VERSION,
-            }
-            path = ckpt.save_atomic(state, ckpt_dir / ckpt.checkpoint_name(epoch, step))
-            writer.add_checkpoint(str(path), epoch=epoch, step=step, tag=tag)
-            if tag == "milestone":
-                ckpt.add_milestone(path, epoch, step)
-            if tag == "final":
-                ckpt.link_as(path, "final.pth")
-            ckpt.prune(ckpt_dir, cfg.checkpoint.keep_last)
-        distributed.barrier(info)
-        last_save_time, last_saved_step = time.monotonic(), step
-
-    def epoch_end_work(done_epochs: int) -> None:
-        """Reconstructions (every K epochs and after the last) and online evals (every E epochs)
-        after ``done_epochs`` complete epochs, on rank 0 while the others wait."""
-        if info.is_main and recon_sets and (done_epochs % cfg.recons.every == 0 or done_epochs == cfg.epochs):
-            recons.log(raw_model, recon_sets, writer, done_epochs, cfg.model.mask_ratio, device, amp_ctx,
-                       cfg.recons.seed)
-        if info.is_main and cfg.evals.every and done_epochs % cfg.evals.every == 0:
-            try:
-                from evals.online import epoch_evals
-            except ImportError as e:
-                _say(info, f"online evals skipped (evals.online not importable: {e})")
-            else:
-                t0 = time.perf_counter()
-                raw_model.eval()
-                cfg_dict = cfg.to_dict()
-                for rec in epoch_evals(raw_model, cfg_dict["evals"], cfg_dict["data"], device):
-                    rec = dict(rec)
-                    rec.pop("epoch", None)
-                    writer.log_eval(epoch=done_epochs, **rec)
-                    _say(info, f"eval epoch {done_epochs}: " + ", ".join(
-                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-                raw_model.train()
-                writer.flush()
-                _say(info, f"evals took {time.perf_counter() - t0:.1f}s")
-        distributed.barrier(info)
-
-    if loaded is None and info.is_main and recon_sets:
-        recons.log(raw_model, recon_sets, writer, 0, cfg.model.mask_ratio, device, amp_ctx, cfg.recons.seed)
-
-    _say(info, f"run {cfg.run_dir}: {cfg.model.name}, {sum(p.numel() for p in raw_model.parameters() if p.requires_grad)/1e6:.2f}M "
-               f"params, {W} process(es) on {device.type}, precision {amp_dtype or torch.float32}, "
-               f"effective batch {eff_batch} ({B} x {A} accum x {W}), lr {base_lr:.3g}, "
-               f"{steps_per_epoch} steps/epoch, epochs {epoch}->{cfg.epochs}")
-
-    # Epoch-end evals run after that epoch's checkpoint is saved; a run killed or preempted in
-    # between resumes at (epoch, batch 0) and redoes them here, so no eval epoch goes missing.
-    if loaded is not None and batch_in_epoch == 0 and epoch > 0:
-        due = bool(cfg.evals.every) and epoch % cfg.evals.every == 0
-        missing = False
-        if info.is_main and due:
-            done = writer.reader().evals()
-            missing = done.empty or not (done["epoch"] == epoch).any()
-        (missing,) = distributed.any_flags(info, [missing])
-        if missing:
-            _say(info, f"resume: epoch {epoch}'s evals are missing from the run store; running them now")
-            epoch_end_work(epoch)
-
-    # -- the loop ---------------------------------------------------------------------------------
-    from tqdm import tqdm
-
-    L = raw_model.num_patches
-    first_step = step
-    model.train()
-    try:
-        while epoch < cfg.epochs:
-            # a signal that arrived before this epoch's first step (start-up, epoch-end evals)
-            (early_stop,) = distributed.any_flags(info, [stop.signum is not None])
-            if early_stop:
-                if last_saved_step != step:
-                    save()
-                raise _Preempted()
-            loader.set_epoch(epoch, start_batch=batch_in_epoch)
-            batches = iter(loader)
-            it = batch_in_epoch // A
-            lr = lr_at(epoch + it / steps_per_epoch, lr=base_lr, min_lr=cfg.optim.min_lr,
-                       warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.epochs)  # (for the epoch line)
-            bar = tqdm(total=steps_per_epoch, initial=it, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not (info.is_main and cfg.log.progress), dynamic_ncols=True, leave=False)
-            ep_t0, ep_loss, ep_steps, ep_wait = time.perf_counter(), 0.0, 0, 0.0
-            ep_taken = 0  # steps with a finite loss: the epoch's mean loss is over these only
-            stop_after_epoch = False
-            while it < steps_per_epoch:
-                t0 = time.perf_counter()
-                lr = lr_at(epoch + it / steps_per_epoch, lr=base_lr, min_lr=cfg.optim.min_lr,
-                           warmup_epochs=cfg.optim.warmup_epochs, epochs=cfg.epochs)
-                set_lr(optimizer, lr)
-                loss, wait = forward_backward(model, batches, cfg, info, step, L, amp_ctx, scaler)
-                batch_in_epoch += A
-                loss_value = distributed.mean_scalar(info, loss).item()
-                if not math.isfinite(loss_value):
-                    optimizer.zero_grad(set_to_none=True)
-                    if not cfg.skip_nonfinite:
-                        raise NonFiniteLoss(f"non-finite loss ({loss_value}) at step {step + 1}, epoch {epoch + 1} "
-                                            f"(batch {batch_in_epoch}/{len(loader)}); stopping. "
-                                            f"{_good_checkpoint(ckpt_dir)}. Lower optim.blr, set clip_grad, "
-                                            f"or set skip_nonfinite: true")
-                    skips += 1
-                    allowed = max(1, int(cfg.skip_nonfinite_max_share * (step + 1)))
-                    if skips > allowed:
-                        raise NonFiniteLoss(f"{skips} of {step + 1} steps had a non-finite loss, more than "
-                                            f"skip_nonfinite_max_share={cfg.skip_nonfinite_max_share:g} allows; "
-                                            f"stopping at step {step + 1}, epoch {epoch + 1}. "
-                                            f"{_good_checkpoint(ckpt_dir)}. Lower optim.blr or set clip_grad")
-                    _say(info, f"warning: non-finite loss at step {step + 1}, epoch {epoch + 1}: step skipped "
-                               f"({skips} so far)")
-                else:
-                    optimizer_step(optimizer, scaler, raw_model, cfg.clip_grad)
-                    # a finite loss can still give an update that overflows the weights; skipping later
-                    # steps cannot undo it, so skip_nonfinite checks the weights after every step
-                    if cfg.skip_nonfinite and not _params_finite(raw_model):
-                        raise NonFiniteLoss(f"parameters are not finite after step {step + 1}, epoch {epoch + 1} "
-                                            f"(its loss was finite, {loss_value:.4g}; skip_nonfinite cannot undo "
-                                            f"an applied step); stopping. {_good_checkpoint(ckpt_dir)}. Lower "
-                                            f"optim.blr or set clip_grad")
-                    ep_loss, ep_taken = ep_loss + loss_value, ep_taken + 1
-                step += 1
-                it += 1
-
-                dt = time.perf_counter() - t0
-                if cpu_warning and step - first_step == 2:  # the second step: past the warm-up
-                    _say(info, preflight.step_time_note(dt, steps_per_epoch, cfg.epochs - epoch - it / steps_per_epoch))
-                ips = eff_batch / dt
-                ep_steps, ep_wait = ep_steps + 1, ep_wait + wait
-                if info.is_main:
-                    writer.log_metrics({"step": step, "epoch": epoch + it / steps_per_epoch, "loss": loss_value,
-                                        "lr": lr, "images_per_s": ips, "data_wait": wait / dt})
-                    bar.set_postfix_str(f"loss {loss_value:.4f} lr {lr:.2e} {ips:.0f} img/s wait {100 * wait / dt:.0f}%",
-                                        refresh=False)
-                    bar.update(1)
-
-                # save on signal, every K steps, every M minutes (decided together across ranks)
-                end_of_epoch = it == steps_per_epoch
-                want_stop, time_due = distributed.any_flags(info, [
-                    stop.signum is not None,
-                    bool(cfg.checkpoint.every_minutes)
-                    and time.monotonic() - last_save_time > 60 * cfg.checkpoint.every_minutes])
-                steps_due = bool(cfg.checkpoint.every_steps) and step % cfg.checkpoint.every_steps == 0
-                if end_of_epoch:  # the position is saved as (next epoch, batch 0) below
-                    stop_after_epoch = want_stop
-                    break
-                if want_stop or time_due or steps_due:
-                    save()
-                if want_stop:
-                    raise _Preempted()
-            bar.close()
-
-            # -- end of epoch --
-            epoch, batch_in_epoch = epoch + 1, 0
-            elapsed = time.perf_counter() - ep_t0
-            mean = f"{ep_loss / ep_taken:.4f}" if ep_taken else "n/a (every step skipped)"
-            _say(info, f"epoch {epoch}/{cfg.epochs}: loss {mean}, lr {lr:.3g}, "
-                       f"{ep_steps * eff_batch / elapsed:.0f} img/s, data wait {100 * ep_wait / elapsed:.1f}%, "
-                       f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
-            flush_metrics()
-            is_milestone = epoch in cfg.checkpoint.milestones
-            tag = "milestone" if is_milestone else ("final" if epoch == cfg.epochs else None)
-            if (cfg.checkpoint.every and epoch % cfg.checkpoint.every == 0) or tag or stop_after_epoch:
-                save(tag=tag)
-            if stop_after_epoch:
-                raise _Preempted()
-            epoch_end_work(epoch)
-        if last_saved_step != step:
-            save(tag="final")
-        if writer is not None:
-            flush_metrics()
-            writer.set_status("finished", epoch=epoch, step=step, nonfinite_skips=skips)
-        _say(info, f"done: {epoch} epochs, {step} steps. Run directory: {cfg.run_dir}")
-        return EXIT_OK
-    except _Preempted:
-        if writer is not None:
-            writer.set_status("preempted", message=f"signal {stop.signum}", epoch=epoch, step=step)
-        _say(info, f"preempted by signal {stop.signum}: checkpoint saved at epoch {epoch}, step {step}; "
-                   f"exit {EXIT_PREEMPTED} (requeue to resume)")
-        return EXIT_PREEMPTED
-    except NonFiniteLoss as e:
-        if writer is not None:
-            writer.set_status("crashed", message=str(e), epoch=epoch, step=step)
-        _say(info, f"error: {e}")
-        return EXIT_NONFINITE
-    except BaseException:
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                exc = sys.exc_info()[1]
-                writer.set_status("crashed", message=f"{type(exc).__name__}: {exc}", epoch=epoch, step=step)
-        raise
-    finally:
-        if writer is not None:
-            writer.close()
-        distributed.cleanup(info)
+    return model
 
 
-class _Preempted(Exception):
-    pass
+def _describe(run: Run, state: TrainState) -> str:
+    cfg, A, B, W = run.cfg, run.cfg.optim.accum_steps, run.cfg.data.batch_size, run.info.world_size
+    return (f"run {cfg.run_dir}: {cfg.model.name}, {param_counts(run.raw_model)[1] / 1e6:.2f}M params, {W} "
+            f"process(es) on {run.info.device.type}, precision {run.amp_dtype or torch.float32}, effective batch "
+            f"{run.eff_batch} ({B} x {A} accum x {W}), lr {run.base_lr:.3g}, {run.steps_per_epoch} steps/epoch, "
+            f"epochs {state.epoch}->{cfg.epochs}")
+
+
+def _redo_lost_evals(run: Run, state: TrainState) -> None:
+    """Epoch-end evals run after that epoch's checkpoint is saved; a run killed or preempted in
+    between resumes at (epoch, batch 0) and redoes them here, so no eval epoch goes missing."""
+    cfg = run.cfg
+    if state.resumed_from is None or state.batch_in_epoch != 0 or state.epoch == 0:
+        return
+    missing = False
+    if run.info.is_main and cfg.evals.every and state.epoch % cfg.evals.every == 0:
+        done = run.writer.reader().evals()
+        missing = done.empty or not (done["epoch"] == state.epoch).any()
+    (missing,) = distributed.any_flags(run.info, [missing])
+    if missing:
+        run.say(f"resume: epoch {state.epoch}'s evals are missing from the run store; running them now")
+        epoch_end_work(run, state.epoch)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -612,10 +614,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def _config_defaults() -> str:
     """Every config key with its default, as the key=value overrides are written."""
-    import textwrap
-    from .config import TrainConfig
-    import json
-
     def value(v) -> str:  # as an override is typed: true/false, [0.9,0.95]
         return json.dumps(v, separators=(",", ":")) if isinstance(v, (bool, list, dict)) else str(v)
     items = [f"{k}={value(v)}" for k, v in flatten(TrainConfig().to_dict()).items()]
@@ -668,16 +666,14 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.print_config:
-        import yaml
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return EXIT_OK
-    import runstore
     try:
         return train(cfg, resume=args.resume, allow_change=allow_change)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except runstore.LockedError as e:  # another trainer owns this run directory
+    except (LockedError, preflight.DataError) as e:  # another trainer owns the run directory; damaged data
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (ResumeError, ckpt.CheckpointError) as e:
@@ -689,7 +685,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception:  # a bug or an unexpected failure: the traceback is what a report needs
         traceback.print_exc()
         return EXIT_CRASH
 

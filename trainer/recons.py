@@ -7,12 +7,18 @@ show one image's reconstruction improving over epochs, and a resumed run logs th
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from common.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from model.visualize import reconstruction_panels
+from pipeline import make_loader
+from pipeline.loaders.base import epoch_order
+
+from .config import ConfigError
 
 
 @dataclass
@@ -24,19 +30,11 @@ class ReconSet:
 
 
 def _fixed_ids(num_samples: int, seed: int, n: int) -> np.ndarray:
-    try:
-        from pipeline.loaders.base import epoch_order
-        return epoch_order(num_samples, seed=seed, epoch=0, shuffle=True)[:n]
-    except ImportError:
-        return np.arange(min(n, num_samples))
+    return epoch_order(num_samples, seed=seed, epoch=0, shuffle=True)[:n]
 
 
 def prepare(cfg, num_patches: int) -> list[ReconSet]:
     """Load the fixed images of each split (rank 0 only). Splits whose path is missing are skipped."""
-    from pipeline import make_loader
-
-    from .config import ConfigError
-
     sets = []
     gen = torch.Generator().manual_seed(cfg.recons.seed)
     for split, path, n in (("train", cfg.data.train_path, cfg.recons.num_train),
@@ -74,12 +72,6 @@ def per_sample_loss(model, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.T
 @torch.no_grad()
 def log(model, sets: list[ReconSet], writer, epoch: int, mask_ratio: float, device, amp_ctx, seed: int = 0) -> None:
     """Run the fixed images through ``model`` and append panels + per-image loss to the run store."""
-    try:
-        from model.visualize import reconstruction_panels
-        from pipeline import IMAGENET_MEAN, IMAGENET_STD
-    except ImportError as e:
-        warnings.warn(f"reconstructions skipped: {e}", stacklevel=2)
-        return
     was_training = model.training
     model.eval()
     try:

@@ -16,13 +16,20 @@ Everything else that changes the weights' trajectory in a way a user might not m
 - the schedule: ``epochs``, ``optim.warmup_epochs``, ``optim.blr``, ``optim.lr``, ``optim.min_lr``
   (the lr is a function of the fractional epoch and of these, so the rest of the run would follow a
   curve no fresh run has).
+
+``resume(run, request, allow)`` applies all of this: it finds the checkpoint (the newest good one in
+``RUN/checkpoints``, or the file ``--resume CKPT`` names), refuses a changed model shape, loads
+model, optimizer, scaler and RNG states, and returns the ``TrainState`` to continue from.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from .config import flatten
+from . import checkpoint as ckpt
+from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten
 from .optim import scaled_lr
+from .schedule import set_lr
 
 SCHEDULE_KEYS = ("epochs", "optim.warmup_epochs", "optim.blr", "optim.lr", "optim.min_lr")
 LAYOUT_KEYS = ("data.batch_size", "optim.accum_steps", "world_size")  # world_size: processes, not a config key
@@ -31,6 +38,18 @@ ALLOWABLE = SCHEDULE_KEYS + LAYOUT_KEYS
 
 class ResumeError(RuntimeError):
     """The checkpoint cannot be continued as asked (exit 4)."""
+
+
+@dataclass
+class TrainState:
+    """Where training is: what a checkpoint stores besides the weights, and what a resume restores."""
+    epoch: int = 0  # the epoch to continue in (0-based)
+    step: int = 0  # optimizer steps done
+    batch_in_epoch: int = 0  # micro-batches of this rank done in ``epoch``
+    nonfinite_skips: int = 0
+    config_changes: list = field(default_factory=list)  # [{key, old, new, harmless, at_step}] of earlier resumes
+    resumed_from: Path | None = None  # the checkpoint it was loaded from; None for a fresh run
+    start_step: int = 0  # the step this process started at
 
 
 @dataclass
@@ -46,7 +65,6 @@ def parse_allow(values) -> set[str]:
         return set(ALLOWABLE)
     unknown = sorted(keys - set(ALLOWABLE))
     if unknown:
-        from .config import ConfigError
         raise ConfigError(f"--allow-change: unknown key '{unknown[0]}'; keys a resume can be allowed to change: "
                           f"{', '.join(ALLOWABLE)} (or all)")
     return keys
@@ -106,3 +124,76 @@ def plan(state: dict, new_config: dict, world_size: int, path, allow=frozenset()
         notes.append(f"resume: batch layout changed ({shown}), same effective batch {new_eff}: continuing "
                      f"at sample {samples} of the epoch (step {steps_done}), the same samples and masks per step")
     return Position(steps_done * A, notes)
+
+
+def check_same_shape(saved: dict, model, path, new_config: dict) -> None:
+    """Refuse to resume into a model whose parameter shapes differ from the checkpoint's."""
+    own = model.state_dict()
+    theirs = saved["model"]
+    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in theirs.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    problems += [f"{k}: only in checkpoint" for k in theirs if k not in own]
+    problems += [f"{k}: only in model" for k in own if k not in theirs]
+    if problems:
+        old, new = flatten(saved.get("config", {})), flatten(new_config)
+        changed = [k for k in SHAPE_KEYS if k in old and old.get(k) != new.get(k)]
+        raise ResumeError(
+            f"cannot resume from {path}: the model shape changed"
+            + (f" (config keys {', '.join(changed)})" if changed else "")
+            + ". Differences: " + "; ".join(problems[:6]) + ("; ..." if len(problems) > 6 else "")
+            + ". Start a new run directory, or restore the original model settings.")
+
+
+def find_checkpoint(ckpt_dir: Path, request: str | bool, say) -> tuple[dict, Path] | None:
+    """(state, path) to resume from: the file ``--resume CKPT`` names, else the newest good
+    checkpoint in ``ckpt_dir``; None when there is none (a fresh run)."""
+    if isinstance(request, str):
+        return ckpt.load_file(request), Path(request)
+    if ckpt.list_checkpoints(ckpt_dir):
+        problems: list = []
+        loaded = ckpt.load_latest(ckpt_dir, problems=problems)
+        if loaded is None:
+            raise ResumeError(f"{ckpt_dir}: checkpoints exist but none can be resumed from: "
+                              + "; ".join(f"{p.name}: {why}" for p, why in problems))
+        return loaded
+    if request:
+        say(f"--resume: no checkpoint in {ckpt_dir}; starting from scratch")
+    return None
+
+
+def resume(run, request: str | bool = False, allow=frozenset()) -> TrainState:
+    """The state to continue from: fresh, or loaded from a checkpoint into ``run``'s model,
+    optimizer and scaler (and this rank's RNGs). ``request``: ``--resume`` (True, or a CKPT path).
+    Raises ResumeError (exit 4) for a changed model shape or a refused change (:func:`plan`)."""
+    cfg, info = run.cfg, run.info
+    loaded = find_checkpoint(Path(cfg.run_dir) / "checkpoints", request, run.say)
+    if loaded is None:
+        return TrainState()
+    saved, path = loaded
+    new_config = cfg.to_dict()
+    check_same_shape(saved, run.raw_model, path, new_config)
+    # refuses (exit 4) a changed schedule or global batch unless allowed; the position in the epoch
+    # is recomputed for the new layout (same global batch: the exact sample)
+    position = plan(saved, new_config, info.world_size, path, allow)
+    run.raw_model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    set_lr(run.optimizer, run.base_lr)  # the schedule rewrites it every step anyway
+    if saved.get("scaler"):
+        run.scaler.load_state_dict(saved["scaler"])
+    state = TrainState(epoch=saved["epoch"], step=saved["step"], batch_in_epoch=position.batch_in_epoch,
+                       nonfinite_skips=saved.get("nonfinite_skips", 0), resumed_from=path, start_step=saved["step"])
+    for note in position.notes:
+        run.say(note)
+    rngs = saved.get("rng", [])
+    if len(rngs) == info.world_size:
+        ckpt.set_rng_state(rngs[info.rank], info.device)
+    else:
+        run.say(f"warning: checkpoint has RNG states for {len(rngs)} ranks, running {info.world_size}; reseeding")
+    new = [dict(c, at_step=state.step) for c in diff_configs(saved.get("config", {}), new_config)]
+    for c in new:
+        run.say(f"resume: config '{c['key']}' changed {c['old']!r} -> {c['new']!r}"
+                + ("" if c["harmless"] else "  (affects the training trajectory)"))
+    state.config_changes = list(saved.get("config_changes", [])) + new
+    run.say(f"resumed from {path} at epoch {state.epoch}, step {state.step}, "
+            f"batch {state.batch_in_epoch}/{len(run.loader)}")
+    return state
