@@ -382,9 +382,15 @@ def run(args) -> dict:
             a["all_x_bare"] = [x / y for x, y in zip(a["all_wall"], b["all_wall"])]
     res["load_end"] = os.getloadavg()
     if "dali" in res["rows"] and "ffcv" in res["rows"]:
-        res["notes"].append("dali (CPU) decodes the original 500x375-class JPEGs (only the crop's region), "
-                            "ffcv the stored max-resolution ones: compare each with its own bare library "
-                            "and limit, not with each other")
+        res["notes"].append("dali (CPU) decodes the original JPEGs (only the crop's region), ffcv the stored "
+                            "max-resolution ones: compare each with its own bare library and limit, not with "
+                            "each other")
+    if "dali" in res["rows"]:
+        res["notes"].append("why dali on the CPU is no faster than torch: its ROI decode there runs at about "
+                            "PIL's full-decode rate (libjpeg-turbo still decodes every row above the crop; "
+                            "595 vs 584 images per CPU-second, measured), and its cubic antialiased resize "
+                            "costs more than the decode (261 per CPU-second with it, 351 with linear): DALI "
+                            "is built for device='mixed' (nvJPEG + GPU resize)")
     return res
 
 
