@@ -78,3 +78,11 @@ def test_diff_configs_flags_harmless_keys():
     b = load_config(None, ["evals.every=5", "epochs=20", "optim.blr=1e-3"]).to_dict()
     d = {c["key"]: c["harmless"] for c in diff_configs(a, b)}
     assert d == {"evals.every": True, "epochs": False, "optim.blr": False}  # epochs: the cosine stretches
+
+
+def test_diff_configs_treats_none_as_unset():
+    # a checkpoint written before a key existed: a new key defaulting to None is not a change
+    # ("None -> None" in the resume log and in config_changes); a real value is
+    assert diff_configs({"model": {"name": "x"}}, {"model": {"name": "x", "pca_dims": None}}) == []
+    assert diff_configs({}, {"data": {"verify": "auto"}}) == [
+        {"key": "data.verify", "old": None, "new": "auto", "harmless": True}]

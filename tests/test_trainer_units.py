@@ -1,4 +1,5 @@
 """Unit checks of the trainer's pieces: schedule, optimiser groups, masking noise, checkpoint files."""
+import errno
 import math
 import random
 import warnings
@@ -97,3 +98,19 @@ def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):
     ckpt.set_rng_state(loaded, dev)
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expect[0], got[0]) and np.array_equal(expect[1], got[1]) and expect[2] == got[2]
+
+
+def test_milestone_and_final_are_copies_where_hard_links_fail(tmp_path, monkeypatch):
+    d = tmp_path / "checkpoints"
+    path = ckpt.save_atomic({"step": 4, "w": torch.ones(3)}, d / ckpt.checkpoint_name(2, 4))
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "hard links not supported")
+    monkeypatch.setattr(ckpt.os, "link", no_links)
+    milestone = ckpt.add_milestone(path, 2, 4)
+    final = ckpt.link_as(path, "final.pth")
+    for p in (milestone, final):
+        assert ckpt.verify(p) is None and ckpt.load_file(p)["step"] == 4
+        assert (d / (p.name + ".sha256")).read_text().endswith(f"  {p.name}\n")  # sha256sum -c format
+    assert not milestone.samefile(path) and not final.samefile(path)
+    assert not list(d.glob(".*"))  # no temporaries left behind
