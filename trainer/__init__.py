@@ -1,14 +1,14 @@
 """MAE pretraining loop (see DESIGN.md, docs/INTERFACES.md).
 
 Modules, one job each:
-  pretrain.py     the loop and CLI: ``python -m trainer.pretrain --config configs/X.yaml [key=value ...]``
+  pretrain.py     the loop (train_one_epoch, end_epoch) and CLI: ``python -m trainer.pretrain --config X.yaml``
   config.py       dataclass schema, YAML presets + dotted overrides, validation, config diffs on resume
   optim.py        AdamW (0.9, 0.95), no decay on biases / norms / tokens, lr = blr * eff_batch / 256
   schedule.py     linear warm-up then half-cosine, a pure function of the fractional epoch
   noise.py        masking noise as a function of (seed, step), sliced per rank / micro-batch
-  checkpoint.py   atomic checkpoint files with SHA-256 sidecars, retention, RNG states
-  resume.py       what a resume may change (same global batch: exact; schedule / batch: --allow-change)
-  preflight.py    checks before the work: data paths, workers vs CPUs, GPU-scale settings on a CPU
+  checkpoint.py   atomic checkpoint files with SHA-256 sidecars, retention, RNG states; the Checkpointer
+  resume.py       resume() -> TrainState; what a resume may change (same global batch: exact; --allow-change)
+  preflight.py    checks before the work: data paths, damaged .beton (data.verify), workers, GPU-scale on CPU
   distributed.py  torchrun / srun detection, gloo (CPU) or nccl (GPU), small collectives
   recons.py       fixed images + fixed noise -> reconstruction panels in the run store
   bench.py        full loop vs model alone throughput: ``python -m trainer.bench``

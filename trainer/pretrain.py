@@ -28,6 +28,11 @@ model, optimizer, scaler, position in the epoch and the RNG states of every rank
 another split of the same global batch (per-process batch, accumulation, processes) continues at
 the exact sample; a changed global batch or lr schedule is refused unless ``--allow-change`` names
 it (``trainer.resume``). One trainer owns a run directory at a time (``RUN/.lock``).
+
+Reading order: ``train_one_epoch`` (set lr, forward/backward, non-finite check, step, log, save when
+due) and ``end_epoch``; ``_train`` wires them: ``_prepare`` (checks, process group, lock, model,
+data, optimiser) -> ``resume.resume`` (the ``TrainState`` to continue from) -> the run store and
+wrappers -> ``_run_epochs`` (the epochs, and the status and exit code of each way a run ends).
 """
 from __future__ import annotations
 
@@ -157,6 +162,13 @@ def build_loader(cfg, info, train: bool = True):
                        rank=info.rank, world_size=info.world_size, **cfg.data.options)
 
 
+def model_input(images: torch.Tensor, cfg, info) -> torch.Tensor:
+    """A loader's batch -> what the model takes: the one place (the step and the pca fit) where
+    batches become model input. ``build_loader`` asks for make_loader's default dtype (float32,
+    normalised by the loader), so there is nothing left to do here."""
+    return images
+
+
 PCA_FIT_IMAGES = 4096  # images whose patches fit the pca target's basis (~260k patches at 64 px, 8-px patches)
 
 
@@ -172,7 +184,7 @@ def fit_pca_target(model, cfg, info, max_images: int = PCA_FIT_IMAGES) -> None:
     loader = build_loader(cfg, info, train=False)
     chunks, n = [], 0
     for images, _ in loader:
-        chunks.append(images.float())
+        chunks.append(model_input(images, cfg, info).float())
         n += images.shape[0]
         if n >= max_images:
             break
@@ -200,6 +212,7 @@ def forward_backward(model, batches, cfg, info, step: int, num_patches: int, amp
         t0 = time.perf_counter()
         images, _ = next(batches)
         wait += time.perf_counter() - t0
+        images = model_input(images, cfg, info)
         rows = masking_noise.micro_batch_rows(noise, m, A, info.rank, W, images.shape[0])
         sync = contextlib.nullcontext() if (m == A - 1 or not info.enabled) else model.no_sync()
         with sync:
