@@ -131,3 +131,14 @@ def test_resume_redoes_epoch_end_evals_lost_after_the_checkpoint(tmp_path, tiny_
     assert ev["kind"].tolist() == ["knn"] and ev["epoch"].tolist() == [2]
     assert main(["--config", str(cfg), *evals]) == 0       # present now: not run a second time
     assert len(runstore.open(tmp_path / "run").evals()) == 1
+
+
+def test_last_epoch_as_a_milestone_still_publishes_final(tmp_path, tiny_data):
+    # every ImageNet preset lists its last epoch among checkpoint.milestones
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=2, checkpoint={"milestones": [1, 2]})
+    assert main(["--config", str(cfg)]) == 0
+    d = tmp_path / "run" / "checkpoints"
+    assert (d / "milestone-e0001-s00000005.pth").is_file() and (d / "milestone-e0002-s00000010.pth").is_file()
+    assert (d / "final.pth").is_file(), sorted(p.name for p in d.iterdir())  # old code: no final.pth
+    assert torch.load(d / "final.pth", weights_only=True)["step"] == 10
+    assert runstore.open(tmp_path / "run").latest_checkpoint("final") is not None

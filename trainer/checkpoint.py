@@ -275,13 +275,16 @@ class Checkpointer:
         stop, time_due = distributed.any_flags(self.run.info, [stop_requested, time_due])
         return stop, time_due or (bool(c.every_steps) and step % c.every_steps == 0)
 
-    def epoch_end(self, epoch: int) -> tuple[bool, str | None]:
-        """(a save is due after ``epoch`` complete epochs, its tag: "milestone", "final" or None)."""
+    def epoch_end(self, epoch: int) -> tuple[bool, frozenset]:
+        """(a save is due after ``epoch`` complete epochs, its tags: "milestone" and/or "final")."""
         c = self.run.cfg.checkpoint
-        tag = "milestone" if epoch in c.milestones else ("final" if epoch == self.run.cfg.epochs else None)
-        return bool(c.every and epoch % c.every == 0) or tag is not None, tag
+        tags = frozenset(t for t, on in (("milestone", epoch in c.milestones), ("final", epoch == self.run.cfg.epochs))
+                         if on)
+        return bool(c.every and epoch % c.every == 0) or bool(tags), tags
 
-    def save(self, state, tag: str | None = None) -> None:
+    def save(self, state, tags=frozenset()) -> None:
+        """Save ``state`` (every rank calls it); ``tags``: "milestone" keeps a copy forever,
+        "final" publishes it as ``final.pth`` too (both for a last epoch that is a milestone)."""
         run = self.run
         if not params_finite(run.raw_model):  # identical on every rank: all stop together
             raise NonFiniteWeights(f"parameters are not finite at step {state.step}, epoch {state.epoch + 1}: not "
@@ -291,10 +294,11 @@ class Checkpointer:
         if run.info.is_main:
             run.writer.flush()
             path = save_atomic(self._content(state, rng), self.dir / checkpoint_name(state.epoch, state.step))
-            run.writer.add_checkpoint(str(path), epoch=state.epoch, step=state.step, tag=tag)
-            if tag == "milestone":
+            shown = "final" if "final" in tags else ("milestone" if "milestone" in tags else None)
+            run.writer.add_checkpoint(str(path), epoch=state.epoch, step=state.step, tag=shown)
+            if "milestone" in tags:
                 add_milestone(path, state.epoch, state.step)
-            if tag == "final":
+            if "final" in tags:
                 link_as(path, "final.pth")
             prune(self.dir, run.cfg.checkpoint.keep_last)
         distributed.barrier(run.info)

@@ -371,9 +371,9 @@ def end_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stats: Epoc
             f"{stats.steps * run.eff_batch / elapsed:.0f} img/s, data wait {100 * stats.wait / elapsed:.1f}%, "
             f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
     _flush(run)
-    due, tag = saver.epoch_end(state.epoch)
+    due, tags = saver.epoch_end(state.epoch)
     if due or stop_requested:
-        saver.save(state, tag=tag)
+        saver.save(state, tags)
     if stop_requested:
         raise Preempted()
     epoch_end_work(run, state.epoch)
@@ -464,7 +464,7 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
             stop_at_end, stats = train_one_epoch(run, state, saver, stop)
             end_epoch(run, state, saver, stats, stop_at_end)
         if saver.unsaved(state.step):
-            saver.save(state, tag="final")
+            saver.save(state, {"final"})
         if writer is not None:
             writer.flush()
             writer.set_status("finished", epoch=state.epoch, step=state.step, nonfinite_skips=state.nonfinite_skips)
