@@ -64,8 +64,13 @@ def pretrain_cmd(config: Path, *overrides: str) -> list[str]:
 
 
 def run_pretrain(config: Path, *overrides: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(pretrain_cmd(config, *overrides), cwd=ROOT, env=env(), capture_output=True,
-                          text=True, timeout=timeout)
+    try:
+        return subprocess.run(pretrain_cmd(config, *overrides), cwd=ROOT, env=env(), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:  # say what the run printed before it ran out of time
+        said = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        pytest.fail(f"trainer {' '.join(overrides)} still running after {timeout:.0f}s "
+                    f"(load {os.getloadavg()[0]:.1f}); its stderr: {said}")
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
