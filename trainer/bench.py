@@ -26,6 +26,9 @@ from pathlib import Path
 
 import torch
 
+from pipeline.build_ffcv import build
+from pipeline.sample import make_sample_dataset
+
 from .config import load_config
 from .distributed import DistInfo
 from .optim import build_optimizer, scaled_lr
@@ -125,8 +128,6 @@ def _ensure_demo_data(cfg) -> None:
     train = Path(cfg.data.train_path)
     if cfg.data.backend != "ffcv" or train.exists():
         return
-    from pipeline.build_ffcv import build
-    from pipeline.sample import make_sample_dataset
     src = Path("data/sample")
     if not (src / "classes.tsv").exists():
         print(f"bench: generating the sample dataset in {src}", file=sys.stderr)
