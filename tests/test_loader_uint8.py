@@ -175,3 +175,16 @@ def test_ffcv_train_crops_are_mirrored_about_half_the_time(tmp_path):
     red = next(iter(loader))[0][:, 0].float().mean(dim=1)         # N x W: red per column
     mirrored = (red[:, -1] < red[:, 0]).float().mean().item()
     assert 0.2 < mirrored < 0.8, mirrored
+
+
+def test_ffcv_closing_an_old_epoch_iterator_leaves_the_newer_one_running(data):
+    """An abandoned iterator, closed after a newer epoch started, must not stop the newer one."""
+    loader = make_loader("ffcv", path_for("ffcv", data), batch_size=4, image_size=64, train=False,
+                         num_workers=1, dtype=torch.uint8, shuffle=False)
+    old = iter(loader)
+    next(old)
+    new = iter(loader)
+    first = next(new)[1].clone()
+    old.close()
+    rest = [y.clone() for _, y in new]
+    assert len(rest) == 4 and first.shape == (4,)

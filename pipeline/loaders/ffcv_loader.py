@@ -151,20 +151,24 @@ class FFCVLoader(base.EpochState):
         decoding into the shared buffer slots: it is stopped and joined before the next epoch
         starts, and when this generator is closed.
         """
-        self._stop_epoch()
+        if getattr(self, "_running", None) is not None:
+            _stop(self._running)  # an earlier epoch left early: its thread still writes the slots
         if self.reuse_memory and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the consumer is done with the slots
-        self._running = iter(self._ffcv)
+        running = self._running = iter(self._ffcv)
         try:
-            yield from self._running
+            yield from running
         finally:
-            self._stop_epoch()
+            _stop(running)  # only this epoch's: a newer one may be running by the time this closes
+            if self._running is running:
+                self._running = None
 
-    def _stop_epoch(self):
-        it, self._running = getattr(self, "_running", None), None
-        if it is not None and it.is_alive():
-            it.terminate_event.set()   # its put() loop checks this every 0.5 s
-            it.join()
+
+def _stop(epoch_iterator) -> None:
+    """Stop an FFCV EpochIterator's thread and wait for it (its put() loop checks every 0.5 s)."""
+    if epoch_iterator.is_alive():
+        epoch_iterator.terminate_event.set()
+        epoch_iterator.join()
 
 
 def in_place_flip(flip_prob: float = 0.5):
