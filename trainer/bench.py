@@ -79,7 +79,8 @@ def measure(cfg, steps: int, rounds: int, warmup: int, preload: int = 4) -> dict
     t_build = time.perf_counter()
     loader = build_loader(cfg, info)
     stream = _cycle_loader(loader)
-    cached = [next(stream) for _ in range(preload)]
+    # cloned: a uint8 FFCV batch is a view of FFCV's buffer, valid only until the next one is drawn
+    cached = [(x.clone(), y.clone()) for x, y in itertools.islice(stream, preload)]
     loader_setup = time.perf_counter() - t_build
     memory = itertools.cycle(cached)
     if device.type == "cuda":

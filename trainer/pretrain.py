@@ -62,7 +62,7 @@ import runstore
 from common.locks import LockedError, exclusive_lock, sweep_stale_temps
 from evals.online import epoch_evals
 from model import create_model, kwargs_from_config, param_counts
-from pipeline import make_loader
+from pipeline import make_loader, to_model_input
 
 from . import checkpoint as ckpt
 from . import distributed, noise as masking_noise, preflight, recons
@@ -159,14 +159,16 @@ def build_loader(cfg, info, train: bool = True):
     return make_loader(cfg.data.backend, cfg.data.train_path, batch_size=cfg.data.batch_size,
                        image_size=cfg.data.image_size, train=train, num_workers=cfg.data.num_workers,
                        device=str(info.device), channels_last=cfg.channels_last, seed=cfg.seed,
-                       rank=info.rank, world_size=info.world_size, **cfg.data.options)
+                       rank=info.rank, world_size=info.world_size,
+                       **{"dtype": torch.uint8, **cfg.data.options})  # uint8 as the library made it
 
 
 def model_input(images: torch.Tensor, cfg, info) -> torch.Tensor:
     """A loader's batch -> what the model takes: the one place (the step and the pca fit) where
-    batches become model input. ``build_loader`` asks for make_loader's default dtype (float32,
-    normalised by the loader), so there is nothing left to do here."""
-    return images
+    batches become model input. ``build_loader`` asks for uint8 batches as the library produced
+    them; here, inside the step and on the consuming device, they are moved (non-blocking),
+    converted and normalised once (pipeline.to_model_input; a float batch passes through)."""
+    return to_model_input(images, info.device, channels_last=cfg.channels_last)
 
 
 PCA_FIT_IMAGES = 4096  # images whose patches fit the pca target's basis (~260k patches at 64 px, 8-px patches)
