@@ -38,6 +38,7 @@ from evals.features import _autocast
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
                           fit_batch, open_split, require_steps, resolve_ckpt)
 from evals.lr_decay import default_layer_decay, param_groups_lrd
+from pipeline import to_model_input
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -128,7 +129,7 @@ def evaluate(model: nn.Module, loader, device) -> dict:
                                disable=dist_info()[0] != 0):
         labels = labels.to(device).long()
         with _autocast(device):
-            logits = model(images.to(device, non_blocking=True)).float()
+            logits = model(to_model_input(images, device)).float()
         a, b = topk_correct(logits, labels)
         stats += torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")), a, b,
                                labels.numel()], dtype=torch.float64, device=device)
@@ -174,7 +175,8 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
         for i, (images, labels) in enumerate(bar):
             set_lr(opt, warmup_cosine(epoch * steps + i, epochs * steps, warmup_epochs * steps,
                                       base_lr, min_lr))
-            images = images.to(device, non_blocking=True)
+            # loaders may hand out uint8 (pipeline contract): normalised here, on the device
+            images = to_model_input(images, device)
             labels = labels.to(device, non_blocking=True).long()
             if tensor_aug is not None:
                 images = tensor_aug(images)

@@ -41,6 +41,7 @@ from evals.features import _autocast, embed, extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
                           fit_batch, open_split, require_steps, resolve_ckpt)
 from evals.lars import LARS
+from pipeline import to_model_input
 
 
 CACHED_BLR = 6.4
@@ -163,7 +164,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     if "embed_dim" in cfg:
         dim = int(cfg["embed_dim"])
     else:   # any other encoder: one batch tells the width
-        dim = embed(model, next(iter(val_loader))[0][:2].to(device), pool).shape[1]
+        dim = embed(model, to_model_input(next(iter(val_loader))[0][:2], device), pool).shape[1]
     head = ProbeHead(dim, num_classes).to(device)
     if world > 1:
         head = nn.parallel.DistributedDataParallel(head)
@@ -181,7 +182,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
             set_lr(opt, warmup_cosine(epoch * steps + i, epochs * steps, warmup_epochs * steps,
                                       base_lr))
             with torch.no_grad(), _autocast(device):
-                f = embed(model, images.to(device, non_blocking=True), pool)
+                f = embed(model, to_model_input(images, device), pool)
             loss = F.cross_entropy(head(f.float()), labels.to(device).long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -194,7 +195,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
         for images, labels in tqdm(val_loader, desc="linprobe eval", leave=False, disable=rank != 0):
             labels = labels.to(device).long()
             with _autocast(device):
-                f = embed(model, images.to(device, non_blocking=True), pool)
+                f = embed(model, to_model_input(images, device), pool)
             logits = head(f.float())
             a, b = topk_correct(logits, labels)
             stats += torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")), a, b,

@@ -322,3 +322,27 @@ def test_every_eval_option_with_a_default_shows_it():
                 continue
             help_text = formatter._expand_help(action) if action.help else ""
             assert "default" in help_text, (mod.__name__, action.option_strings, help_text)
+
+
+def test_probe_and_finetune_take_uint8_batches_as_the_loaders_hand_them_out(tiny):
+    """Pipeline contract: loaders may yield uint8 as the library produced it and the consumer
+    normalises on its device (pipeline.to_model_input); float32 batches give the same result."""
+    from evals.common import load_mae, make_eval_loader
+    from evals.finetune import build_vit, finetune
+    from evals.linprobe import train_probe_on_loader
+
+    mae = load_mae(tiny["ckpt"]).model
+    results = {}
+    for dtype in (torch.uint8, torch.float32):
+        def loader(split, train):
+            return make_eval_loader("torch", str(tiny["data"] / split), 32, 10, train, torch.device("cpu"),
+                                    num_workers=0, seed=0, dtype=dtype)
+        torch.manual_seed(0)
+        probe = train_probe_on_loader(mae, loader("train", True), loader("val", False), 10, "cpu",
+                                      epochs=1, warmup_epochs=0)
+        torch.manual_seed(0)
+        tuned = finetune(build_vit(mae, 10, 0.0), loader("train", True), loader("val", False), 10, "cpu",
+                         epochs=1, blr=5e-4, layer_decay=0.65, warmup_epochs=0)
+        assert probe["steps"] == 3 and tuned["steps"] == 3
+        results[dtype] = (probe["loss"], tuned["loss"])
+    assert results[torch.uint8] == pytest.approx(results[torch.float32], rel=1e-4)
