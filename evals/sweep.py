@@ -521,12 +521,31 @@ def host_info() -> dict:
     return info
 
 
+# The lr schedule of a point that has trained follows from these: the trainer refuses to resume
+# under other values (exit 4), so the sweep refuses them for such points before launching anything.
+_SCHEDULE_KEYS = ("epochs", "optim.warmup_epochs")
+
+
+def _check_schedule(sweep_dir: Path, p: Point, old_config: dict) -> None:
+    if not _has_checkpoint(sweep_dir / p.name):
+        return  # not trained yet: its schedule may still change with the sweep's --epochs
+    a, b = _flatten(old_config), _flatten(p.config)
+    for k in _SCHEDULE_KEYS:
+        if a.get(k) != b.get(k):
+            raise SweepError(
+                f"{sweep_dir / store.PLAN}: point {p.name!r} has trained with {k}={a.get(k)!r}, now "
+                f"{k}={b.get(k)!r}: its lr schedule would change mid-run. Resume with the original "
+                f"--epochs, or write this sweep elsewhere with --out.")
+
+
 def _check_plan(sweep_dir: Path, plan_doc: dict, points: list[Point]) -> None:
-    """A resumed sweep must keep each point's experiment settings (epochs may grow)."""
+    """A resumed sweep must keep each point's experiment settings; epochs may grow only for points
+    that have not trained yet (a trained point's schedule is fixed, see `_check_schedule`)."""
     old = {p["name"]: p for p in plan_doc.get("points", [])}
     for p in points:
         if p.name not in old:
             continue
+        _check_schedule(sweep_dir, p, old[p.name]["config"])
         a = {k: v for k, v in _flatten(old[p.name]["config"]).items() if k not in ("run_dir", "epochs")}
         b = {k: v for k, v in _flatten(p.config).items() if k not in ("run_dir", "epochs")}
         harmless = ("evals.", "recons.", "checkpoint.", "log.", "data.num_workers", "data.train_path",

@@ -281,3 +281,13 @@ def test_a_missing_data_path_stops_the_sweep_before_any_point(tmp_path):
                           "--set", f"data.train_path={tmp_path / 'none' / 'train.beton'}"],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert dry.returncode == 0 and "data.train_path" in dry.stdout + dry.stderr, dry.stderr[-2000:]
+
+
+def test_more_epochs_for_a_trained_point_are_refused_before_any_training(finished_sweep):
+    """The trainer refuses a resume whose lr schedule changed (exit 4); the sweep must say so up front,
+    naming the point and the key, instead of launching each point into that refusal."""
+    out, _ = finished_sweep
+    before = len(sweep_store.records(out))
+    with pytest.raises(sweep.SweepError, match="ratio_50.*epochs=1.*epochs=2"):
+        sweep.run_sweep(str(out.parent / "tiny_sweep.yaml"), out=out, epochs=2, echo=lambda *a: None)
+    assert len(sweep_store.records(out)) == before
