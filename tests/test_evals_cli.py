@@ -34,6 +34,25 @@ def run_cli(module: str, *args, cwd=None) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.fixture
+def in_process(capsys):
+    """`evals.MODULE.main(ARGS)` in this interpreter, output captured: the same code path as
+    run_cli from the argument parser to the exit code, without a new interpreter's ~2 s of imports.
+    Used for the variants of a finding whose main case runs as a real subprocess."""
+    import importlib
+
+    def run(module: str, *args) -> subprocess.CompletedProcess:
+        main = importlib.import_module(f"evals.{module}").main
+        capsys.readouterr()
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:              # argparse: --help, usage errors
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([module, *args], rc, out.out, out.err)
+    return run
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The user-mistake contract: exit 2, no traceback, the message on the last stderr line."""
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
@@ -158,21 +177,21 @@ def test_a_wrong_data_path_is_one_line_naming_it_and_what_is_valid(tiny, tmp_pat
         assert str(tmp_path / "no_such_dir") in line and "train" in line and "val" in line, line
 
 
-def test_a_split_folder_or_a_half_dataset_as_data_says_what_to_pass(tiny, tmp_path):
+def test_a_split_folder_or_a_half_dataset_as_data_says_what_to_pass(tiny, tmp_path, in_process):
     line = one_line_error(run_cli("knn", *common(tiny, data=tiny["data"] / "train")))
     assert f"pass its parent {tiny['data']}" in line, line
     half = tmp_path / "half"
     shutil.copytree(tiny["data"] / "train", half / "train")
-    line = one_line_error(run_cli("linprobe", *common(tiny, data=half)))
+    line = one_line_error(in_process("linprobe", *common(tiny, data=half)))
     assert "only train" in line, line
 
 
-def test_a_broken_val_split_is_found_before_the_work(tiny, tmp_path):
+def test_a_broken_val_split_is_found_before_the_work(tiny, tmp_path, in_process):
     data = tmp_path / "noval"
     shutil.copytree(tiny["data"] / "train", data / "train")
     (data / "val").mkdir()                       # exists, but holds no images
-    for cli in ("knn", "finetune"):
-        line = one_line_error(run_cli(cli, *common(tiny, data=data)))
+    for cli, run in (("knn", run_cli), ("finetune", in_process)):
+        line = one_line_error(run(cli, *common(tiny, data=data)))
         assert str(data / "val") in line, line
 
 
@@ -189,16 +208,16 @@ def test_ckpt_a_run_directory_means_its_final_checkpoint_and_says_so(tiny, tmp_p
     assert "ckpt-e0001-s00000004.pth" in proc.stdout + proc.stderr
 
 
-def test_a_missing_checkpoint_or_an_empty_run_is_one_line(tiny, tmp_path):
+def test_a_missing_checkpoint_or_an_empty_run_is_one_line(tiny, tmp_path, in_process):
     line = one_line_error(run_cli("knn", *common(tiny, ckpt=tmp_path / "nope.pth")))
     assert str(tmp_path / "nope.pth") in line and "run directory" in line, line
     empty = tmp_path / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
-    line = one_line_error(run_cli("linprobe", *common(tiny, ckpt=empty)))
+    line = one_line_error(in_process("linprobe", *common(tiny, ckpt=empty)))
     assert str(empty) in line and "no checkpoint" in line, line
     junk = tmp_path / "notes.pth"
     junk.write_text("not a checkpoint")
-    line = one_line_error(run_cli("finetune", *common(tiny, ckpt=junk)))
+    line = one_line_error(in_process("finetune", *common(tiny, ckpt=junk)))
     assert str(junk) in line, line
 
 
@@ -215,8 +234,8 @@ def test_a_checkpoint_that_does_not_match_its_checksum_is_refused(tiny, tmp_path
     assert str(ckpt) in line and "checksum" in line, line
 
 
-def test_an_option_the_chosen_protocol_ignores_is_refused(tiny):
-    line = one_line_error(run_cli("linprobe", *common(tiny), "--max-train", "10"))
+def test_an_option_the_chosen_protocol_ignores_is_refused(tiny, in_process):
+    line = one_line_error(in_process("linprobe", *common(tiny), "--max-train", "10"))
     assert "--max-train" in line and "--cached" in line, line
 
 
@@ -289,14 +308,14 @@ def test_evals_on_other_data_or_settings_never_replace_each_other(tiny, tmp_path
 
 
 # ----------------------------------------------------------------------------- 6. --help shows every default
-@pytest.mark.parametrize("cli, defaults", [
-    ("linprobe", {"--epochs": "90", "--batch-size": "256", "--num-workers": "2", "--pool": "cls"}),
-    ("knn", {"--k": "20", "--temperature": "0.07", "--batch-size": "256"}),
-    ("finetune", {"--batch-size": "128", "--smoothing": "0.1", "--mixup": "0.8", "--cutmix": "1.0"}),
-    ("sweep", {"--preset": "cpu"}),
+@pytest.mark.parametrize("cli, subprocess_run, defaults", [
+    ("linprobe", True, {"--epochs": "90", "--batch-size": "256", "--num-workers": "2", "--pool": "cls"}),
+    ("knn", False, {"--k": "20", "--temperature": "0.07", "--batch-size": "256"}),
+    ("finetune", False, {"--batch-size": "128", "--smoothing": "0.1", "--mixup": "0.8", "--cutmix": "1.0"}),
+    ("sweep", True, {"--preset": "cpu"}),
 ])
-def test_help_shows_every_default_and_what_is_written_where(cli, defaults):
-    proc = run_cli(cli, "--help")
+def test_help_shows_every_default_and_what_is_written_where(cli, subprocess_run, defaults, in_process):
+    proc = (run_cli if subprocess_run else in_process)(cli, "--help")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())        # argparse wraps lines
     for flag, value in defaults.items():
