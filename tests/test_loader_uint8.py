@@ -188,3 +188,25 @@ def test_ffcv_closing_an_old_epoch_iterator_leaves_the_newer_one_running(data):
     old.close()
     rest = [y.clone() for _, y in new]
     assert len(rest) == 4 and first.shape == (4,)
+
+
+def test_ffcv_epoch_left_after_its_last_batch_was_decoded_does_not_hang(data):
+    """Leaving an epoch whose remaining batches FFCV has all decoded (its thread then blocks on
+    the end-of-epoch put): a capped feature extraction's pattern. The next epoch must start."""
+    import threading
+    import time
+    # 4 batches: after the first is drawn, the other 3 fill FFCV's queue (batches_ahead=3) and its
+    # end-of-epoch put blocks
+    loader = make_loader("ffcv", path_for("ffcv", data), batch_size=5, image_size=64, train=False,
+                         num_workers=1, dtype=torch.uint8, shuffle=False)
+    done = []
+
+    def consume():
+        for _ in loader:
+            time.sleep(1.0)   # FFCV decodes the rest and queues the end marker meanwhile
+            break
+        done.append(sum(x.shape[0] for x, _ in loader))
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert done == [20], "the loader hung after an epoch was left early"

@@ -165,10 +165,20 @@ class FFCVLoader(base.EpochState):
 
 
 def _stop(epoch_iterator) -> None:
-    """Stop an FFCV EpochIterator's thread and wait for it (its put() loop checks every 0.5 s)."""
-    if epoch_iterator.is_alive():
-        epoch_iterator.terminate_event.set()
-        epoch_iterator.join()
+    """Stop an FFCV EpochIterator's thread and wait for it.
+
+    Its put() loop checks ``terminate_event`` every 0.5 s, but its final ``put(None)`` (end of
+    epoch) blocks without a timeout: the queue is drained so that it can return.
+    """
+    import queue
+    epoch_iterator.terminate_event.set()
+    while epoch_iterator.is_alive():
+        try:
+            while True:
+                epoch_iterator.output_queue.get_nowait()
+        except queue.Empty:
+            pass
+        epoch_iterator.join(timeout=0.05)
 
 
 def in_place_flip(flip_prob: float = 0.5):
