@@ -12,6 +12,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from evals.common import dist_info, unwrap
+from pipeline import to_model_input
 
 
 def embed(model: torch.nn.Module, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
@@ -77,7 +78,7 @@ def extract_features(model: torch.nn.Module, loader, device, pool: str = "cls",
         for images, targets in bar:
             if cap is not None and seen >= cap:
                 break
-            images = images.to(device, non_blocking=True)
+            images = to_model_input(images, device)   # uint8 batches: normalised here, on the device
             if cap is not None and seen + images.shape[0] > cap:
                 images, targets = images[: cap - seen], targets[: cap - seen]
             with _autocast(device):
