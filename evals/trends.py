@@ -10,9 +10,17 @@ reads a sweep table (the frame of ``evals.sweep.sweep_table``: columns ``point``
 - ``None``  the table lacks the points or numbers needed (not run, failed, metric missing).
 
 Accuracy trends are checked once per probe present in the table (linear probe, kNN). Rows with a
-``status`` other than ``finished`` are ignored. Comparisons are exact (no tolerance): small
-differences at CPU scale are reported as they are, with the numbers in ``detail`` so a reader can
-judge the margin.
+``status`` other than ``finished`` are ignored. ``holds`` is the exact inequality (no tolerance), kept
+for callers that want it; ``verdict`` is what a reader should believe, because at CPU scale most
+differences are inside one binomial standard error (~1.6 points on 1,000 images):
+
+- each accuracy gets a standard error: binomial ``sqrt(p(1-p)/n)`` with ``n`` the number of val images
+  it was computed on (column ``n_val``), and when a point has several rows (seeds) the SE of their
+  mean, ``sqrt(mean(p(1-p)/n) / k + var_seeds / k)``: binomial noise plus the seed-to-seed spread;
+- a comparison's difference ``a - b`` gets ``SE = sqrt(SE_a^2 + SE_b^2)``;
+- ``verdict`` reads ``holds`` / ``reversed`` when ``|difference| >= 2 SE`` (sign as the paper's claim
+  or against it), ``within noise`` when smaller, ``not enough data`` when a number is missing. With no
+  SE (no ``n_val``; speed comparisons) the exact inequality decides holds / reversed.
 
     from evals.trends import check_trends, trends_frame
     results = check_trends("mask_ratio", table)
@@ -40,20 +48,80 @@ class TrendResult:
     holds: bool | None
     detail: str
     paper: str
+    diff: float = math.nan   # a - b in the table's units, the sign of the paper's claim positive
+    se: float = math.nan     # standard error of diff (NaN: unknown)
 
     @property
     def verdict(self) -> str:
-        return {True: "reproduced", False: "not reproduced", None: "not enough data"}[self.holds]
+        if self.holds is None:
+            return "not enough data"
+        if self.se > 0 and abs(self.diff) < 2 * self.se:
+            return "within noise"
+        return "holds" if self.holds else "reversed"
 
 
 # ----------------------------------------------------------------------------- table helpers
 def usable(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of finished points (all rows when the table has no status column)."""
+    """Finished points (all rows when the table has no status column), one row per point: seeds of
+    a point are averaged and each accuracy gains a ``<metric>_se`` column (see module doc)."""
     if table is None or len(table) == 0:
         return pd.DataFrame()
     if "status" in table:
-        return table[table["status"].astype(str) == "finished"]
-    return table
+        table = table[table["status"].astype(str) == "finished"]
+    if not len(table):
+        return table
+    return with_standard_errors(table)
+
+
+def _scale(table: pd.DataFrame, metric: str) -> float:
+    """100 when the table's accuracies are percents, 1 when fractions (as evals record either)."""
+    v = pd.to_numeric(table[metric], errors="coerce").dropna()
+    return 100.0 if len(v) and v.abs().max() > 1.0 else 1.0
+
+
+def point_se(values, n_val, scale: float = 1.0) -> tuple[float, float]:
+    """(mean, SE of the mean) of one point's accuracies over its seeds, in the units of ``values``.
+
+    Binomial variance p(1-p)/n of each seed's accuracy, averaged and divided by k seeds, plus the
+    seed-to-seed variance of the mean (sample variance / k, when k >= 2). NaN SE without n."""
+    p = pd.to_numeric(pd.Series(list(values)), errors="coerce") / scale
+    n = pd.to_numeric(pd.Series(list(n_val)), errors="coerce") if n_val is not None else pd.Series([math.nan] * len(p))
+    ok = p.notna()
+    p, n = p[ok], n[ok]
+    k = len(p)
+    if k == 0:
+        return math.nan, math.nan
+    binom = float((p * (1 - p) / n.where(n > 0)).mean()) / k
+    spread = float(p.var(ddof=1)) / k if k >= 2 else 0.0
+    return float(p.mean()) * scale, math.sqrt(binom + spread) * scale
+
+
+def with_standard_errors(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per point (first row's other columns, accuracies averaged over seeds) with
+    ``<metric>_se`` for each accuracy column."""
+    key = "point" if "point" in table else None
+    groups = [g for _, g in table.groupby(key, sort=False, dropna=False)] if key else [table.iloc[[i]] for i in range(len(table))]
+    metrics = [m for m in ACCURACY_METRICS if m in table]
+    scales = {m: _scale(table, m) for m in metrics}
+    rows = []
+    for g in groups:
+        row = g.iloc[0].copy()
+        for m in metrics:
+            row[m], row[f"{m}_se"] = point_se(g[m], g["n_val"] if "n_val" in g else None, scales[m])
+        for col in ("images_per_s", "s_per_epoch"):
+            if col in g and len(g) > 1:
+                row[col] = pd.to_numeric(g[col], errors="coerce").mean()
+        rows.append(row)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def _se_of(row: pd.Series | None, metric: str) -> float:
+    return math.nan if row is None else _num(row.get(f"{metric}_se"))
+
+
+def _noise(diff: float, se: float) -> str:
+    """' (diff +1.2 ± 0.8 SE)' for a detail string."""
+    return f" (diff {diff:+.3g} ± {se:.2g} SE)" if not math.isnan(se) else f" (diff {diff:+.3g}, SE unknown: no n_val)"
 
 
 def _num(v) -> float:
@@ -113,13 +181,15 @@ def _compare(sweep, trend, claim, paper, a_names, b_names, strict, value_of=None
             get = value_of or (lambda r: _num(r.get(metric)) if r is not None else math.nan)
             va, vb = get(a), get(b)
             label = ACCURACY_METRICS.get(metric, metric)
+            se = math.nan if value_of is not None else math.hypot(_se_of(a, metric), _se_of(b, metric))
             if math.isnan(va) or math.isnan(vb):
                 holds, detail = None, f"{a_names[0]}: {_fmt(va)}, {b_names[0]}: {_fmt(vb)} (missing)"
             else:
                 holds = va > vb if strict else va >= vb
-                extra = f" ({va / vb:.2f}x)" if value_of is not None and vb > 0 else f" (diff {va - vb:+.3g})"
+                extra = f" ({va / vb:.2f}x)" if value_of is not None and vb > 0 else _noise(va - vb, se)
                 detail = f"{a_names[0]}: {_fmt(va)} vs {b_names[0]}: {_fmt(vb)}{extra}"
-            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper))
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper,
+                                   va - vb, se))
         return out
     return check
 
@@ -130,6 +200,14 @@ def _numeric_points(t: pd.DataFrame, xcol: str, metric: str):
     y = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(dtype=float)
     ok = x.notna() & y.notna()
     return x[ok], y[ok]
+
+
+def _pair_se(t: pd.DataFrame, metric: str, i, j) -> float:
+    """SE of y[i] - y[j] (rows i, j of ``t``)."""
+    col = f"{metric}_se"
+    if col not in t:
+        return math.nan
+    return math.hypot(_num(t.at[i, col]), _num(t.at[j, col]))
 
 
 def _too_few(sweep, trend, claim, label, paper, n: int, need: int) -> TrendResult:
@@ -152,8 +230,15 @@ def _argmax_at_least(sweep, trend, claim, paper, threshold):
             lo, hi = x.idxmin(), x.idxmax()
             detail = (f"peak at {_fmt(x[best])} ({_fmt(y[best])}); at {_fmt(x[lo])}: {_fmt(y[lo])}, "
                       f"at {_fmt(x[hi])}: {_fmt(y[hi])}")
+            # noise: the best point at/above the threshold against the best one below it
+            high, low = y[x >= threshold], y[x < threshold]
+            diff, se = math.nan, math.nan
+            if len(high) and len(low):
+                ih, il = high.idxmax(), low.idxmax()
+                diff, se = float(y[ih] - y[il]), _pair_se(t, metric, ih, il)
+                detail += f"; best >= {_fmt(threshold)} vs best below" + _noise(diff, se)
             out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
-                                   bool(x[best] >= threshold), detail, paper))
+                                   bool(x[best] >= threshold), detail, paper, diff, se))
         return out
     return check
 
@@ -174,9 +259,11 @@ def _ends_rise(sweep, trend, claim, paper, xcol, require_rank: bool):
             holds = bool(y[hi] > y[lo])
             if require_rank and not math.isnan(rho):
                 holds = holds and rho > 0
-            detail = (f"{xcol}={_fmt(x[lo])}: {_fmt(y[lo])} -> {xcol}={_fmt(x[hi])}: {_fmt(y[hi])}; "
-                      f"Spearman rho {_fmt(rho)} over {len(x)} points")
-            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper))
+            se = _pair_se(t, metric, hi, lo)
+            detail = (f"{xcol}={_fmt(x[lo])}: {_fmt(y[lo])} -> {xcol}={_fmt(x[hi])}: {_fmt(y[hi])}"
+                      f"{_noise(float(y[hi] - y[lo]), se)}; Spearman rho {_fmt(rho)} over {len(x)} points")
+            out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper,
+                                   float(y[hi] - y[lo]), se))
         return out
     return check
 
@@ -194,9 +281,11 @@ def _narrowest_not_best(sweep, trend, claim, paper):
             lo = x.idxmin()
             others = y.drop(lo)
             best = others.idxmax()
-            detail = f"narrowest {_fmt(x[lo])}: {_fmt(y[lo])}; best wider {_fmt(x[best])}: {_fmt(y[best])}"
+            se = _pair_se(t, metric, best, lo)
+            detail = (f"narrowest {_fmt(x[lo])}: {_fmt(y[lo])}; best wider {_fmt(x[best])}: {_fmt(y[best])}"
+                      + _noise(float(y[best] - y[lo]), se))
             out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
-                                   bool(y[best] > y[lo]), detail, paper))
+                                   bool(y[best] > y[lo]), detail, paper, float(y[best] - y[lo]), se))
         return out
     return check
 
@@ -288,7 +377,7 @@ def check_trends(sweep: str, table: pd.DataFrame) -> list[TrendResult]:
 
 
 def trends_frame(results: list[TrendResult]) -> pd.DataFrame:
-    """Results as a frame: sweep, trend, claim, metric, holds, verdict, detail, paper."""
+    """Results as a frame: sweep, trend, claim, metric, holds, verdict, diff, se, detail, paper."""
     rows = [dict(asdict(r), verdict=r.verdict) for r in results]
-    cols = ["sweep", "trend", "claim", "metric", "holds", "verdict", "detail", "paper"]
+    cols = ["sweep", "trend", "claim", "metric", "holds", "verdict", "diff", "se", "detail", "paper"]
     return pd.DataFrame(rows, columns=cols)

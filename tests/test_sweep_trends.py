@@ -135,3 +135,75 @@ def test_every_registered_sweep_reports_none_on_an_empty_table():
     assert check_trends("no_such_sweep", table([])) == []
     frame = trends_frame(check_trends("target", table([])))
     assert list(frame["verdict"]) == ["not enough data"] * 2   # norm-pix vs pixel, norm-pix vs PCA
+
+
+# ----------------------------------------------------------------------------- verdicts that know their noise
+def target_table(norm: float, pix: float, n_val=1000, **extra) -> pd.DataFrame:
+    t = table([{"point": "norm_pix", "value": "norm_pix", "linprobe_top1": norm},
+               {"point": "pixel", "value": "pixel", "linprobe_top1": pix}])
+    t["n_val"] = n_val
+    return t
+
+
+def norm_vs_pixel(t: pd.DataFrame):
+    return next(r for r in check_trends("target", t) if r.trend == "norm_pix_beats_pixel")
+
+
+def test_binomial_se_arithmetic_in_percent_and_fraction():
+    # 50% and 40% on 1,000 images: SE of the difference = sqrt(.5*.5/1000 + .4*.6/1000) = 2.214 points
+    r = norm_vs_pixel(target_table(50.0, 40.0))
+    assert r.diff == pytest.approx(10.0)
+    assert r.se == pytest.approx(100 * math.sqrt(0.25 / 1000 + 0.24 / 1000), rel=1e-9)
+    assert "± 2.2 SE" in r.detail
+    f = norm_vs_pixel(target_table(0.50, 0.40))   # the same accuracies recorded as fractions
+    assert f.se == pytest.approx(r.se / 100, rel=1e-9) and f.verdict == "holds"
+
+
+@pytest.mark.parametrize("norm, pix, verdict, holds", [
+    (50.0, 40.0, "holds", True),           # +10 points, SE 2.2: outside 2 SE
+    (40.0, 50.0, "reversed", False),       # -10 points: outside 2 SE, against the paper
+    (41.0, 39.0, "within noise", True),    # +2 points < 2 x 2.2: the exact inequality holds, noise decides
+    (39.0, 41.0, "within noise", False),
+    (39.0, 39.0, "within noise", False),   # a tie of a strict claim: not "reversed"
+    (39.0, NAN, "not enough data", None),
+])
+def test_three_way_verdicts(norm, pix, verdict, holds):
+    r = norm_vs_pixel(target_table(norm, pix))
+    assert (r.verdict, r.holds) == (verdict, holds)
+
+
+def test_without_n_val_the_exact_inequality_decides():
+    t = target_table(41.0, 39.0)
+    t = t.drop(columns=["n_val"])
+    r = norm_vs_pixel(t)
+    assert math.isnan(r.se) and r.verdict == "holds" and "SE unknown" in r.detail
+
+
+def test_seed_spread_adds_to_the_binomial_se():
+    # two seeds per point: means 45 and 40; seeds of norm_pix 44/46, of pixel 40/40
+    t = table([{"point": "norm_pix", "value": "norm_pix", "linprobe_top1": a} for a in (44.0, 46.0)]
+              + [{"point": "pixel", "value": "pixel", "linprobe_top1": a} for a in (40.0, 40.0)])
+    t["n_val"] = 1000
+    r = norm_vs_pixel(t)
+    binom_a = (0.44 * 0.56 / 1000 + 0.46 * 0.54 / 1000) / 2 / 2   # mean binomial variance / k seeds
+    spread_a = 0.0002 / 2                                          # sample var of (.44, .46) / k
+    binom_b = 0.4 * 0.6 / 1000 / 2
+    assert r.diff == pytest.approx(5.0)
+    assert r.se == pytest.approx(100 * math.sqrt(binom_a + spread_a + binom_b), rel=1e-9)
+    assert r.verdict == "holds"   # 5 points against SE ~1.9
+    # a wide seed spread turns the same means into noise
+    t.loc[t["point"] == "norm_pix", "linprobe_top1"] = [35.0, 55.0]
+    assert norm_vs_pixel(t).verdict == "within noise"
+
+
+def test_numeric_trends_carry_the_se_of_their_two_ends():
+    depth = table([{"point": f"d{d}", "value": d, "linprobe_top1": a} for d, a in [(1, 30), (2, 31), (4, 33), (8, 32)]])
+    depth["n_val"] = 1000
+    r = check_trends("decoder_depth", depth)[0]
+    assert r.holds is True and r.diff == pytest.approx(2.0) and r.verdict == "within noise"
+    t = mask_ratio_table(lin=[30, 35, 38, 46, 37])
+    t["n_val"] = 1000
+    r = check_trends("mask_ratio", t)[0]
+    assert r.diff == pytest.approx(46 - 38) and r.verdict == "holds"     # best >= 0.6 (46) vs best below (38)
+    frame = trends_frame([r])
+    assert {"diff", "se", "verdict"} <= set(frame.columns)
