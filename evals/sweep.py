@@ -66,7 +66,7 @@ EXIT_PREEMPTED = 75
 TABLE_COLUMNS = [
     "point", "value", "paper_setting", "model", "encoder_params_m", "params_m", "epochs",
     "epochs_done", "final_loss", "knn_top1", "linprobe_top1", "s_per_epoch", "images_per_s",
-    "wall_s", "status", "run_dir", "reused_from",
+    "wall_s", "status", "run_dir", "reused_from", "n_val",
 ]
 
 
@@ -422,6 +422,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
         "epochs": point.epochs, "epochs_done": 0, "final_loss": math.nan, "knn_top1": math.nan,
         "linprobe_top1": math.nan, "s_per_epoch": math.nan, "images_per_s": math.nan,
         "wall_s": math.nan, "status": "pending", "run_dir": str(run_dir), "reused_from": "",
+        "n_val": math.nan,
     }
     records = store.records(sweep_dir) if records is None else records
     row["wall_s"], row["s_per_epoch"] = _timing(records, point.name)
@@ -455,7 +456,25 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
         evals = pd.DataFrame()
     row["knn_top1"] = _last_eval(evals, "knn")
     row["linprobe_top1"] = _last_eval(evals, "linprobe")
+    row["n_val"] = _eval_n_val(evals)
     return row
+
+
+def _eval_n_val(evals: pd.DataFrame) -> float:
+    """Val images behind the point's accuracies (the newest eval record naming ``n_val`` in its
+    settings); evals.trends needs it for the binomial standard error. NaN when none says."""
+    if evals.empty or "settings" not in evals:
+        return math.nan
+    settings = evals["settings"].fillna("").astype(str)
+    online = settings[~settings.str.contains('"checkpoint"')]   # as _last_eval: the online evals first
+    for text in reversed(list(online if len(online) else settings)):
+        try:
+            n = json.loads(text).get("n_val") if text else None
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(n, (int, float)) and n > 0:
+            return float(n)
+    return math.nan
 
 
 def _plan_points(plan_doc: dict) -> list[Point]:

@@ -207,3 +207,23 @@ def test_numeric_trends_carry_the_se_of_their_two_ends():
     assert r.diff == pytest.approx(46 - 38) and r.verdict == "holds"     # best >= 0.6 (46) vs best below (38)
     frame = trends_frame([r])
     assert {"diff", "se", "verdict"} <= set(frame.columns)
+
+
+def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
+    """n_val comes from the online eval records in a real run store; a later CLI eval on other
+    data (naming its checkpoint) does not change it, and a store without n_val gives NaN."""
+    import runstore
+    from evals import sweep
+
+    run = tmp_path / "point"
+    with runstore.create(run, {"run_dir": str(run), "epochs": 2}) as w:
+        w.log_eval(epoch=2, kind="knn", top1=0.567, settings={"k": 20, "pool": "cls", "n_val": 500})
+        w.log_eval(epoch=2, kind="linprobe", top1=0.6, settings={"pool": "cls", "cached": True, "n_val": 500})
+    runstore.log_eval(run, 2, kind="knn", top1=0.533,
+                      settings={"checkpoint": str(run / "final.pth"), "data": "/other", "n_val": 3925})
+    assert sweep._eval_n_val(runstore.open(run).evals()) == 500
+    assert "n_val" in sweep.TABLE_COLUMNS
+    old = tmp_path / "old"
+    with runstore.create(old, {"run_dir": str(old), "epochs": 1}) as w:
+        w.log_eval(epoch=1, kind="knn", top1=0.5, settings={"k": 20})
+    assert math.isnan(sweep._eval_n_val(runstore.open(old).evals()))
