@@ -6,7 +6,8 @@
 For every sweep directory: what was run (model, data, epochs, batch) and with what compute (wall
 clock, CPU count / GPU), the sweep table with the paper's values for the matching settings, a plotly
 figure with this sweep on the left and the paper on the right, and for each of the paper's trends
-whether it reproduced here -- decided by ``evals.trends`` from the numbers, never written by hand.
+whether it holds here, is reversed, or is within noise (difference ± standard error, ±1 SE error
+bars on the accuracies) -- decided by ``evals.trends`` from the numbers, never written by hand.
 The file embeds plotly.js, so it opens offline and can be mailed as one file.
 
 Functions the inspector can call (pure: they read, never write):
@@ -31,7 +32,7 @@ from plotly.subplots import make_subplots
 from evals import paper_refs, sweep_store
 from evals.inputs import RawHelpFormatter
 from evals.sweep import sweep_table
-from evals.trends import check_trends, trends_frame
+from evals.trends import check_trends, trends_frame, with_standard_errors
 
 ACC_COLORS = {"linprobe_top1": "#1f77b4", "knn_top1": "#ff7f0e", "lin": "#1f77b4", "ft": "#2ca02c"}
 
@@ -74,6 +75,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         "images / s": pd.to_numeric(table["images_per_s"], errors="coerce").round(0),
         "status": table["status"],
     })
+    if "n_val" in table:  # the number of val images each accuracy was computed on (its binomial SE)
+        out.insert(list(out.columns).index("s / epoch"), "val images", pd.to_numeric(table["n_val"], errors="coerce"))
     if ref is not None:
         paper = _paper_columns(table, ref)
         out["paper setting"] = table["paper_setting"].fillna("")
@@ -94,6 +97,18 @@ def _x(table: pd.DataFrame, axis: dict) -> tuple[pd.Series, str]:
     return table["value"].astype(str), "category"
 
 
+def _se_percent(done: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The ``<metric>_se`` column in the same percent units as ``as_percent``; None when unknown."""
+    col = f"{metric}_se"
+    if col not in done:
+        return None
+    se = pd.to_numeric(done[col], errors="coerce")
+    if not se.notna().any():
+        return None
+    v = pd.to_numeric(done[metric], errors="coerce").dropna()
+    return se * 100.0 if len(v) and v.abs().max() <= 1.0 else se
+
+
 def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     """This sweep's numbers (left) beside the paper's (right) as one plotly figure.
 
@@ -107,8 +122,11 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     title = table.attrs.get("title") or name
     time_plot = name == "wall_clock"
     done = table[table["status"].astype(str) == "finished"] if "status" in table else table
+    n_done = len(done)
+    if len(done) and not time_plot:
+        done = with_standard_errors(done)  # one row per point (seeds averaged), <metric>_se beside
     right_title = f"paper: {ref.source}, {ref.model}, {ref.epochs} ep" if ref else "paper: no reference"
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"this sweep ({len(done)}/{len(table)} points done)",
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"this sweep ({n_done}/{len(table)} points done)",
                                                         right_title), horizontal_spacing=0.12)
     x, kind = _x(done, axis)
     if time_plot:
@@ -139,6 +157,9 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
             if y.notna().any():
                 trace = (go.Bar if kind == "category" else go.Scatter)
                 kw = {} if kind == "category" else {"mode": "lines+markers"}
+                se = _se_percent(done, metric)
+                if se is not None:  # ±1 SE: binomial on the val images, plus seed spread
+                    kw["error_y"] = dict(type="data", array=list(se), visible=True)
                 fig.add_trace(trace(x=x, y=y, name=f"{label} (this sweep)", marker_color=ACC_COLORS[metric],
                                     hovertext=done["point"], **kw), row=1, col=1)
         fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
@@ -216,11 +237,21 @@ def _verdict_html(tf: pd.DataFrame) -> str:
         return "<p><em>No trend of the paper is registered for this sweep.</em></p>"
     rows = []
     for _, r in tf.iterrows():
-        cls = {"reproduced": "yes", "not reproduced": "no"}.get(r["verdict"], "na")
+        cls = {"holds": "yes", "reversed": "no", "within noise": "noise"}.get(r["verdict"], "na")
         rows.append(f"<tr><td>{html.escape(r['claim'])}</td><td class='{cls}'>{html.escape(r['verdict'])}</td>"
+                    f"<td>{html.escape(_diff_text(r))}</td>"
                     f"<td>{html.escape(r['detail'])}</td><td>{html.escape(r['paper'])}</td></tr>")
     return ("<table class='tbl'><thead><tr><th>paper's trend, tested here</th><th>verdict</th>"
-            "<th>numbers here</th><th>paper</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<th>difference ± SE</th><th>numbers here</th><th>paper</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def _diff_text(r) -> str:
+    """'+2.0 ± 2.2' (the claim's sign positive); '' for speed ratios and missing numbers."""
+    diff, se = r.get("diff", math.nan), r.get("se", math.nan)
+    if diff is None or _isnan(float(diff)) or r.get("metric") == "speed":
+        return ""
+    return f"{float(diff):+.3g}" + ("" if se is None or _isnan(float(se)) else f" ± {float(se):.2g}")
 
 
 def sweep_section(sweep_dir, include_plotlyjs: bool | str = False) -> tuple[str, pd.DataFrame]:
@@ -256,7 +287,7 @@ h1{margin-bottom:0} .sub{color:#666} section{border-top:2px solid #ddd;margin-to
 .row{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start} .col{flex:1 1 600px;min-width:0;overflow-x:auto}
 table.tbl{border-collapse:collapse;font-size:13px;margin:8px 0} .tbl th,.tbl td{border-bottom:1px solid #e3e3e3;
 padding:3px 8px;text-align:left} .tbl th{background:#f5f5f5} td.yes{color:#137333;font-weight:600}
-td.no{color:#b3261e;font-weight:600} td.na{color:#777} .setup{font-size:14px} .ref{font-size:14px;color:#333}
+td.no{color:#b3261e;font-weight:600} td.noise{color:#8a6d00} td.na{color:#777} .setup{font-size:14px} .ref{font-size:14px;color:#333}
 small{color:#777;font-weight:normal}
 """
 
@@ -269,14 +300,17 @@ def build_report(sweep_dirs: list, out, title: str = "MAE ablations and scaling,
         sections.append(sec)
         all_trends.append(trends)
     summary = pd.concat(all_trends, ignore_index=True) if all_trends else pd.DataFrame()
-    n_yes = int((summary.get("holds") == True).sum()) if len(summary) else 0  # noqa: E712
-    n_no = int((summary.get("holds") == False).sum()) if len(summary) else 0  # noqa: E712
+    counts = summary["verdict"].value_counts() if len(summary) else pd.Series(dtype=int)
+    n_yes, n_no, n_noise = (int(counts.get(v, 0)) for v in ("holds", "reversed", "within noise"))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     head = (f"<h1>{html.escape(title)}</h1><p class='sub'>Generated {now} by <code>python -m evals.report</code> "
             f"from {len(sweep_dirs)} sweep(s). Reference: {html.escape(paper_refs.PAPER)}; the paper's numbers are "
             f"ImageNet-1K at 224 px with ViT-L (unless stated), ours are whatever each sweep states, so compare "
-            f"<em>trends</em>, not values. Verdicts are computed from the tables by <code>evals.trends</code>: "
-            f"{n_yes} reproduced, {n_no} not reproduced, {len(summary) - n_yes - n_no} without enough data.</p>")
+            f"<em>trends</em>, not values. Verdicts are computed from the tables by <code>evals.trends</code>, each "
+            f"difference with its standard error (binomial on the val images, plus the seed-to-seed spread where "
+            f"a point has several seeds); a difference under 2 SE reads <em>within noise</em>: "
+            f"{n_yes} hold, {n_no} reversed, {n_noise} within noise, "
+            f"{len(summary) - n_yes - n_no - n_noise} without enough data.</p>")
     summary_html = "<h2>Summary of the paper's trends</h2>" + _verdict_html(summary) if len(summary) else ""
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{CSS}</style></head><body>{head}{summary_html}{''.join(sections)}</body></html>")

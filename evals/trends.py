@@ -112,7 +112,7 @@ def with_standard_errors(table: pd.DataFrame) -> pd.DataFrame:
             if col in g and len(g) > 1:
                 row[col] = pd.to_numeric(g[col], errors="coerce").mean()
         rows.append(row)
-    return pd.DataFrame(rows).reset_index(drop=True)
+    return pd.DataFrame(rows).reset_index(drop=True).infer_objects()
 
 
 def _se_of(row: pd.Series | None, metric: str) -> float:

@@ -227,3 +227,24 @@ def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
     with runstore.create(old, {"run_dir": str(old), "epochs": 1}) as w:
         w.log_eval(epoch=1, kind="knn", top1=0.5, settings={"k": 20})
     assert math.isnan(sweep._eval_n_val(runstore.open(old).evals()))
+
+
+def test_report_shows_difference_se_three_way_verdict_and_error_bars():
+    from evals import report, sweep
+
+    t = mask_ratio_table(lin=[0.30, 0.35, 0.38, 0.46, 0.37], knn=[0.40, 0.39, 0.38, 0.41, 0.30])
+    t["n_val"] = 1000
+    for c in sweep.TABLE_COLUMNS:
+        if c not in t:
+            t[c] = "" if c in ("run_dir", "reused_from", "model") else 1
+    t.attrs["sweep"] = "mask_ratio"
+    fig = report.sweep_figure(t)
+    lin = next(tr for tr in fig.data if tr.name == "linear probe (this sweep)")
+    p = 0.46   # ±1 SE in percent, binomial on 1,000 images
+    assert lin.error_y.array[3] == pytest.approx(100 * math.sqrt(p * (1 - p) / 1000))
+    page = report._verdict_html(trends_frame(check_trends("mask_ratio", t)))
+    assert "difference ± SE" in page
+    assert "<td class='yes'>holds</td>" in page          # linear probe: +8 points ± 2.2
+    assert "<td class='noise'>within noise</td>" in page  # kNN: 0.41 vs 0.40 at 0.1, +1 point ± 2.2
+    assert "+8 ± 2.2" in page or "+0.08 ± 0.022" in page
+    assert "val images" in report.display_table(t).columns
