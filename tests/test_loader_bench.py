@@ -14,10 +14,14 @@ def result(load_start, load_end, ffcv=950.0, bare=1000.0, torch_rate=300.0, limi
             "limits": {"stored_ffcv": {"limit": limit}, "originals_pil": {"limit": 500.0}}}
 
 
-@pytest.mark.parametrize("start,end", [(1.5, 0.2), (0.3, 2.0)])
-def test_no_goal_verdict_on_a_busy_machine(start, end):
-    lines = bench.goals(result(start, end))
+def test_no_goal_verdict_on_a_busy_machine():
+    lines = bench.goals(result(1.5, 0.2))
     assert len(lines) == 1 and lines[0].startswith("no goal verdict") and "idle" in lines[0]
+
+
+def test_the_bench_own_load_at_the_end_does_not_withhold_the_verdict():
+    # two loader threads on a 2-core machine raise the 1-minute load to ~2 by the end on their own
+    assert not bench.goals(result(0.3, 2.0))[0].startswith("no goal verdict")
 
 
 def test_goal_verdicts_on_an_idle_machine():
