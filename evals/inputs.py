@@ -80,9 +80,11 @@ def resolve_ckpt(arg: str | os.PathLike) -> Path:
     if (folder / "final.pth").is_file():
         chosen, why = folder / "final.pth", "the finished run's weights"
     else:
-        # zero-padded epoch and step in the name: the last name is the newest checkpoint
-        found = sorted(folder.glob("ckpt-e*-s*.pth")) or sorted(folder.glob("*.pth"),
-                                                                key=lambda f: f.stat().st_mtime)
+        from trainer.checkpoint import list_checkpoints  # here, like verify: --help must not load torch
+
+        # the trainer's own listing (by step from the names), else any .pth by age
+        found = [path for _, _, path in reversed(list_checkpoints(folder))] or sorted(
+            folder.glob("*.pth"), key=lambda f: f.stat().st_mtime)
         if not found:
             raise UserError(f"--ckpt {p}: a directory with no checkpoint in it (no {folder}/final.pth, "
                             f"no {folder}/ckpt-*.pth); {valid}")

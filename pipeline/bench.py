@@ -323,7 +323,7 @@ def interleaved(loaders: dict, rounds: int, epochs: int) -> dict:
             for n in (unit if r % 2 == 0 else unit[::-1]):
                 try:
                     w, c, _ = time_epochs(loaders[n], epochs, first_epoch=1 + r * epochs)
-                except Exception as e:
+                except Exception as e:  # a back end failing mid-run is a row's error, not the bench's end
                     out[n].setdefault("error", f"{type(e).__name__}: {e}")
                     continue
                 out[n]["wall"].append(w)
@@ -364,7 +364,7 @@ def run(args) -> dict:
     for name, loader in list(loaders.items()):  # warm-up: FFCV's JIT compile, DALI's first build
         try:
             time_epochs(loader, 1, first_epoch=0)
-        except Exception as e:
+        except Exception as e:  # a back end that cannot run here (DALI/FFCV build, JIT) drops its row only
             res["notes"].append(f"{name}: failed in warm-up ({type(e).__name__}: {e})")
             del loaders[name]
     timings = interleaved(loaders, args.rounds, args.epochs)

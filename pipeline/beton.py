@@ -27,6 +27,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +250,9 @@ def read_sums(path) -> tuple:
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(z["info"].tobytes().decode())
             digests, structure = z["digests"], z["structure"].tobytes()
-    except Exception as e:  # noqa: BLE001 - untrusted file: any parse failure means "unusable"
+    # untrusted file: a bad .npz (BadZipFile, OSError, ValueError), a missing array (KeyError) or
+    # bad JSON/UTF-8 in it (ValueError) each mean "unusable"
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise BetonError(f"{path}: not a readable checksum file ({type(e).__name__}: {e})") from None
     if info.get("format") != SUMS_FORMAT or digests.ndim != 2 or digests.shape[1] != DIGEST_BYTES:
         raise BetonError(f"{path}: not a {SUMS_FORMAT} checksum file")

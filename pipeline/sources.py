@@ -232,7 +232,8 @@ def decode_hazard(path) -> str | None:
             fmt, mode = img.format, img.mode
             transparent = "transparency" in img.info
             orientation = _orientation(img)
-    except Exception as e:  # noqa: BLE001 - any header failure means "not plainly decodable"
+    # PIL reports a bad header as any of these (SyntaxError for some plugins, a bomb as its own error)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         return f"unreadable header ({type(e).__name__})"
     if (fmt, mode) not in _PLAIN:
         return f"{fmt} {mode} image"
