@@ -8,7 +8,7 @@ import torch
 
 import common.imagenet
 import model
-from evals import sweep
+from experiments import sweep
 from inspector import app
 from model import create_model, encoder_param_count, kwargs_from_config, param_counts
 from trainer.config import from_dict

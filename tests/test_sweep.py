@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 import runstore
-from evals import report, sweep, sweep_store
+from experiments import report, sweep
+from experiments import store as sweep_store
 from pipeline.sample import make_sample_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,7 +137,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_points(sample, tmp_path
     ], evals_every=0)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "evals.sweep", str(spec), "--out", str(out)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", str(spec), "--out", str(out)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -269,7 +270,7 @@ def test_a_cli_eval_on_other_data_does_not_become_the_points_result(tmp_path):
 def test_a_missing_data_path_stops_the_sweep_before_any_point(tmp_path):
     """Before: every point started a trainer that failed on the path (each point FAILED, exit 1)."""
     out = tmp_path / "sw"
-    proc = subprocess.run([sys.executable, "-m", "evals.sweep", "mask_ratio", "--epochs", "1", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "experiments.sweep", "mask_ratio", "--epochs", "1", "--out", str(out),
                            "--set", f"data.train_path={tmp_path / 'none' / 'train.beton'}"],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
@@ -277,7 +278,7 @@ def test_a_missing_data_path_stops_the_sweep_before_any_point(tmp_path):
     line = proc.stderr.strip().splitlines()[-1]
     assert "data.train_path" in line and str(tmp_path / "none" / "train.beton") in line, line
     assert not out.exists()                      # nothing planned, written or trained
-    dry = subprocess.run([sys.executable, "-m", "evals.sweep", "mask_ratio", "--out", str(out), "--dry-run",
+    dry = subprocess.run([sys.executable, "-m", "experiments.sweep", "mask_ratio", "--out", str(out), "--dry-run",
                           "--set", f"data.train_path={tmp_path / 'none' / 'train.beton'}"],
                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert dry.returncode == 0 and "data.train_path" in dry.stdout + dry.stderr, dry.stderr[-2000:]

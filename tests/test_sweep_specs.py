@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evals import paper_refs, sweep
-from evals.trends import TRENDS
+from experiments import paper_refs, sweep
+from experiments.trends import TRENDS
 
 SWEEPS = sweep.list_sweeps()
 

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from evals.trends import TRENDS, check_trends, trends_frame
+from experiments.trends import TRENDS, check_trends, trends_frame
 
 NAN = math.nan
 
@@ -213,7 +213,7 @@ def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
     """n_val comes from the online eval records in a real run store; a later CLI eval on other
     data (naming its checkpoint) does not change it, and a store without n_val gives NaN."""
     import runstore
-    from evals import sweep
+    from experiments import sweep
 
     run = tmp_path / "point"
     with runstore.create(run, {"run_dir": str(run), "epochs": 2}) as w:
@@ -230,7 +230,7 @@ def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
 
 
 def test_report_shows_difference_se_three_way_verdict_and_error_bars():
-    from evals import report, sweep
+    from experiments import report, sweep
 
     t = mask_ratio_table(lin=[0.30, 0.35, 0.38, 0.46, 0.37], knn=[0.40, 0.39, 0.38, 0.41, 0.30])
     t["n_val"] = 1000

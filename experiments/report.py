@@ -1,19 +1,19 @@
 """A self-contained HTML report of sweeps, each beside the paper's numbers, with computed verdicts.
 
-    python -m evals.report runs/sweeps/mask_ratio runs/sweeps/target --out report.html
-    python -m evals.report runs/sweeps/* --out report.html --title "MAE ablations on Imagenette"
+    python -m experiments.report runs/sweeps/mask_ratio runs/sweeps/target --out report.html
+    python -m experiments.report runs/sweeps/* --out report.html --title "MAE ablations on Imagenette"
 
 For every sweep directory: what was run (model, data, epochs, batch) and with what compute (wall
 clock, CPU count / GPU), the sweep table with the paper's values for the matching settings, a plotly
 figure with this sweep on the left and the paper on the right, and for each of the paper's trends
 whether it holds here, is reversed, or is within noise (difference ± standard error, ±1 SE error
-bars on the accuracies) -- decided by ``evals.trends`` from the numbers, never written by hand.
+bars on the accuracies) -- decided by ``experiments.trends`` from the numbers, never written by hand.
 The file embeds plotly.js, so it opens offline and can be mailed as one file.
 
 Functions the inspector can call (pure: they read, never write):
-    evals.sweep.sweep_table(sweep_dir) -> DataFrame
-    evals.report.sweep_figure(table, name=None) -> plotly Figure
-    evals.report.display_table(table) -> DataFrame (rounded, paper columns added)
+    experiments.sweep.sweep_table(sweep_dir) -> DataFrame
+    experiments.report.sweep_figure(table, name=None) -> plotly Figure
+    experiments.report.display_table(table) -> DataFrame (rounded, paper columns added)
 """
 from __future__ import annotations
 
@@ -29,10 +29,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from evals import paper_refs, sweep_store
+from experiments import paper_refs, store
 from evals.inputs import RawHelpFormatter
-from evals.sweep import sweep_table
-from evals.trends import check_trends, trends_frame, with_standard_errors
+from experiments.sweep import sweep_table
+from experiments.trends import check_trends, trends_frame, with_standard_errors
 
 ACC_COLORS = {"linprobe_top1": "#1f77b4", "knn_top1": "#ff7f0e", "lin": "#1f77b4", "ft": "#2ca02c"}
 
@@ -112,7 +112,7 @@ def _se_percent(done: pd.DataFrame, metric: str) -> pd.Series | None:
 def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     """This sweep's numbers (left) beside the paper's (right) as one plotly figure.
 
-    ``table`` is a sweep table (``evals.sweep.sweep_table``); ``name`` the sweep name (defaults to
+    ``table`` is a sweep table (``experiments.sweep.sweep_table``); ``name`` the sweep name (defaults to
     ``table.attrs['sweep']``). Accuracy sweeps plot linear-probe and kNN top-1 against the varied
     setting; the wall-clock sweep plots seconds per epoch and speed-up. Unfinished points are left out.
     """
@@ -256,7 +256,7 @@ def _diff_text(r) -> str:
 
 def sweep_section(sweep_dir, include_plotlyjs: bool | str = False) -> tuple[str, pd.DataFrame]:
     """HTML of one sweep (setup, table, figure, paper reference, verdicts) and its trend frame."""
-    plan_doc = sweep_store.read_plan(sweep_dir)
+    plan_doc = store.read_plan(sweep_dir)
     table = sweep_table(sweep_dir)
     name = plan_doc.get("sweep", Path(sweep_dir).name)
     ref = paper_refs.get(name)
@@ -303,10 +303,10 @@ def build_report(sweep_dirs: list, out, title: str = "MAE ablations and scaling,
     counts = summary["verdict"].value_counts() if len(summary) else pd.Series(dtype=int)
     n_yes, n_no, n_noise = (int(counts.get(v, 0)) for v in ("holds", "reversed", "within noise"))
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    head = (f"<h1>{html.escape(title)}</h1><p class='sub'>Generated {now} by <code>python -m evals.report</code> "
+    head = (f"<h1>{html.escape(title)}</h1><p class='sub'>Generated {now} by <code>python -m experiments.report</code> "
             f"from {len(sweep_dirs)} sweep(s). Reference: {html.escape(paper_refs.PAPER)}; the paper's numbers are "
             f"ImageNet-1K at 224 px with ViT-L (unless stated), ours are whatever each sweep states, so compare "
-            f"<em>trends</em>, not values. Verdicts are computed from the tables by <code>evals.trends</code>, each "
+            f"<em>trends</em>, not values. Verdicts are computed from the tables by <code>experiments.trends</code>, each "
             f"difference with its standard error (binomial on the val images, plus the seed-to-seed spread where "
             f"a point has several seeds); a difference under 2 SE reads <em>within noise</em>: "
             f"{n_yes} hold, {n_no} reversed, {n_noise} within noise, "
@@ -321,7 +321,7 @@ def build_report(sweep_dirs: list, out, title: str = "MAE ablations and scaling,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                  formatter_class=RawHelpFormatter,
                                  epilog="Writes: the one HTML file --out (figures and plotly.js inlined); reads the "
                                         "sweep directories only.")
@@ -331,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="page title")
     args = ap.parse_args(argv)
     dirs = [Path(d) for d in args.sweep_dirs]
-    bad = [d for d in dirs if not sweep_store.is_sweep_dir(d)]
+    bad = [d for d in dirs if not store.is_sweep_dir(d)]
     if bad:
-        print(f"evals.report: error: not a sweep directory (no {sweep_store.PLAN}): "
+        print(f"experiments.report: error: not a sweep directory (no {store.PLAN}): "
               f"{', '.join(map(str, bad))}", file=sys.stderr)
         return 2
     path = build_report(dirs, args.out, args.title)

@@ -44,7 +44,7 @@ def read_plan(sweep_dir) -> dict:
     """The plan of a sweep directory; SweepDirError naming the file when absent or broken."""
     path = Path(sweep_dir) / PLAN
     if not path.is_file():
-        raise SweepDirError(f"{path}: no sweep plan (is {sweep_dir} a sweep directory written by evals.sweep?)")
+        raise SweepDirError(f"{path}: no sweep plan (is {sweep_dir} a sweep directory written by experiments.sweep?)")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

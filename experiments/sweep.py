@@ -1,17 +1,17 @@
 """Run the paper's ablations and scaling studies as named, resumable sweeps.
 
     python -m pipeline.build_ffcv ../shared/data/imagenette data/imagenette_ffcv --max-resolution 64  # once
-    python -m evals.sweep --list
-    python -m evals.sweep mask_ratio --preset cpu                    # -> runs/sweeps/mask_ratio
-    python -m evals.sweep sampler --preset cpu --epochs 2 --dry-run  # show the plan, run nothing
-    python -m evals.sweep model_size --preset imagenet --launcher "torchrun --nproc_per_node=8" \\
+    python -m experiments.sweep --list
+    python -m experiments.sweep mask_ratio --preset cpu                    # -> runs/sweeps/mask_ratio
+    python -m experiments.sweep sampler --preset cpu --epochs 2 --dry-run  # show the plan, run nothing
+    python -m experiments.sweep model_size --preset imagenet --launcher "torchrun --nproc_per_node=8" \\
         --set data.train_path=/data/in1k/train.beton --set data.val_path=/data/in1k/val.beton
 
 A sweep is a YAML file in ``configs/sweeps/`` (or any path): which config keys its points change,
 and per preset (``cpu``, ``imagenet``) the base trainer config and the schedule. Each point is a
 normal training run (``trainer.pretrain.main``) whose run directory lives under the sweep directory,
 so the inspector and every run-store reader see it like any other run. Each point's start and end
-are recorded in the sweep table through ``runstore.log_sweep_point`` (layout: ``evals.sweep_store``);
+are recorded in the sweep table through ``runstore.log_sweep_point`` (layout: ``experiments.store``);
 ``sweep_table(SWEEP_DIR)`` gives the full table (point, varied value, parameters, epochs, final loss,
 kNN and linear-probe top-1, seconds per epoch, status), rebuilt from the run stores.
 
@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from evals import sweep_store as store
+from experiments import store
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEPS_DIR = ROOT / "configs" / "sweeps"
@@ -462,7 +462,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
 
 def _eval_n_val(evals: pd.DataFrame) -> float:
     """Val images behind the point's accuracies (the newest eval record naming ``n_val`` in its
-    settings); evals.trends needs it for the binomial standard error. NaN when none says."""
+    settings); experiments.trends needs it for the binomial standard error. NaN when none says."""
     if evals.empty or "settings" not in evals:
         return math.nan
     settings = evals["settings"].fillna("").astype(str)
@@ -898,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     from evals.inputs import RawHelpFormatter
 
     ap = argparse.ArgumentParser(
-        prog="python -m evals.sweep", description=__doc__, formatter_class=RawHelpFormatter,
+        prog="python -m experiments.sweep", description=__doc__, formatter_class=RawHelpFormatter,
         epilog=textwrap.fill(
                "Writes: everything under the sweep directory (--out; default runs/sweeps/NAME, "
                "runs/sweeps/NAME_PRESET for other presets, relative to the current directory): "
@@ -934,10 +934,10 @@ def main(argv: list[str] | None = None) -> int:
                           reuse=not args.no_reuse,
                           only=args.points.split(",") if args.points else None)
     except SweepPreempted as exc:
-        print(f"evals.sweep: {exc}", file=sys.stderr)
+        print(f"experiments.sweep: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
     except (SweepError, store.SweepDirError) as exc:
-        print(f"evals.sweep: error: {exc}", file=sys.stderr)
+        print(f"experiments.sweep: error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
         return 0

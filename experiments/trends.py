@@ -1,7 +1,7 @@
 """Did the paper's findings reproduce? Each trend is a small test on a sweep table, never a sentence.
 
 Why: a report that says "norm_pix beats pixel" must say it because the numbers do. Every trend here
-reads a sweep table (the frame of ``evals.sweep.sweep_table``: columns ``point``, ``value``,
+reads a sweep table (the frame of ``experiments.sweep.sweep_table``: columns ``point``, ``value``,
 ``paper_setting``, ``encoder_params_m``, ``epochs``, ``knn_top1``, ``linprobe_top1``,
 ``images_per_s``, ``s_per_epoch``, ``status``) and returns a :class:`TrendResult` whose ``holds`` is
 
@@ -22,7 +22,7 @@ differences are inside one binomial standard error (~1.6 points on 1,000 images)
   or against it), ``within noise`` when smaller, ``not enough data`` when a number is missing. With no
   SE (no ``n_val``; speed comparisons) the exact inequality decides holds / reversed.
 
-    from evals.trends import check_trends, trends_frame
+    from experiments.trends import check_trends, trends_frame
     results = check_trends("mask_ratio", table)
     trends_frame(results)      # one row per trend x metric
 """
