@@ -190,7 +190,7 @@ def _curves(state: InspectorState, selected, x_axis, log_loss):
     return [figs[k] for k in CURVES] + csvs
 
 
-ALL_RUNS = "all runs (last evaluation of each)"
+ALL_RUNS = "all runs (newest evaluation of each setting)"
 
 
 def _scaling_sources(state: InspectorState, current=None):
@@ -218,7 +218,8 @@ def _scaling(state: InspectorState, kinds, show_reference, source=ALL_RUNS):
     f2 = views.accuracy_vs_epochs_figure(table, kinds, bool(show_reference))
     shown = table.copy()
     if not shown.empty:
-        shown["top1"] = pd.to_numeric(shown["top1"], errors="coerce").round(2)
+        for col in ("top1", "top1_se"):
+            shown[col] = pd.to_numeric(shown[col], errors="coerce").round(2)
         shown["params"] = [views.format_params(p) for p in shown["params"]]
     return f1, f2, shown, state.write_csv("scaling_params", f1), state.write_csv("scaling_epochs", f2)
 
@@ -402,7 +403,8 @@ def _scaling_tab() -> SimpleNamespace:
                               elem_id="sc-ref")
         outs = [gr.Plot(label="Accuracy vs parameters", elem_id="plot-sc-params"),
                 gr.Plot(label="Accuracy vs epochs", elem_id="plot-sc-epochs"),
-                gr.Dataframe(label="Sweep points (last evaluation of each run)", interactive=False,
+                gr.Dataframe(label="Points (newest evaluation of each run and setting; top1_se: ±1 standard "
+                             "error, binomial on n_val images plus the seed spread)", interactive=False,
                              elem_id="sc-table")]
         with gr.Row():
             outs += [gr.DownloadButton("Download accuracy-vs-params CSV", size="sm"),

@@ -7,6 +7,7 @@ data can be exported with `figure_frame` / `figure_csv`.
 from __future__ import annotations
 
 import io
+import json
 import math
 from typing import Iterable, Mapping
 
@@ -17,6 +18,7 @@ from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageFont
 
 from common.values import finite_or_none
+from experiments.trends import point_se
 
 # The MAE paper's ImageNet-1K results (He et al. 2021, 1600-epoch pretraining, 224 px):
 # encoder parameters, fine-tune top-1 and linear-probe top-1.
@@ -226,19 +228,38 @@ def eval_figure(evals_by_run: Mapping[str, pd.DataFrame], kinds: Iterable[str] =
 
 
 # ---------------------------------------------------------------------------------------- scaling
+SCALING_KINDS = ("linprobe", "linprobe_full", "knn", "finetune")
+# statuses of a sweep point whose numbers count: runstore's sweep records say "done", the sweep
+# table rebuilt from the run stores "finished"; a missing status is a hand-written table
+DONE_STATUSES = ("done", "finished", "nan", "None")
+# settings keys that say which checkpoint was evaluated, not how: records differing only here are
+# the same evaluation at another epoch, and the newest stands for them
+_WHICH_CHECKPOINT = ("checkpoint",)
+
+
 def scaling_table(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Normalise sweep points to columns run, model, params, epochs, kind, top1 (one row per point)."""
+    """Normalise sweep points to columns run, model, params, epochs, kind, top1, top1_se (one row per
+    point; extra columns kept). A point without `top1_se` but with `n_val` (the val images its top-1
+    was computed on) gets the binomial standard error from `experiments.trends.point_se`."""
     df = pd.DataFrame(list(rows))
-    for col in ("run", "model", "params", "epochs", "kind", "top1"):
+    for col in ("run", "model", "params", "epochs", "kind", "top1", "top1_se", "n_val"):
         if col not in df:
             df[col] = None
-    df = _numeric(df, ["params", "epochs", "top1"])
-    return df.dropna(subset=["kind", "top1"]).reset_index(drop=True)
+    df = _numeric(df, ["params", "epochs", "top1", "top1_se", "n_val"])
+    df = df.dropna(subset=["kind", "top1"]).reset_index(drop=True)
+    todo = df["top1_se"].isna() & df["n_val"].notna()
+    df.loc[todo, "top1_se"] = [point_se([t], [n], scale=100.0)[1]
+                               for t, n in zip(df.loc[todo, "top1"], df.loc[todo, "n_val"])]
+    return df
 
 
 def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
     """Scaling points from a sweep table (evals' layout: point, model, encoder_params_m,
-    epochs_done / epochs, knn_top1, linprobe_top1, finetune_top1, status)."""
+    epochs_done / epochs, knn_top1, linprobe_top1, finetune_top1, n_val, status), top-1 in percent.
+
+    Rows of one point are its seeds (as `experiments.trends` reads a table): each point gives its mean
+    top-1 and the standard error of that mean (`experiments.trends.point_se`: binomial on `n_val` images
+    plus the seed-to-seed spread; None without `n_val`), `seeds` the number of rows behind it."""
     if sweep is None or sweep.empty:
         return []
     acc_cols = [c for c in sweep.columns if str(c).endswith("_top1")]
@@ -248,40 +269,98 @@ def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
         if both.dropna().abs().max() <= 1.0:
             for c in acc_cols:
                 sweep[c] = pd.to_numeric(sweep[c], errors="coerce") * 100.0
+    if "status" in sweep:
+        sweep = sweep[sweep["status"].astype(str).isin(DONE_STATUSES)]
+    points = sweep["point"].astype(str) if "point" in sweep else pd.Series("", index=sweep.index)
     rows = []
-    for _, r in sweep.iterrows():
-        if str(r.get("status", "done")) not in ("done", "nan", "None"):
-            continue
+    for point, seeds in sweep.groupby(points, sort=False):
+        r = seeds.iloc[0]
         params = finite_or_none(r.get("encoder_params_m"))
         params = params * 1e6 if params is not None else finite_or_none(r.get("params"))
         epochs = finite_or_none(r.get("epochs_done"))
         if not epochs:
             epochs = finite_or_none(r.get("epochs"))
-        for kind in ("linprobe", "linprobe_full", "knn", "finetune"):
-            top1 = finite_or_none(r.get(f"{kind}_top1"))
-            if top1 is not None:
-                rows.append({"run": str(r.get("point", "")), "model": str(r.get("model", "")),
-                             "params": params, "epochs": epochs, "kind": kind, "top1": top1})
+        for kind in SCALING_KINDS:
+            if f"{kind}_top1" not in seeds:
+                continue
+            top1 = pd.to_numeric(seeds[f"{kind}_top1"], errors="coerce")
+            mean, se = point_se(top1, seeds["n_val"] if "n_val" in seeds else None, scale=100.0)
+            if finite_or_none(mean) is not None:
+                rows.append({"run": point, "model": str(r.get("model", "")), "params": params, "epochs": epochs,
+                             "kind": kind, "top1": mean, "top1_se": finite_or_none(se),
+                             "seeds": int(top1.notna().sum())})
     return rows
 
 
-def final_evals(evals: pd.DataFrame, kinds: Iterable[str] = ("linprobe", "linprobe_full", "knn",
-                                                              "finetune")) -> list[dict]:
-    """The last logged result of each eval kind of one run (its sweep point)."""
+def _settings_identity(text: str) -> str:
+    """A record's settings as canonical JSON without the keys that name its checkpoint (the key
+    records are grouped by); text that is not a JSON object (written by hand) is kept as one value."""
+    try:
+        settings = json.loads(text) if text else {}
+    except ValueError:
+        settings = text
+    if not isinstance(settings, dict):
+        settings = {"settings": text}
+    return json.dumps({k: v for k, v in settings.items() if k not in _WHICH_CHECKPOINT}, sort_keys=True)
+
+
+def _settings_labels(identities: list[str]) -> list[str]:
+    """'key=value, ...' of the settings in which one kind's records differ ('' when they do not)."""
+    parsed = [json.loads(i) for i in identities]
+    keys = sorted({k for p in parsed for k in p})
+    differ = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
+    return [", ".join(f"{k}={p[k]}" for k in differ if k in p) for p in parsed]
+
+
+def final_evals(evals: pd.DataFrame, kinds: Iterable[str] = SCALING_KINDS) -> list[dict]:
+    """The newest result of each eval kind and settings of one run (its sweep point).
+
+    A run evaluated several ways (a probe with pool=cls and with pool=avg, another probe schedule,
+    other data) gives one row per kind and distinct settings; records that differ only in which
+    checkpoint they evaluated count as one setting, the newest epoch standing for it. Rows: kind,
+    top1 (%), eval_epoch, n_val (val images behind top1, None when not recorded) and settings (the
+    keys in which this kind's rows differ, e.g. "pool=avg"; "" when the kind has one setting)."""
     if evals is None or evals.empty or not {"kind", "top1"} <= set(evals.columns):
         return []
-    d = _numeric(evals_in_percent(evals), ["epoch", "top1"]).dropna(subset=["top1"])
+    d = _numeric(evals_in_percent(evals), ["epoch", "top1", "n_val"]).dropna(subset=["top1"])
+    if "epoch" in d:
+        d = d.sort_values("epoch", kind="stable")
+    raw = d["settings"].fillna("").astype(str) if "settings" in d else pd.Series("", index=d.index)
+    identity = raw.map(_settings_identity)
     out = []
     for kind in kinds:
         k = d[d["kind"] == kind]
         if k.empty:
             continue
-        if "epoch" in k:
-            k = k.sort_values("epoch", kind="stable")
-        last = k.iloc[-1]
-        out.append({"kind": kind, "top1": float(last["top1"]),
-                    "eval_epoch": None if "epoch" not in k else finite_or_none(last.get("epoch"))})
+        newest = k.groupby(identity[k.index], sort=False).tail(1)  # the last of each setting
+        labels = _settings_labels(list(identity[newest.index]))
+        for (_, last), label in zip(newest.iterrows(), labels):
+            out.append({"kind": kind, "top1": float(last["top1"]),
+                        "eval_epoch": None if "epoch" not in k else finite_or_none(last.get("epoch")),
+                        "n_val": finite_or_none(last.get("n_val")), "settings": label})
     return out
+
+
+def _error_bars(points: pd.DataFrame) -> dict | None:
+    """Plotly `error_y` of ±1 standard error per point (None where unknown: no bar), or None when no
+    point has one."""
+    se = [finite_or_none(v) for v in points.get("top1_se", pd.Series(dtype=float))]
+    if not any(v is not None for v in se):
+        return None
+    return {"type": "data", "array": se, "visible": True}
+
+
+def _point_label(point: pd.Series) -> str:
+    """Hover text of a scaling point: run (model), its settings, ± SE and seeds when known."""
+    text = f"{point['run']} ({point['model']})"
+    settings = point.get("settings")
+    if isinstance(settings, str) and settings:  # NaN where the table mixes runs and sweep points
+        text += f" · {settings}"
+    se = finite_or_none(point.get("top1_se"))
+    if se is not None:
+        seeds = finite_or_none(point.get("seeds"))
+        text += f" · ±{se:.2f} SE" + (f" over {seeds:.0f} seeds" if seeds and seeds > 1 else "")
+    return text
 
 
 def _scaling_figure(table: pd.DataFrame, x: str, title: str, x_title: str, kinds: Iterable[str],
@@ -295,7 +374,7 @@ def _scaling_figure(table: pd.DataFrame, x: str, title: str, x_title: str, kinds
             continue
         fig.add_trace(go.Scatter(
             x=k[x], y=k["top1"], mode="lines+markers", name=f"your runs · {KIND_LABELS.get(kind, kind)}",
-            text=k["run"].astype(str) + " (" + k["model"].astype(str) + ")",
+            text=[_point_label(r) for _, r in k.iterrows()], error_y=_error_bars(k),
             hovertemplate="%{text}<br>" + x_title + ": %{x}<br>top-1: %{y:.2f}%<extra></extra>"))
     if show_reference:
         for col, label in (("finetune", "fine-tune"), ("linprobe", "linear probe")):
@@ -332,14 +411,19 @@ def accuracy_vs_epochs_figure(table: pd.DataFrame, kinds=("linprobe", "knn", "fi
 
 # ---------------------------------------------------------------------------------------- export
 def figure_frame(fig: go.Figure) -> pd.DataFrame:
-    """The data behind any figure as a long table: series, x, y (one row per plotted point)."""
+    """The data behind any figure as a long table: series, x, y (one row per plotted point), and
+    y_se (the error bar's half-length) when a series draws error bars."""
     frames = []
     for trace in fig.data:
         xs = getattr(trace, "x", None)
         ys = getattr(trace, "y", None)
         if xs is None or ys is None:
             continue
-        frames.append(pd.DataFrame({"series": trace.name or "", "x": list(xs), "y": list(ys)}))
+        frame = pd.DataFrame({"series": trace.name or "", "x": list(xs), "y": list(ys)})
+        err = getattr(getattr(trace, "error_y", None), "array", None)
+        if err is not None:
+            frame["y_se"] = pd.to_numeric(pd.Series(list(err), dtype=object), errors="coerce")
+        frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["series", "x", "y"])
     return pd.concat(frames, ignore_index=True)
