@@ -11,7 +11,7 @@ bars on the accuracies) -- decided by ``experiments.trends`` from the numbers, n
 The file embeds plotly.js, so it opens offline and can be mailed as one file.
 
 Functions the inspector can call (pure: they read, never write):
-    experiments.sweep.sweep_table(sweep_dir) -> DataFrame
+    experiments.results.sweep_table(sweep_dir) -> DataFrame
     experiments.report.sweep_figure(table, name=None) -> plotly Figure
     experiments.report.display_table(table) -> DataFrame (rounded, paper columns added)
 """
@@ -29,9 +29,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from experiments import paper_refs, store
 from evals.inputs import RawHelpFormatter
-from experiments.sweep import sweep_table
+from experiments import paper_refs, store
+from experiments.results import sweep_table
 from experiments.trends import check_trends, trends_frame, with_standard_errors
 
 ACC_COLORS = {"linprobe_top1": "#1f77b4", "knn_top1": "#ff7f0e", "lin": "#1f77b4", "ft": "#2ca02c"}
@@ -112,7 +112,7 @@ def _se_percent(done: pd.DataFrame, metric: str) -> pd.Series | None:
 def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     """This sweep's numbers (left) beside the paper's (right) as one plotly figure.
 
-    ``table`` is a sweep table (``experiments.sweep.sweep_table``); ``name`` the sweep name (defaults to
+    ``table`` is a sweep table (``experiments.results.sweep_table``); ``name`` the sweep name (defaults to
     ``table.attrs['sweep']``). Accuracy sweeps plot linear-probe and kNN top-1 against the varied
     setting; the wall-clock sweep plots seconds per epoch and speed-up. Unfinished points are left out.
     """

@@ -20,13 +20,13 @@ what) and is what ``runstore.list_sweeps`` finds.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
 import runstore
+from common.files import write_atomic
 
 PLAN = "plan.json"
 
@@ -52,11 +52,8 @@ def read_plan(sweep_dir) -> dict:
 
 
 def write_plan(sweep_dir, plan: dict) -> None:
-    """Write plan.json through a temporary file and a rename (a kill never leaves half a file)."""
-    path = Path(sweep_dir) / PLAN
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(plan, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write plan.json atomically (``common.files.write_atomic``: a kill never leaves half a file)."""
+    write_atomic(Path(sweep_dir) / PLAN, json.dumps(plan, indent=2, default=str))
 
 
 def _clean(d: dict) -> dict:

@@ -1,7 +1,7 @@
 """Did the paper's findings reproduce? Each trend is a small test on a sweep table, never a sentence.
 
 Why: a report that says "norm_pix beats pixel" must say it because the numbers do. Every trend here
-reads a sweep table (the frame of ``experiments.sweep.sweep_table``: columns ``point``, ``value``,
+reads a sweep table (the frame of ``experiments.results.sweep_table``: columns ``point``, ``value``,
 ``paper_setting``, ``encoder_params_m``, ``epochs``, ``knn_top1``, ``linprobe_top1``,
 ``images_per_s``, ``s_per_epoch``, ``status``) and returns a :class:`TrendResult` whose ``holds`` is
 

@@ -8,7 +8,7 @@ import torch
 
 import common.imagenet
 import model
-from experiments import sweep
+from experiments import results
 from inspector import app
 from model import create_model, encoder_param_count, kwargs_from_config, param_counts
 from trainer.config import from_dict
@@ -47,7 +47,7 @@ def test_kwargs_equal_every_copy(sections):
 def test_counts_equal_every_copy(sections):
     stored = _stored(*sections)
     enc, tot = param_counts(stored)
-    assert (enc / 1e6, tot / 1e6) == sweep._param_counts(stored)
+    assert (enc / 1e6, tot / 1e6) == results._param_counts(stored)
     assert enc == encoder_param_count(stored) == encoder_param_count(create_model(stored["model"]["name"],
                                                                                  **kwargs_from_config(stored)))
     assert 0 < enc < tot

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 import runstore
-from experiments import report, sweep
+from experiments import report, results, sweep
 from experiments import store as sweep_store
 from pipeline.sample import make_sample_dataset
 
@@ -261,10 +261,10 @@ def test_a_cli_eval_on_other_data_does_not_become_the_points_result(tmp_path):
                       settings={"checkpoint": str(run / "checkpoints" / "final.pth"), "data": "/other"})
     ev = runstore.open(run).evals()
     assert len(ev[ev["kind"] == "knn"]) == 2                # both kept
-    assert sweep._last_eval(ev, "knn") == pytest.approx(0.567)
-    assert sweep._last_eval(ev, "linprobe") == pytest.approx(0.6)
+    assert results._last_eval(ev, "knn") == pytest.approx(0.567)
+    assert results._last_eval(ev, "linprobe") == pytest.approx(0.6)
     only_cli = ev[ev["top1"] != 0.567]                      # a point with nothing else: use what there is
-    assert sweep._last_eval(only_cli, "knn") == pytest.approx(0.533)
+    assert results._last_eval(only_cli, "knn") == pytest.approx(0.533)
 
 
 def test_a_missing_data_path_stops_the_sweep_before_any_point(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import paper_refs, sweep
+from experiments import paper_refs, results, sweep
 from experiments.trends import TRENDS
 
 SWEEPS = sweep.list_sweeps()
@@ -78,5 +78,5 @@ def test_every_cpu_point_has_its_parameter_count():
         if "cpu" not in spec["presets"]:
             continue
         for p in sweep.plan(spec, "cpu"):
-            enc, tot = sweep._param_counts(p.config)
+            enc, tot = results._param_counts(p.config)
             assert enc > 0 and tot > enc, (name, p.name)

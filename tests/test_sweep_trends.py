@@ -213,7 +213,7 @@ def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
     """n_val comes from the online eval records in a real run store; a later CLI eval on other
     data (naming its checkpoint) does not change it, and a store without n_val gives NaN."""
     import runstore
-    from experiments import sweep
+    from experiments import results, sweep
 
     run = tmp_path / "point"
     with runstore.create(run, {"run_dir": str(run), "epochs": 2}) as w:
@@ -221,12 +221,12 @@ def test_sweep_table_reads_n_val_from_the_points_own_evals(tmp_path):
         w.log_eval(epoch=2, kind="linprobe", top1=0.6, settings={"pool": "cls", "cached": True, "n_val": 500})
     runstore.log_eval(run, 2, kind="knn", top1=0.533,
                       settings={"checkpoint": str(run / "final.pth"), "data": "/other", "n_val": 3925})
-    assert sweep._eval_n_val(runstore.open(run).evals()) == 500
+    assert results._eval_n_val(runstore.open(run).evals()) == 500
     assert "n_val" in sweep.TABLE_COLUMNS
     old = tmp_path / "old"
     with runstore.create(old, {"run_dir": str(old), "epochs": 1}) as w:
         w.log_eval(epoch=1, kind="knn", top1=0.5, settings={"k": 20})
-    assert math.isnan(sweep._eval_n_val(runstore.open(old).evals()))
+    assert math.isnan(results._eval_n_val(runstore.open(old).evals()))
 
 
 def test_report_shows_difference_se_three_way_verdict_and_error_bars():
