@@ -323,7 +323,7 @@ class RunCatalog:
                 todo.append((n, sig))
         if todo:
             with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
-                for (n, sig), s in zip(todo, pool.map(lambda t: self.summary(t[0]), todo)):
+                for (n, sig), s in zip(todo, pool.map(self.summary, [n for n, _ in todo])):
                     out[n] = s
                     if sig is not None and s.get("status") in TERMINAL:
                         self._summaries[n] = (sig, s, now)
