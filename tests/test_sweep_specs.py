@@ -80,3 +80,29 @@ def test_every_cpu_point_has_its_parameter_count():
         for p in sweep.plan(spec, "cpu"):
             enc, tot = results._param_counts(p.config)
             assert enc > 0 and tot > enc, (name, p.name)
+
+
+def test_experiment_key_of_a_config_the_trainer_rejects_is_an_error():
+    """Before: a config the trainer rejected was hashed raw (every error swallowed), so reuse quietly
+    stopped matching; now the trainer's ConfigError names the key."""
+    from experiments.plan import experiment_key
+    from trainer.config import ConfigError
+
+    good = sweep.plan(sweep.load_spec("mask_ratio"), "cpu")[0].config
+    assert experiment_key(good) == experiment_key(dict(good, threads=3))   # not part of the experiment
+    with pytest.raises(ConfigError, match="model.bogus"):
+        experiment_key({**good, "model": {**good["model"], "bogus": 1}})
+
+
+def test_a_resumed_sweep_accepts_the_trainers_harmless_keys_only(tmp_path):
+    """The resume check of a sweep uses the trainer's harmless-on-resume keys (common.keys): loader
+    workers, where the same data is read from, compile; a model setting is refused by name."""
+    spec = sweep.load_spec("mask_ratio")
+    old = sweep.plan(spec, "cpu", sweep_dir=tmp_path)
+    plan_doc = {"points": [{"name": p.name, "config": p.config} for p in old]}
+    harmless = sweep.plan(spec, "cpu", sweep_dir=tmp_path,
+                          sets=["data.num_workers=7", "compile=true", "data.train_path=/elsewhere/train.beton"])
+    sweep.check_plan(tmp_path, plan_doc, harmless)
+    changed = sweep.plan(spec, "cpu", sweep_dir=tmp_path, sets=["model.norm_pix_loss=false"])
+    with pytest.raises(sweep.SweepError, match="model.norm_pix_loss"):
+        sweep.check_plan(tmp_path, plan_doc, changed)
