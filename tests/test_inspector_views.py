@@ -142,6 +142,10 @@ def test_scaling_figures_with_and_without_paper_points(catalog):
     assert set(table["kind"]) >= {"knn", "linprobe"}
     plain = views.accuracy_vs_params_figure(table, ["linprobe", "knn"])
     assert all("paper" not in t.name for t in plain.data) and len(plain.data) == 2
+    for trace in plain.data:  # the online evals record their val images: binomial ±1 SE bars
+        row = rows[[r["kind"] for r in rows].index("linprobe" if "linear" in trace.name else "knn")]
+        p, n = row["top1"] / 100, row["n_val"]
+        assert n > 0 and list(trace.error_y.array) == pytest.approx([100 * (p * (1 - p) / n) ** 0.5])
     ref = views.accuracy_vs_params_figure(table, ["linprobe", "knn"], show_reference=True)
     paper = {t.name: t for t in ref.data if "paper" in t.name}
     assert len(paper) == 2
