@@ -109,6 +109,60 @@ def _se_percent(done: pd.DataFrame, metric: str) -> pd.Series | None:
     return se * 100.0 if len(v) and v.abs().max() <= 1.0 else se
 
 
+def _time_traces(fig: go.Figure, done: pd.DataFrame, x, ref: paper_refs.PaperRef | None) -> None:
+    """Wall-clock sweep: seconds per epoch and speed-up vs the point with the mask token (left),
+    the paper's hours for 800 epochs (right)."""
+    spe = pd.to_numeric(done["s_per_epoch"], errors="coerce")
+    ips = pd.to_numeric(done["images_per_s"], errors="coerce")
+    base = done[done["point"].astype(str) == "with_mask_token"]
+    speed = [math.nan] * len(done)
+    if len(base):
+        ref_ips = float(pd.to_numeric(base["images_per_s"], errors="coerce").iloc[0])
+        ref_spe = float(pd.to_numeric(base["s_per_epoch"], errors="coerce").iloc[0])
+        # speed-up from training throughput (images/s) when logged, else from seconds per epoch
+        speed = [i / ref_ips if ref_ips > 0 and i > 0 else ref_spe / t for i, t in zip(ips, spe)]
+    text = [f"{t:.3g} s" + ("" if math.isnan(v) else f", {v:.2f}x") for t, v in zip(spe, speed)]
+    fig.add_trace(go.Bar(x=x, y=spe, name="seconds / epoch, speed-up vs w/ [M] (this sweep)",
+                         marker_color="#7f7f7f", text=text, textposition="auto"), row=1, col=1)
+    fig.update_yaxes(title_text="seconds per epoch", row=1, col=1)
+    if ref:
+        rows = ref.rows
+        fig.add_trace(go.Bar(x=[r.setting for r in rows], y=[r.extra.get("hours") for r in rows],
+                             name="paper: hours for 800 epochs", marker_color="#bcbd22",
+                             text=[f"{r.extra.get('speedup')}x" for r in rows], textposition="auto"), row=1, col=2)
+        fig.update_yaxes(title_text="hours (128 TPU-v3 cores)", row=1, col=2)
+
+
+def _accuracy_traces(fig: go.Figure, done: pd.DataFrame, x, kind: str, ref: paper_refs.PaperRef | None) -> None:
+    """Linear-probe and kNN top-1 with ±1 SE bars against the varied setting (left), the paper's
+    linear-probe and fine-tune top-1 (right)."""
+    for metric, label in (("linprobe_top1", "linear probe"), ("knn_top1", "kNN")):
+        if metric not in done:
+            continue
+        y = as_percent(done[metric])
+        if y.notna().any():
+            trace = (go.Bar if kind == "category" else go.Scatter)
+            kw = {} if kind == "category" else {"mode": "lines+markers"}
+            se = _se_percent(done, metric)
+            if se is not None:  # ±1 SE: binomial on the val images, plus seed spread
+                kw["error_y"] = dict(type="data", array=list(se), visible=True)
+            fig.add_trace(trace(x=x, y=y, name=f"{label} (this sweep)", marker_color=ACC_COLORS[metric],
+                                hovertext=done["point"], **kw), row=1, col=1)
+    fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
+    if ref:
+        rows = ref.rows
+        numeric = kind != "category" and all(r.x is not None for r in rows)
+        px = [r.x for r in rows] if numeric else [r.setting for r in rows]
+        for key, label in (("lin", "linear probe"), ("ft", "fine-tune")):
+            py = [getattr(r, key) for r in rows]
+            if any(v is not None for v in py):
+                trace = go.Scatter if numeric else go.Bar
+                kw = {"mode": "lines+markers"} if numeric else {}
+                fig.add_trace(trace(x=px, y=py, name=f"paper {label}", marker_color=ACC_COLORS[key],
+                                    opacity=0.6, **kw), row=1, col=2)
+        fig.update_yaxes(title_text="ImageNet top-1 (%)", row=1, col=2)
+
+
 def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
     """This sweep's numbers (left) beside the paper's (right) as one plotly figure.
 
@@ -130,51 +184,9 @@ def sweep_figure(table: pd.DataFrame, name: str | None = None) -> go.Figure:
                                                         right_title), horizontal_spacing=0.12)
     x, kind = _x(done, axis)
     if time_plot:
-        spe = pd.to_numeric(done["s_per_epoch"], errors="coerce")
-        ips = pd.to_numeric(done["images_per_s"], errors="coerce")
-        base = done[done["point"].astype(str) == "with_mask_token"]
-        speed = [math.nan] * len(done)
-        if len(base):
-            ref_ips = float(pd.to_numeric(base["images_per_s"], errors="coerce").iloc[0])
-            ref_spe = float(pd.to_numeric(base["s_per_epoch"], errors="coerce").iloc[0])
-            # speed-up from training throughput (images/s) when logged, else from seconds per epoch
-            speed = [i / ref_ips if ref_ips > 0 and i > 0 else ref_spe / t for i, t in zip(ips, spe)]
-        text = [f"{t:.3g} s" + ("" if math.isnan(v) else f", {v:.2f}x") for t, v in zip(spe, speed)]
-        fig.add_trace(go.Bar(x=x, y=spe, name="seconds / epoch, speed-up vs w/ [M] (this sweep)",
-                             marker_color="#7f7f7f", text=text, textposition="auto"), row=1, col=1)
-        fig.update_yaxes(title_text="seconds per epoch", row=1, col=1)
-        if ref:
-            rows = ref.rows
-            fig.add_trace(go.Bar(x=[r.setting for r in rows], y=[r.extra.get("hours") for r in rows],
-                                 name="paper: hours for 800 epochs", marker_color="#bcbd22",
-                                 text=[f"{r.extra.get('speedup')}x" for r in rows], textposition="auto"), row=1, col=2)
-            fig.update_yaxes(title_text="hours (128 TPU-v3 cores)", row=1, col=2)
+        _time_traces(fig, done, x, ref)
     else:
-        for metric, label in (("linprobe_top1", "linear probe"), ("knn_top1", "kNN")):
-            if metric not in done:
-                continue
-            y = as_percent(done[metric])
-            if y.notna().any():
-                trace = (go.Bar if kind == "category" else go.Scatter)
-                kw = {} if kind == "category" else {"mode": "lines+markers"}
-                se = _se_percent(done, metric)
-                if se is not None:  # ±1 SE: binomial on the val images, plus seed spread
-                    kw["error_y"] = dict(type="data", array=list(se), visible=True)
-                fig.add_trace(trace(x=x, y=y, name=f"{label} (this sweep)", marker_color=ACC_COLORS[metric],
-                                    hovertext=done["point"], **kw), row=1, col=1)
-        fig.update_yaxes(title_text="top-1 (%)", row=1, col=1)
-        if ref:
-            rows = ref.rows
-            numeric = kind != "category" and all(r.x is not None for r in rows)
-            px = [r.x for r in rows] if numeric else [r.setting for r in rows]
-            for key, label in (("lin", "linear probe"), ("ft", "fine-tune")):
-                py = [getattr(r, key) for r in rows]
-                if any(v is not None for v in py):
-                    trace = go.Scatter if numeric else go.Bar
-                    kw = {"mode": "lines+markers"} if numeric else {}
-                    fig.add_trace(trace(x=px, y=py, name=f"paper {label}", marker_color=ACC_COLORS[key],
-                                        opacity=0.6, **kw), row=1, col=2)
-            fig.update_yaxes(title_text="ImageNet top-1 (%)", row=1, col=2)
+        _accuracy_traces(fig, done, x, kind, ref)
     xlabel = axis.get("label", "setting")
     fig.update_xaxes(title_text=xlabel, row=1, col=1)
     fig.update_xaxes(title_text=xlabel if name != "model_size" else "encoder parameters (M)", row=1, col=2)
