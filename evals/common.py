@@ -14,6 +14,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import runstore
+from common.files import sha256_sidecar
+from evals.inputs import UserError, layout_hint, note
+from model import load_checkpoint
+from model.checkpoint import safe_torch_load
+from pipeline import make_loader
+from pipeline.sources import KAGGLE_SUBDIR
+from trainer.checkpoint import list_checkpoints, verify
 
 # ----------------------------------------------------------------------------- distributed
 def init_distributed(device_arg: str = "auto") -> tuple[torch.device, int, int]:
@@ -86,6 +94,44 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
 
 
 # ----------------------------------------------------------------------------- checkpoints
+def resolve_ckpt(arg: str | os.PathLike) -> Path:
+    """--ckpt as a checkpoint file: a file as given, a run directory (or its checkpoints/) as its
+    `final.pth`, else its newest `ckpt-eEEEE-sSSSSSSSS.pth` (said on stdout); checked against its
+    `.sha256` when there is one. Absolute, so records name the same file whatever the cwd."""
+    p = Path(arg).expanduser()
+    if p.is_file():
+        return verified(p.resolve())
+    valid = "pass a checkpoint file (.pth) or a run directory holding checkpoints/final.pth or checkpoints/ckpt-*.pth"
+    if not p.exists():
+        raise UserError(f"--ckpt {p}: no such file or directory; {valid}")
+    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    if (folder / "final.pth").is_file():
+        chosen, why = folder / "final.pth", "the finished run's weights"
+    else:
+        # the trainer's own listing (by step from the names), else any .pth by age
+        found = [path for _, _, path in reversed(list_checkpoints(folder))] or sorted(
+            folder.glob("*.pth"), key=lambda f: f.stat().st_mtime)
+        if not found:
+            raise UserError(f"--ckpt {p}: a directory with no checkpoint in it (no {folder}/final.pth, "
+                            f"no {folder}/ckpt-*.pth); {valid}")
+        chosen, why = found[-1], "no final.pth yet: the newest checkpoint"
+    chosen = chosen.resolve()
+    note(f"--ckpt {p} is a directory: using {chosen} ({why})")
+    return verified(chosen)
+
+
+def verified(path: Path) -> Path:
+    """`path`, after checking it against the `NAME.sha256` the trainer writes beside every
+    checkpoint: a flipped byte in the weights unpickles fine and gives a wrong result without a
+    word. No sidecar (official downloads, hand-made files): nothing to check."""
+    if not sha256_sidecar(path).is_file():
+        return path
+    problem = verify(path)
+    if problem is not None:
+        raise UserError(f"--ckpt {path}: {problem}: the file is corrupt or was replaced; not loaded")
+    return path
+
+
 @dataclass
 class LoadedCheckpoint:
     model: torch.nn.Module          # a model.MaskedAutoencoderViT
@@ -100,10 +146,6 @@ def load_mae(ckpt: str | os.PathLike) -> LoadedCheckpoint:
     official MAE's argparse.Namespace allow-listed), so a pickle that would run code is refused
     without being unpickled. A file that is not a usable checkpoint is a UserError naming it.
     """
-    from evals.inputs import UserError
-    from model import load_checkpoint
-    from model.checkpoint import safe_torch_load
-
     path = Path(ckpt)
     if not path.is_file():
         raise UserError(f"--ckpt {path}: no such file; pass a checkpoint file (.pth) or a run directory")
@@ -148,8 +190,6 @@ def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> P
     work, so a long evaluation never ends in a write error) or the checkpoint's own run."""
     if run is None:
         return default_run_dir(ckpt)
-    from evals.inputs import UserError
-
     if not (Path(run) / "config.yaml").is_file():
         raise UserError(f"--run {run}: not a run directory (no config.yaml); omit --run to print the "
                          f"result only, or point it at a run made by trainer.pretrain")
@@ -181,14 +221,10 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
     (-> torch, or dali when asked; val/ may be ILSVRC's flat one with LOC_val_solution.csv, and
     Kaggle's download is read from DATA/ILSVRC/Data/CLS-LOC). `backend` "auto" picks by what is there.
     """
-    from evals.inputs import UserError
-
     root = Path(data).expanduser().resolve()   # absolute: records name the data, not the cwd
     if not root.is_dir():
         raise UserError(f"--data {data}: not a directory (expected one holding train/ + val/ image "
                         "folders or train.beton + val.beton)")
-    from pipeline.sources import KAGGLE_SUBDIR
-
     if not (root / "train").exists() and (root / KAGGLE_SUBDIR / "train").is_dir():
         root = root / KAGGLE_SUBDIR    # Kaggle's ImageNet download (its CSV sits at the top)
     betons = (root / "train.beton", root / "val.beton")
@@ -197,8 +233,6 @@ def resolve_data(data: str | os.PathLike, backend: str = "auto") -> DataSpec:
         return DataSpec("ffcv", str(betons[0]), str(betons[1]))
     if backend != "ffcv" and all(p.is_dir() for p in folders):
         return DataSpec("torch" if backend == "auto" else backend, str(folders[0]), str(folders[1]))
-    from evals.inputs import layout_hint
-
     raise UserError(f"--data {data}: found neither train.beton + val.beton nor train/ + val/ folders in "
                     f"it (--backend {backend}){layout_hint(root)}")
 
@@ -212,8 +246,6 @@ def make_eval_loader(spec_backend: str, path: str, image_size: int, batch_size: 
     A shuffled loader is set to epoch 0, so a capped read (`max_samples`) is the same random,
     class-mixed subset every time (pipeline contract: same seed and epoch -> same order).
     """
-    from pipeline import make_loader
-
     rank, world = dist_info() if sharded else (0, 1)
     loader = make_loader(spec_backend, path, batch_size=batch_size, image_size=image_size,
                          train=train, num_workers=num_workers, device=str(device), seed=seed,
@@ -240,8 +272,6 @@ def write_result(run_dir: Path | str | None, epoch: int | None, record: dict) ->
     if run_dir is None:
         print("[evals] checkpoint is not inside a run directory and no --run given: result printed only")
         return
-    import runstore
-
     runstore.log_eval(run_dir, -1 if epoch is None else int(epoch), **record)
     print(f"[evals] written to run store {run_dir}")
 

@@ -29,18 +29,25 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.data.random_erasing import RandomErasing
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models.vision_transformer import VisionTransformer
+from timm.optim import param_groups_layer_decay
+from torchvision.datasets import ImageFolder
+from torchvision.transforms import v2
 from tqdm import tqdm
 
+from common.imagenet import IMAGENET_MEAN as MEAN
+from common.imagenet import IMAGENET_STD as STD
 from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
-                          init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
+                          init_distributed, load_mae, make_eval_loader, resolve_ckpt, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast
-from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
-                          fit_batch, open_split, require_steps, resolve_ckpt)
-from evals.lr_decay import default_layer_decay, param_groups_lrd
+from evals.inputs import (HelpFormatter, NonFiniteLoss, UserError, check_same_classes, clamp_workers, cli,
+                          data_settings, fit_batch, open_split, require_steps)
+from model import mae_to_timm_vit_state_dict
 from pipeline import to_model_input
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------- model
@@ -51,8 +58,6 @@ def build_vit(mae: nn.Module, num_classes: int, drop_path: float, pretrained: bo
     pretrained: encoder weights via model.mae_to_timm_vit_state_dict (the final norm becomes
     fc_norm), head trunc-normal std 2e-5 as in the official fine-tuning. Otherwise timm's init.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     c = mae.config
     size = image_size_of(mae)
     with torch.random.fork_rng(devices=[]):
@@ -64,8 +69,6 @@ def build_vit(mae: nn.Module, num_classes: int, drop_path: float, pretrained: bo
                                 num_classes=num_classes, global_pool="avg", fc_norm=True,
                                 drop_path_rate=drop_path)
         if pretrained:
-            from model import mae_to_timm_vit_state_dict
-
             sd = mae_to_timm_vit_state_dict(mae.state_dict(), global_pool="avg")
             missing, unexpected = vit.load_state_dict(sd, strict=False)
             if unexpected or set(missing) - {"head.weight", "head.bias"}:
@@ -75,13 +78,27 @@ def build_vit(mae: nn.Module, num_classes: int, drop_path: float, pretrained: bo
     return vit
 
 
+def default_layer_decay(embed_dim: int) -> float:
+    """The paper's decay by model width: 0.65 up to ViT-B (768), 0.75 for ViT-L/H."""
+    return 0.65 if embed_dim <= 768 else 0.75
+
+
+def layer_decay_groups(vit: VisionTransformer, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW param groups with layer-wise lr decay (BEiT / MAE recipe), by timm's
+    param_groups_layer_decay: the group's `lr_scale` is decay ** (L + 1 - layer id), with layer 0
+    for cls_token, pos_embed and patch_embed, i + 1 for blocks.i, L + 1 for fc_norm and the head;
+    no weight decay on 1-D tensors, cls_token and pos_embed (`vit.no_weight_decay()`).
+
+    The same groups, scales and weight decays as MAE's util/lr_decay.py for the ViTs build_vit
+    makes (checked on micro, ViT-B and ViT-L): global_pool='avg' leaves their final `norm` an
+    Identity; a real final norm would get a layer of its own in timm, the head's in MAE."""
+    return param_groups_layer_decay(vit, weight_decay, vit.no_weight_decay(), layer_decay=layer_decay)
+
+
 # ----------------------------------------------------------------------------- data
 def folder_train_loader(root: str, image_size: int, batch_size: int, num_workers: int, seed: int,
                         re_prob: float, rand_aug: str):
     """ImageFolder + timm's training transform (see module doc for why not the pipeline)."""
-    from timm.data import create_transform
-    from torchvision.datasets import ImageFolder
-
     tf = create_transform(image_size, is_training=True, color_jitter=None, auto_augment=rand_aug,
                           interpolation="bicubic", re_prob=re_prob, re_mode="pixel", re_count=1,
                           mean=MEAN, std=STD)
@@ -100,9 +117,6 @@ class TensorAugment:
     """RandAugment per image + random erasing per batch, for already-decoded normalised batches."""
 
     def __init__(self, device, re_prob: float, num_ops: int = 2, magnitude: int = 9):
-        from timm.data.random_erasing import RandomErasing
-        from torchvision.transforms import v2
-
         self.rand_aug = v2.RandAugment(num_ops=num_ops, magnitude=magnitude) if num_ops else None
         self.erase = RandomErasing(re_prob, mode="pixel", device=str(device)) if re_prob else None
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
@@ -145,16 +159,10 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
              eval_every: int = 0) -> dict:
     """Train `vit` with the recipe and return the final val metrics, `steps` (optimiser steps
     taken; 0 means an untrained head: never report it) and `history` if eval_every."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     device = torch.device(device)
     rank, world = dist_info()
     vit = vit.to(device)
-    groups = param_groups_lrd(vit, weight_decay, layer_decay)
-    for g in groups:
-        g.pop("names")
-    opt = torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999))
+    opt = torch.optim.AdamW(layer_decay_groups(vit, weight_decay, layer_decay), lr=0.0, betas=(0.9, 0.999))
     model = nn.parallel.DistributedDataParallel(vit) if world > 1 else vit
     mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=smoothing,
                 num_classes=num_classes) if (mixup > 0 or cutmix > 0) else None
@@ -184,8 +192,13 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
                 images, labels = mix(images, labels)
             with _autocast(device):
                 loss = criterion(model(images).float(), labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tune loss is {loss.item()} at epoch {epoch} step {i}")
+            # summed over the processes, so that all of them stop at the same step
+            total = all_reduce_sum(loss.detach())
+            if not torch.isfinite(total):
+                where = f" (summed over the {world} processes)" if world > 1 else ""
+                raise NonFiniteLoss(f"the fine-tune loss is {float(total)}{where} at epoch {epoch + 1}/{epochs}, "
+                                    f"step {i + 1}/{steps}: training diverged; lower --blr (now {blr:g}) or "
+                                    f"lengthen --warmup-epochs (now {warmup_epochs:g})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -15,10 +15,15 @@ import sys
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
+EXIT_NONFINITE = 3          # the trainer's code for the same failure (trainer.pretrain)
 
 
 class UserError(ValueError):
     """A mistake in what the user passed (a path, a checkpoint, a size): one line, exit 2."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training diverged (a loss that is NaN or infinite): one line naming the step, exit 3."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,60 +57,21 @@ def note(message: str) -> None:
 
 
 def cli(prog: str):
-    """Decorate a CLI `main(argv) -> int` so a UserError becomes `PROG: error: MESSAGE`, exit 2."""
+    """Decorate a CLI `main(argv) -> int` so a UserError becomes `PROG: error: MESSAGE`, exit 2,
+    and a NonFiniteLoss the same line, exit 3. Under torchrun every process gets the same error
+    (the same inputs; a non-finite loss is agreed on by all of them): rank 0 says it, the
+    others exit with the same code silently."""
     def wrap(main):
         @functools.wraps(main)
         def run(argv=None) -> int:
             try:
                 return main(argv)
-            except UserError as e:
-                print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-                return EXIT_USER_ERROR
+            except (UserError, NonFiniteLoss) as e:
+                if _is_main_process():
+                    print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+                return EXIT_NONFINITE if isinstance(e, NonFiniteLoss) else EXIT_USER_ERROR
         return run
     return wrap
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def resolve_ckpt(arg: str | os.PathLike) -> Path:
-    """--ckpt as a checkpoint file: a file as given, a run directory (or its checkpoints/) as its
-    `final.pth`, else its newest `ckpt-eEEEE-sSSSSSSSS.pth` (said on stdout); checked against its
-    `.sha256` when there is one. Absolute, so records name the same file whatever the cwd."""
-    p = Path(arg).expanduser()
-    if p.is_file():
-        return verified(p.resolve())
-    valid = "pass a checkpoint file (.pth) or a run directory holding checkpoints/final.pth or checkpoints/ckpt-*.pth"
-    if not p.exists():
-        raise UserError(f"--ckpt {p}: no such file or directory; {valid}")
-    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    if (folder / "final.pth").is_file():
-        chosen, why = folder / "final.pth", "the finished run's weights"
-    else:
-        from trainer.checkpoint import list_checkpoints  # here, like verify: --help must not load torch
-
-        # the trainer's own listing (by step from the names), else any .pth by age
-        found = [path for _, _, path in reversed(list_checkpoints(folder))] or sorted(
-            folder.glob("*.pth"), key=lambda f: f.stat().st_mtime)
-        if not found:
-            raise UserError(f"--ckpt {p}: a directory with no checkpoint in it (no {folder}/final.pth, "
-                            f"no {folder}/ckpt-*.pth); {valid}")
-        chosen, why = found[-1], "no final.pth yet: the newest checkpoint"
-    chosen = chosen.resolve()
-    note(f"--ckpt {p} is a directory: using {chosen} ({why})")
-    return verified(chosen)
-
-
-def verified(path: Path) -> Path:
-    """`path`, after checking it against the `NAME.sha256` the trainer writes beside every
-    checkpoint: a flipped byte in the weights unpickles fine and gives a wrong result without a
-    word. No sidecar (official downloads, hand-made files): nothing to check."""
-    if not path.with_name(path.name + ".sha256").is_file():
-        return path
-    from trainer.checkpoint import verify
-
-    problem = verify(path)
-    if problem is not None:
-        raise UserError(f"--ckpt {path}: {problem}: the file is corrupt or was replaced; not loaded")
-    return path
 
 
 # ----------------------------------------------------------------------------- data

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from evals.common import (Timer, add_common_args, checked_run_dir, image_size_of, init_distributed, load_mae,
-                          make_eval_loader, resolve_data, write_result)
+                          make_eval_loader, resolve_ckpt, resolve_data, write_result)
 from evals.features import extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
-                          open_split, resolve_ckpt)
+                          open_split)
 
 
 @torch.no_grad()

@@ -32,15 +32,15 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import Lars
 from tqdm import tqdm
 
 from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
-                          init_distributed, load_mae, make_eval_loader, resolve_data, set_lr,
+                          init_distributed, load_mae, make_eval_loader, resolve_ckpt, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
 from evals.features import _autocast, embed, extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
-                          fit_batch, open_split, require_steps, resolve_ckpt)
-from evals.lars import LARS
+                          fit_batch, open_split, require_steps)
 from pipeline import to_model_input
 
 
@@ -55,6 +55,19 @@ class ProbeHead(nn.Sequential):
         super().__init__(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
         nn.init.trunc_normal_(self[1].weight, std=0.01)
         nn.init.zeros_(self[1].bias)
+
+
+def lars(params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+         trust_coefficient: float = 0.001) -> Lars:
+    """LARS as in MAE's util/lars.py, by timm's Lars: matrices get weight decay and the trust
+    ratio eta * ||w|| / ||g|| (1 where either norm is 0); 1-D tensors (biases) are plain SGD with
+    momentum. eps=0 makes it bit-identical to MAE's with the protocol's weight decay 0 (checked on a
+    toy probe: 300 steps, same weights). With weight decay timm divides by ||g|| + wd * ||w||
+    (You et al.'s LARS) where MAE divides by ||g + wd * w||: steps at most that much smaller."""
+    params = list(params)
+    return Lars([{"params": [p for p in params if p.ndim > 1], "always_adapt": True},
+                 {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+                lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coeff=trust_coefficient, eps=0.0)
 
 
 @contextlib.contextmanager
@@ -122,7 +135,7 @@ def train_probe_on_features(train_feats: torch.Tensor, train_labels: torch.Tenso
         epochs, warmup_epochs = math.ceil(epochs * stretch), warmup_epochs * stretch
     total, warmup = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     base_lr = _lr(blr, batch_size)
-    opt = LARS(head.parameters(), lr=0.0, weight_decay=weight_decay)
+    opt = lars(head.parameters(), weight_decay=weight_decay)
     with _one_cpu_thread(device):
         _train_cached(head, opt, xtr, ytr, g, epochs, steps_per_epoch, batch_size, total, warmup,
                       base_lr, progress)
@@ -171,7 +184,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     steps = len(train_loader)
     batch = getattr(train_loader, "batch_size", None) or next(iter(train_loader))[0].shape[0]
     base_lr = _lr(blr, batch * world)
-    opt = LARS(head.parameters(), lr=0.0, weight_decay=weight_decay)
+    opt = lars(head.parameters(), weight_decay=weight_decay)
     taken = 0
     for epoch in range(epochs):
         if hasattr(train_loader, "set_epoch"):

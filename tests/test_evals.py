@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from evals.finetune import layer_decay_groups
 from evals.knn import knn_classify
-from evals.lars import LARS
 from evals.linprobe import ProbeHead, train_probe_on_features
-from evals.lr_decay import param_groups_lrd
+from evals.linprobe import lars as LARS
 
 
 # ----------------------------------------------------------------------------- LARS
@@ -16,7 +16,7 @@ def test_lars_matrix_update_is_trust_ratio_scaled_and_vector_is_plain_sgd():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(4, 3))
     b = nn.Parameter(torch.randn(4))
-    lr, wd, eta, mom = 0.5, 0.1, 0.001, 0.9
+    lr, wd, eta, mom = 0.5, 0.0, 0.001, 0.9      # the protocol's weight decay: MAE's LARS exactly
     opt = LARS([w, b], lr=lr, weight_decay=wd, momentum=mom, trust_coefficient=eta)
     gw, gb = torch.randn(4, 3) * 7, torch.randn(4)
     w0, b0 = w.detach().clone(), b.detach().clone()
@@ -37,6 +37,21 @@ def test_lars_matrix_update_is_trust_ratio_scaled_and_vector_is_plain_sgd():
     mu = mom * (d * (eta * w0.norm() / d.norm())) + d1 * (eta * w1.norm() / d1.norm())
     assert torch.allclose(w, w1 - lr * mu, atol=1e-6)
     assert torch.allclose(b, b1 - lr * (mom * gb + gb), atol=1e-6)
+
+
+def test_lars_weight_decay_on_matrices_only_with_timms_trust_ratio():
+    # timm's Lars divides by ||g|| + wd * ||w|| (You et al.), MAE's by ||g + wd * w||
+    torch.manual_seed(0)
+    w, b = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(4))
+    lr, wd, eta = 0.5, 0.1, 0.001
+    opt = LARS([w, b], lr=lr, weight_decay=wd, trust_coefficient=eta)
+    gw, gb = torch.randn(4, 3) * 7, torch.randn(4)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    w.grad, b.grad = gw.clone(), gb.clone()
+    opt.step()
+    ratio = eta * w0.norm() / (gw.norm() + wd * w0.norm())
+    assert torch.allclose(w, w0 - lr * (gw + wd * w0) * ratio, atol=1e-6)
+    assert torch.allclose(b, b0 - lr * gb, atol=1e-6)     # 1-D: no weight decay, no trust ratio
 
 
 def test_lars_update_independent_of_gradient_scale_and_zero_weight_falls_back():
@@ -75,12 +90,18 @@ def _small_vit(global_pool="avg"):
                              fc_norm=True if global_pool == "avg" else None)
 
 
+def _scales_and_decays(model, weight_decay, decay):
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = layer_decay_groups(model, weight_decay, decay)
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    wd = {names[id(p)]: g["weight_decay"] for g in groups for p in g["params"]}
+    return scale, wd
+
+
 def test_layer_decay_scales_follow_mae_and_no_decay_on_1d_and_tokens():
     model = _small_vit()
     decay, L = 0.5, 3
-    groups = param_groups_lrd(model, weight_decay=0.05, layer_decay=decay)
-    scale = {n: g["lr_scale"] for g in groups for n in g["names"]}
-    wd = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    scale, wd = _scales_and_decays(model, 0.05, decay)
     assert set(scale) == {n for n, _ in model.named_parameters()}
     for n in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         assert scale[n] == decay ** (L + 1)
@@ -93,21 +114,19 @@ def test_layer_decay_scales_follow_mae_and_no_decay_on_1d_and_tokens():
     assert wd["blocks.1.mlp.fc1.weight"] == wd["head.weight"] == wd["patch_embed.proj.weight"] == 0.05
 
 
-def test_layer_decay_matches_timm_for_avg_pool_vit_and_puts_final_norm_with_head():
-    from timm.optim import param_groups_layer_decay
-    model = _small_vit()
-    ours = {n: (g["lr_scale"], g["weight_decay"]) for g in param_groups_lrd(model, 0.05, 0.65)
-            for n in g["names"]}
-    names = {id(p): n for n, p in model.named_parameters()}
-    theirs = {names[id(p)]: (g["lr_scale"], g["weight_decay"])
-              for g in param_groups_layer_decay(model, 0.05, model.no_weight_decay(), layer_decay=0.65)
-              for p in g["params"]}
-    assert ours.keys() == theirs.keys()
-    for n in ours:
-        assert ours[n][0] == pytest.approx(theirs[n][0]) and ours[n][1] == theirs[n][1], n
-    cls_model = _small_vit("token")        # real final norm: MAE puts it with the head (scale 1)
-    scale = {n: g["lr_scale"] for g in param_groups_lrd(cls_model, 0.05, 0.5) for n in g["names"]}
-    assert scale["norm.weight"] == 1.0 and scale["blocks.2.attn.qkv.weight"] == 0.5
+def test_layer_decay_of_the_finetuned_vit_follows_mae():
+    # timm's groups equal MAE's when the ViT has no real final norm (MAE: with the head; timm: a
+    # layer of its own): build_vit's global_pool='avg' makes it an Identity, fc_norm is the head's
+    from evals.finetune import build_vit
+    from model import create_model
+    vit = build_vit(create_model("mae_vit_micro_patch8_64"), 10, 0.1)
+    L = len(vit.blocks)
+    assert not [n for n, _ in vit.named_parameters() if n.startswith("norm.")]
+    scale, wd = _scales_and_decays(vit, 0.05, 0.65)
+    assert scale["cls_token"] == scale["patch_embed.proj.weight"] == pytest.approx(0.65 ** (L + 1))
+    assert scale[f"blocks.{L - 1}.mlp.fc2.weight"] == pytest.approx(0.65)
+    assert scale["fc_norm.weight"] == scale["head.weight"] == 1.0
+    assert wd["pos_embed"] == wd["fc_norm.weight"] == 0 and wd["head.weight"] == 0.05
 
 
 # ----------------------------------------------------------------------------- kNN

@@ -26,11 +26,16 @@ TINY_MODEL = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, decoder_embed
                   decoder_depth=1, decoder_num_heads=2)
 
 
+def _module(name: str) -> str:
+    """An eval CLI by its short name (`knn`), any other by its module path (`experiments.sweep`)."""
+    return name if "." in name else f"evals.{name}"
+
+
 def run_cli(module: str, *args, cwd=None) -> subprocess.CompletedProcess:
     """`python -m evals.MODULE ARGS` in a fresh interpreter, as a user would run it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore",
                TQDM_DISABLE="1")
-    return subprocess.run([sys.executable, "-m", f"evals.{module}", *map(str, args)], cwd=cwd or REPO,
+    return subprocess.run([sys.executable, "-m", _module(module), *map(str, args)], cwd=cwd or REPO,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -42,7 +47,7 @@ def in_process(capsys):
     import importlib
 
     def run(module: str, *args) -> subprocess.CompletedProcess:
-        main = importlib.import_module(f"evals.{module}").main
+        main = importlib.import_module(_module(module)).main
         capsys.readouterr()
         try:
             rc = main([str(a) for a in args])
@@ -312,7 +317,7 @@ def test_evals_on_other_data_or_settings_never_replace_each_other(tiny, tmp_path
     ("linprobe", True, {"--epochs": "90", "--batch-size": "256", "--num-workers": "2", "--pool": "cls"}),
     ("knn", False, {"--k": "20", "--temperature": "0.07", "--batch-size": "256"}),
     ("finetune", False, {"--batch-size": "128", "--smoothing": "0.1", "--mixup": "0.8", "--cutmix": "1.0"}),
-    ("sweep", True, {"--preset": "cpu"}),
+    ("experiments.sweep", True, {"--preset": "cpu"}),
 ])
 def test_help_shows_every_default_and_what_is_written_where(cli, subprocess_run, defaults, in_process):
     proc = (run_cli if subprocess_run else in_process)(cli, "--help")
@@ -323,7 +328,7 @@ def test_help_shows_every_default_and_what_is_written_where(cli, subprocess_run,
         after = options.split(f" {flag} ", 1)[1][:400]
         assert f"(default: {value})" in after.split(" --")[0], (flag, after)
     assert "writes" in text.lower() or "written" in text.lower(), text[:600]
-    assert ("evals.zarr" if cli != "sweep" else "runs/sweeps/") in text
+    assert ("evals.zarr" if cli != "experiments.sweep" else "runs/sweeps/") in text
 
 
 def test_every_eval_option_with_a_default_shows_it():
@@ -365,3 +370,36 @@ def test_probe_and_finetune_take_uint8_batches_as_the_loaders_hand_them_out(tiny
         assert probe["steps"] == 3 and tuned["steps"] == 3
         results[dtype] = (probe["loss"], tuned["loss"])
     assert results[torch.uint8] == pytest.approx(results[torch.float32], rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- 7. failed runs, DDP
+def test_a_diverging_finetune_is_one_line_naming_the_step_and_exit_3(tiny, in_process):
+    """A non-finite loss was a FloatingPointError traceback; now the step, what to change, exit 3
+    (the trainer's code for the same failure)."""
+    proc = in_process("finetune", *common(tiny), "--epochs", "2", "--warmup-epochs", "0",
+                      "--batch-size", "10", "--blr", "1e30", "--mixup", "0", "--cutmix", "0")
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    line = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert line.startswith("python -m evals.finetune: error: the fine-tune loss is "), line
+    assert re.search(r"epoch \d/2, step \d/3", line) and "--blr (now 1e+30)" in line, line
+
+
+def test_under_torchrun_only_rank_0_says_a_user_error(tiny, tmp_path, in_process, monkeypatch):
+    """torchrun starts N copies with the same arguments: the same error once, not N times; every
+    process exits with the same code."""
+    args = common(tiny, data=tmp_path / "no_such_dir")
+    monkeypatch.setenv("RANK", "1")
+    proc = in_process("knn", *args)
+    assert proc.returncode == 2 and proc.stderr == "", (proc.returncode, proc.stderr)
+    monkeypatch.setenv("RANK", "0")
+    assert str(tmp_path / "no_such_dir") in one_line_error(in_process("knn", *args))
+
+
+def test_torchrun_with_a_wrong_path_prints_the_error_once(tiny, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "evals.knn", *map(str, common(tiny, data=tmp_path / "nope"))],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert proc.stderr.count("python -m evals.knn: error: --data") == 1, proc.stderr[-3000:]

@@ -20,8 +20,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from common.imagenet import IMAGENET_MEAN, IMAGENET_STD  # re-exported: pipeline.IMAGENET_MEAN / _STD
+
 RRC_SCALE = (0.2, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 
