@@ -73,6 +73,15 @@ def test_cli_reports_config_errors(capsys):
     assert "epochs: 7" in capsys.readouterr().out
 
 
+def test_cli_overrides_may_come_before_and_after_options(capsys, tmp_path):
+    # `--config X a=1 --run-dir R b=2` (a script adding options to a base command) used to end in
+    # "unrecognized arguments: b=2": plain parse_args takes positionals only once
+    assert main(["--config", "configs/demo.yaml", "epochs=7", "--run-dir", str(tmp_path / "r"),
+                 "seed=3", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 7" in out and "seed: 3" in out and str(tmp_path / "r") in out
+
+
 def test_diff_configs_flags_harmless_keys():
     a = load_config(None).to_dict()
     b = load_config(None, ["evals.every=5", "epochs=20", "optim.blr=1e-3"]).to_dict()

@@ -661,7 +661,7 @@ def parse_args(argv):
                         "(batch x accum x processes) needs nothing: it continues at the exact sample")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.blr=3e-4")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
