@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import statistics
@@ -50,11 +51,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
+from PIL import Image
 
 from . import make_loader
+from .build_ffcv import DEFAULT_MAX_RESOLUTION, build
 from .loaders import transforms
+from .loaders.dali_loader import decode_and_crop
 from .loaders.files import list_images
+from .sample import make_sample_dataset
+
+# FFCV and DALI are imported inside the functions of their rows: optional back ends whose imports
+# cost seconds (numba, cv2; NVIDIA's wheel), and a row that cannot be built here is a note, not a crash
 
 DEFAULT_CACHE = Path(os.environ.get("MAEPIPE_CACHE", Path.home() / ".cache" / "maepipe")) / "bench"
 ROWS = ("torch", "ffcv", "ffcv_bare", "dali", "dali_bare", "dali_full_decode")
@@ -76,7 +85,6 @@ def load_average() -> float:
 def resolve_split(data: str, split: str, sample_per_class: int, cache: Path) -> Path:
     """The image folder to benchmark: DATA/<split>, DATA itself, or the generated sample."""
     if data == "sample-imagenet":
-        from .sample import make_sample_dataset
         root = cache / f"sample-imagenet-{sample_per_class}"
         if not (root / split).is_dir():
             _log(f"writing the ImageNet-sized sample dataset to {root} ({sample_per_class}/class) ...")
@@ -93,7 +101,6 @@ def resolve_split(data: str, split: str, sample_per_class: int, cache: Path) -> 
 
 def beton_for(folder: Path, max_resolution: int | None, num_workers: int, cache: Path) -> Path:
     """Convert ``folder`` once (cached under ``cache``) with pipeline.build_ffcv; return the .beton."""
-    from .build_ffcv import build
     key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:10]
     out = cache / f"ffcv-{folder.parent.name}-{folder.name}-{key}-r{max_resolution or 'orig'}"
     beton = out / f"{folder.name}.beton"
@@ -113,17 +120,13 @@ def beton_for(folder: Path, max_resolution: int | None, num_workers: int, cache:
 
 def cpu_seconds() -> float:
     """User+system CPU time of this process, its threads and its live children (loader workers)."""
-    try:
-        import psutil
-    except ImportError:
-        return float("nan")
     me = psutil.Process()
     total = 0.0
     for p in [me] + me.children(recursive=True):
         try:
             t = p.cpu_times()
             total += t.user + t.system
-        except psutil.Error:
+        except psutil.Error:  # a worker that exited since the listing: its time is gone with it
             pass
     return total
 
@@ -141,9 +144,7 @@ def _rate_loop(items, work, seconds: float) -> tuple[float, float]:
 
 def pil_decode_rate(paths: list[str], seconds: float = 4.0) -> tuple[float, float]:
     """Full-image JPEG decodes of the original files per wall / CPU second on one core (PIL)."""
-    from PIL import Image
     blobs = [Path(p).read_bytes() for p in paths]  # decode from memory: measure decoding, not the disk
-    import io
 
     def work(b):
         with Image.open(io.BytesIO(b)) as im:
@@ -227,7 +228,6 @@ def bare_dali(folder: Path, batch_size: int, image_size: int, workers: int, roi_
     """A plain DALI file-reader pipeline + DALIGenericIterator, same threads and ops as ``dali``."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-    from .loaders.dali_loader import decode_and_crop
     split = list_images(folder)
 
     @pipeline_def(batch_size=batch_size, num_threads=workers, device_id=None, seed=0, prefetch_queue_depth=2)
@@ -499,7 +499,6 @@ def parse_args(argv=None):
     if unknown:
         ap.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     if args.max_resolution is None:
-        from .build_ffcv import DEFAULT_MAX_RESOLUTION
         args.max_resolution = DEFAULT_MAX_RESOLUTION
     args.max_resolution = args.max_resolution or None
     return args

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 
 from .base import Loader, epoch_order
+from .dali_loader import DALILoader
+from .ffcv_loader import FFCVLoader
+from .torch_loader import TorchLoader
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 
 BACKENDS = ("torch", "ffcv", "dali")
@@ -46,13 +49,10 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
                   device=device, dtype=dtype, channels_last=channels_last, seed=seed, rank=rank,
                   world_size=world_size, drop_last=drop_last, shuffle=shuffle, **options)
     if backend == "torch":
-        from .torch_loader import TorchLoader
         return TorchLoader(path, **kwargs)
     if backend == "ffcv":
-        from .ffcv_loader import FFCVLoader
         return FFCVLoader(path, **kwargs)
     if backend == "dali":
-        from .dali_loader import DALILoader
         return DALILoader(path, **kwargs)
     raise ValueError(f"unknown loader backend {backend!r}; choose one of {BACKENDS}")
 

@@ -36,6 +36,9 @@ import torch
 from . import base, transforms
 from .files import list_images
 
+# DALI is imported inside the functions that use it: an optional back end (NVIDIA's wheel, often
+# absent on CPU machines) whose import costs seconds, which no other importer of pipeline should pay
+
 
 def _dali_pipeline(source, *, batch_size, image_size, train, num_threads, device_id, seed,
                    decoder_device, prefetch, normalize=False):

@@ -29,27 +29,23 @@ Notes on the choices (see also "Known traps" in the issue):
 """
 from __future__ import annotations
 
+import queue
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from numpy.random import rand  # numba compiles it to its per-thread generator, as in FFCV's op
 
+from ..beton import check_beton
 from . import base, transforms
 from .files import read_class_names
 
+# FFCV itself is imported inside the functions that use it: it pulls in numba and cv2 (seconds),
+# which every importer of pipeline would pay, and it is an optional back end (not on every machine)
+
 _FFCV_ORDERS = ("shared", "random", "quasi_random", "sequential")
-
-
-def _check_beton(path: Path) -> None:
-    """Use pipeline.beton.check_beton (the build_ffcv side's validator) when it is available."""
-    try:
-        from pipeline.beton import check_beton
-    except ImportError:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such .beton file")
-        return
-    check_beton(path)
 
 
 class FFCVLoader(base.EpochState):
@@ -69,7 +65,7 @@ class FFCVLoader(base.EpochState):
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
         path = Path(path)
-        _check_beton(path)
+        check_beton(path)
         if order not in _FFCV_ORDERS:
             raise ValueError(f"order must be one of {_FFCV_ORDERS}, got {order!r}")
         if order == "quasi_random" and world_size > 1:
@@ -77,7 +73,9 @@ class FFCVLoader(base.EpochState):
                              "use order='shared' or 'random' with world_size > 1")
         try:
             reader = Reader(str(path))
-        except Exception as e:
+        # what FFCV's Reader raises on a file check_beton let through (a custom field type, a short
+        # read): AssertionError (version), KeyError (type id), ValueError / TypeError (fields, numpy)
+        except (AssertionError, KeyError, OSError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a readable .beton ({type(e).__name__}: {e})") from e
         image_field = next((n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)), None)
         label_field = next((n for n, h in reader.handlers.items() if isinstance(h, IntField)), None)
@@ -170,7 +168,6 @@ def _stop(epoch_iterator) -> None:
     Its put() loop checks ``terminate_event`` every 0.5 s, but its final ``put(None)`` (end of
     epoch) blocks without a timeout: the queue is drained so that it can return.
     """
-    import queue
     epoch_iterator.terminate_event.set()
     while epoch_iterator.is_alive():
         try:
@@ -190,9 +187,6 @@ def in_place_flip(flip_prob: float = 0.5):
     Swapping the pixels of the flipped images' rows in place takes 14 us and leaves the others
     untouched. Same draws (numba's per-thread ``rand``), same result.
     """
-    from dataclasses import replace
-
-    from numpy.random import rand  # numba compiles it to its per-thread generator, as in FFCV's op
     from ffcv.pipeline.compiler import Compiler
     from ffcv.pipeline.operation import Operation
 
