@@ -33,10 +33,18 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from model import create_model
+from pipeline.loaders.transforms import augment, to_model_input
+from pipeline.sample import render
 
 
 def _log(*a):
@@ -45,8 +53,6 @@ def _log(*a):
 
 def sample_jpegs(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
     """``count`` JPEGs of the project's sample (``size`` = (width, height)), encoded in memory at q90."""
-    from PIL import Image
-    from pipeline.sample import render
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
@@ -84,9 +90,6 @@ class Timer:
 
 def decode_batch(blobs: list[torch.Tensor], device, image_size: int, gen: torch.Generator) -> torch.Tensor:
     """Encoded JPEGs -> uint8 N x 3 x S x S on ``device``: batched decode, then RRC + flip per image."""
-    import warnings
-    from torchvision.io import ImageReadMode, decode_jpeg
-    from pipeline.loaders.transforms import augment
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         images = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
@@ -94,7 +97,6 @@ def decode_batch(blobs: list[torch.Tensor], device, image_size: int, gen: torch.
 
 
 def decode_rate(blobs, device, image_size, batch_size, batches, warmup) -> dict:
-    from pipeline.loaders.transforms import to_model_input
     gen = torch.Generator().manual_seed(0)
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     batch_list = [[tensors[(i * batch_size + k) % len(tensors)] for k in range(batch_size)]
@@ -111,7 +113,6 @@ def decode_rate(blobs, device, image_size, batch_size, batches, warmup) -> dict:
 
 
 def build_model(name: str, image_size: int, device, explicit_attention: bool):
-    from model import create_model
     m = create_model(name, norm_pix_loss=True, img_size=image_size).to(device)
     if explicit_attention:
         # timm's Attention with fused_attn False computes softmax(q k^T * scale) v explicitly, as the
@@ -160,7 +161,6 @@ def step_rate(name, image_size, batch_size, device, steps, warmup, precision: st
 
 def loop_rate(blobs, name, image_size, batch_size, device, steps, warmup) -> dict:
     """Decode + crop + normalise + bf16 step, sequentially: what a GPU-decoding trainer gets."""
-    from pipeline.loaders.transforms import to_model_input
     m = build_model(name, image_size, device, explicit_attention=False)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
@@ -198,7 +198,6 @@ def run(args) -> dict:
     res = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
            "model": model_name, "image_size": size, "batch_size": batch, "tiny": tiny, "notes": [],
            "load_average_start": os.getloadavg()}
-    import torchvision
     res["torchvision"] = torchvision.__version__
     if not cuda:
         res["notes"].append("no CUDA GPU: decode and steps ran on the CPU (a smoke test, not a GPU number)")

@@ -22,6 +22,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from tqdm import tqdm
 
 from model import create_model
 from model.checkpoint import hf_config_kwargs, mae_to_hf_state_dict
@@ -63,17 +64,10 @@ class Runner:
 
 def interleave(runners, steps, repeats, warmup, desc):
     """Warm each runner up, then time them in alternating order ``repeats`` times; return medians."""
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
     for r in runners:
         for _ in range(warmup):
             r.step()
-    it = range(repeats)
-    if tqdm is not None:
-        it = tqdm(it, desc=desc, leave=False)
-    for i in it:
+    for i in tqdm(range(repeats), desc=desc, leave=False):
         order = runners if i % 2 == 0 else runners[::-1]
         for r in order:
             r.rate(steps)
@@ -89,6 +83,8 @@ def hf_call(model, imgs):
 
 
 def bench_vs_hf(args, device):
+    # here, not at the top: transformers is a test extra (not installed with the package) and takes
+    # seconds to import; --skip-hf runs without it
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     torch.manual_seed(0)
@@ -150,7 +146,7 @@ def main(argv=None):
           f"{'bf16 autocast' if args.bf16 else 'fp32'}; median of {args.repeats} interleaved repeats")
 
     if not args.skip_hf:
-        import transformers
+        import transformers  # see bench_vs_hf
         ours_r, hf_r = bench_vs_hf(args, device)
         print(f"\n[1] training step (fwd+bwd+AdamW), {args.model}, batch {args.batch}, mask 0.75; "
               f"transformers {transformers.__version__} ViTMAEForPreTraining (sdpa)")

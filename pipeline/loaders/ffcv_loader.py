@@ -43,7 +43,7 @@ from . import base, transforms
 from .files import read_class_names
 
 # FFCV itself is imported inside the functions that use it: it pulls in numba and cv2 (seconds),
-# which every importer of pipeline would pay, and it is an optional back end (not on every machine)
+# which every importer of pipeline (and of make_loader's other back ends) would pay
 
 _FFCV_ORDERS = ("shared", "random", "quasi_random", "sequential")
 
