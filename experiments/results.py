@@ -213,7 +213,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
 def record_numbers(row: dict) -> dict:
     """The numbers of a table row that go into the sweep record."""
     return {k: row[k] for k in ("encoder_params_m", "params_m", "final_loss", "knn_top1", "linprobe_top1",
-                                "images_per_s")}
+                                "images_per_s", "n_val")}
 
 
 def sweep_table(sweep_dir) -> pd.DataFrame:

@@ -34,6 +34,8 @@ from typing import Callable
 
 import pandas as pd
 
+from common.stats import point_se  # noqa: F401  (re-exported: the report and tests use trends.point_se)
+
 ACCURACY_METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 
 
@@ -77,23 +79,6 @@ def _scale(table: pd.DataFrame, metric: str) -> float:
     """100 when the table's accuracies are percents, 1 when fractions (as evals record either)."""
     v = pd.to_numeric(table[metric], errors="coerce").dropna()
     return 100.0 if len(v) and v.abs().max() > 1.0 else 1.0
-
-
-def point_se(values, n_val, scale: float = 1.0) -> tuple[float, float]:
-    """(mean, SE of the mean) of one point's accuracies over its seeds, in the units of ``values``.
-
-    Binomial variance p(1-p)/n of each seed's accuracy, averaged and divided by k seeds, plus the
-    seed-to-seed variance of the mean (sample variance / k, when k >= 2). NaN SE without n."""
-    p = pd.to_numeric(pd.Series(list(values)), errors="coerce") / scale
-    n = pd.to_numeric(pd.Series(list(n_val)), errors="coerce") if n_val is not None else pd.Series([math.nan] * len(p))
-    ok = p.notna()
-    p, n = p[ok], n[ok]
-    k = len(p)
-    if k == 0:
-        return math.nan, math.nan
-    binom = float((p * (1 - p) / n.where(n > 0)).mean()) / k
-    spread = float(p.var(ddof=1)) / k if k >= 2 else 0.0
-    return float(p.mean()) * scale, math.sqrt(binom + spread) * scale
 
 
 def with_standard_errors(table: pd.DataFrame) -> pd.DataFrame:

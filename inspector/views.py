@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageFont
 
 from common.values import finite_or_none
-from experiments.trends import point_se
+from common.stats import point_se
 
 # The MAE paper's ImageNet-1K results (He et al. 2021, 1600-epoch pretraining, 224 px):
 # encoder parameters, fine-tune top-1 and linear-probe top-1.
@@ -240,7 +240,7 @@ _WHICH_CHECKPOINT = ("checkpoint",)
 def scaling_table(rows: Iterable[Mapping]) -> pd.DataFrame:
     """Normalise sweep points to columns run, model, params, epochs, kind, top1, top1_se (one row per
     point; extra columns kept). A point without `top1_se` but with `n_val` (the val images its top-1
-    was computed on) gets the binomial standard error from `experiments.trends.point_se`."""
+    was computed on) gets the binomial standard error from `common.stats.point_se`."""
     df = pd.DataFrame(list(rows))
     for col in ("run", "model", "params", "epochs", "kind", "top1", "top1_se", "n_val"):
         if col not in df:
@@ -257,8 +257,8 @@ def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
     """Scaling points from a sweep table (evals' layout: point, model, encoder_params_m,
     epochs_done / epochs, knn_top1, linprobe_top1, finetune_top1, n_val, status), top-1 in percent.
 
-    Rows of one point are its seeds (as `experiments.trends` reads a table): each point gives its mean
-    top-1 and the standard error of that mean (`experiments.trends.point_se`: binomial on `n_val` images
+    Rows of one point are its seeds (as experiments.trends reads a sweep table): each point gives its mean
+    top-1 and the standard error of that mean (`common.stats.point_se`: binomial on `n_val` images
     plus the seed-to-seed spread; None without `n_val`), `seeds` the number of rows behind it."""
     if sweep is None or sweep.empty:
         return []

@@ -34,7 +34,6 @@ PROJECT = set(ALLOWED)
 KNOWN_WRONG = {
     ("evals", "trainer"): "evals/common.py (was evals/inputs.py) imports trainer.checkpoint "
                           "(list_checkpoints, verify)",
-    ("inspector", "experiments"): "inspector/views.py imports experiments.trends (point_se)",
 }
 
 
