@@ -28,7 +28,8 @@ def embed(model: torch.nn.Module, images: torch.Tensor, pool: str = "cls") -> to
     return tokens[:, 0] if pool == "cls" else tokens[:, 1:].mean(dim=1)
 
 
-def _autocast(device: torch.device):
+def bf16_autocast(device: torch.device):
+    """bf16 autocast on CUDA (the encoders' and heads' forward passes), full precision on the CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -81,7 +82,7 @@ def extract_features(model: torch.nn.Module, loader, device, pool: str = "cls",
             images = to_model_input(images, device)   # uint8 batches: normalised here, on the device
             if cap is not None and seen + images.shape[0] > cap:
                 images, targets = images[: cap - seen], targets[: cap - seen]
-            with _autocast(device):
+            with bf16_autocast(device):
                 f = embed(net, images, pool)
             feats.append(f.float())
             labels.append(torch.as_tensor(targets).to(device).long().view(-1))

@@ -43,7 +43,7 @@ from common.imagenet import IMAGENET_STD as STD
 from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_ckpt, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
-from evals.features import _autocast
+from evals.features import bf16_autocast
 from evals.inputs import (HelpFormatter, NonFiniteLoss, UserError, check_same_classes, clamp_workers, cli,
                           data_settings, fit_batch, open_split, require_steps)
 from model import mae_to_timm_vit_state_dict
@@ -142,7 +142,7 @@ def evaluate(model: nn.Module, loader, device) -> dict:
     for images, labels in tqdm(loader, desc="finetune eval", leave=False,
                                disable=dist_info()[0] != 0):
         labels = labels.to(device).long()
-        with _autocast(device):
+        with bf16_autocast(device):
             logits = model(to_model_input(images, device)).float()
         a, b = topk_correct(logits, labels)
         stats += torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")), a, b,
@@ -190,7 +190,7 @@ def finetune(vit: nn.Module, train_loader, val_loader, num_classes: int, device,
                 images = tensor_aug(images)
             if mix is not None:
                 images, labels = mix(images, labels)
-            with _autocast(device):
+            with bf16_autocast(device):
                 loss = criterion(model(images).float(), labels)
             # summed over the processes, so that all of them stop at the same step
             total = all_reduce_sum(loss.detach())

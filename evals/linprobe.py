@@ -38,7 +38,7 @@ from tqdm import tqdm
 from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_dir, dist_info, image_size_of,
                           init_distributed, load_mae, make_eval_loader, resolve_ckpt, resolve_data, set_lr,
                           topk_correct, warmup_cosine, write_result)
-from evals.features import _autocast, embed, extract_features
+from evals.features import bf16_autocast, embed, extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
                           fit_batch, open_split, require_steps)
 from pipeline import to_model_input
@@ -194,7 +194,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
         for i, (images, labels) in enumerate(bar):
             set_lr(opt, warmup_cosine(epoch * steps + i, epochs * steps, warmup_epochs * steps,
                                       base_lr))
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), bf16_autocast(device):
                 f = embed(model, to_model_input(images, device), pool)
             loss = F.cross_entropy(head(f.float()), labels.to(device).long())
             opt.zero_grad(set_to_none=True)
@@ -207,7 +207,7 @@ def train_probe_on_loader(model: nn.Module, train_loader, val_loader, num_classe
     with torch.no_grad():
         for images, labels in tqdm(val_loader, desc="linprobe eval", leave=False, disable=rank != 0):
             labels = labels.to(device).long()
-            with _autocast(device):
+            with bf16_autocast(device):
                 f = embed(model, to_model_input(images, device), pool)
             logits = head(f.float())
             a, b = topk_correct(logits, labels)
