@@ -3,8 +3,9 @@
 Why its own module: the checks are the same for linprobe, kNN and fine-tuning, and a mistake found
 after an hour of feature extraction (or, worse, a result computed on nothing and stored) costs
 more than the check. The contract, as for every command of the project: a user mistake is one line
-on stderr naming the flag or path and what would be valid, exit code 2, no traceback; tracebacks
-are for bugs. Light to import (no torch), so `--help` and argument errors stay quick.
+on stderr naming the flag or path and what would be valid, exit code 2, no traceback; a training
+that diverged (fine-tuning's non-finite loss) is one line too, exit 3 as in the trainer; tracebacks
+are for bugs. Light to import (no torch, nothing of the project), so `--help` stays quick.
 """
 from __future__ import annotations
 
