@@ -9,7 +9,8 @@ The pipeline, declared as a list of stages like FFCV's own examples:
 Notes on the choices (see also "Known traps" in the issue):
 
 * ``dtype=torch.uint8`` yields FFCV's batch exactly as the library produces it (N x 3 x S x S,
-  channels-last memory, a view of FFCV's reused buffer: valid until the next batch is drawn);
+  channels-last memory, a view of FFCV's reused buffer: valid until the next batch is drawn;
+  labels are always a fresh tensor the consumer owns);
   the consumer normalises it in its step with :func:`pipeline.to_model_input`. A float ``dtype``
   normalises here, in torch (:func:`transforms.finish_batch`), not with FFCV's
   ``NormalizeImage``: placed after ``ToTensor`` it makes FFCV 1.0.2 hang while building the
@@ -137,8 +138,10 @@ class FFCVLoader(base.EpochState):
                 # normalisation + a layout copy, is what made this loader 0.2-0.5x bare FFCV).
                 # The images alias FFCV's buffer slot: valid until the next batch is drawn, which
                 # is how long a training step holds them (pipeline.to_model_input makes a new
-                # tensor). Labels: int32 -> int64 is a copy, so they stay valid.
-                yield images, labels.to(torch.int64, non_blocking=True)
+                # tensor). Labels are copied (a few hundred bytes): FFCV's IntDecoder already
+                # gives int64, so a plain .to(int64) would hand out its reused buffer, and a
+                # consumer that keeps labels (feature extraction) would see later batches' labels.
+                yield images, labels.to(torch.int64, non_blocking=True, copy=True)
             else:
                 yield transforms.finish_batch(images, labels, self.device, self.dtype, self.channels_last)
 

@@ -146,7 +146,8 @@ def finish_batch(images: torch.Tensor, labels: torch.Tensor, device, dtype: torc
     """
     device = torch.device(device)
     non_blocking = device.type == "cuda"
-    labels = labels.to(device=device, dtype=torch.int64, non_blocking=non_blocking)
+    # a copy always: a back end's label batch may be a reused buffer (FFCV's is), and callers keep labels
+    labels = labels.to(device=device, dtype=torch.int64, non_blocking=non_blocking, copy=True)
     if layout == "NHWC":
         images = images.permute(0, 3, 1, 2)  # a view: N x 3 x H x W in channels-last memory
     if dtype == torch.uint8:
