@@ -77,6 +77,21 @@ def recorded_sha256(path: str | os.PathLike) -> str | None:
     return recorded
 
 
+def verify_sha256(path: str | os.PathLike) -> str | None:
+    """None if `path` matches the digest its sidecar records, else the reason it does not (no
+    sidecar, a sidecar without a digest or that cannot be read, a mismatch), as one phrase."""
+    try:
+        want = recorded_sha256(path)
+    except (ValueError, OSError) as e:  # a sidecar without a digest, or one that cannot be read
+        return str(e)
+    if want is None:
+        return "no .sha256 checksum file beside it"
+    got = sha256_file(path)
+    if got != want:
+        return f"checksum mismatch (file {got[:12]}..., recorded {want[:12]}...)"
+    return None
+
+
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename in `directory` durable. Best effort: some file systems cannot fsync a folder."""
     try:

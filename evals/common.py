@@ -15,13 +15,13 @@ import torch
 import torch.distributed as dist
 
 import runstore
-from common.files import sha256_sidecar
+from common.files import sha256_sidecar, verify_sha256
 from evals.inputs import UserError, layout_hint, note
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
 from pipeline import make_loader
 from pipeline.sources import KAGGLE_SUBDIR
-from trainer.checkpoint import list_checkpoints, verify
+from runstore.layout import list_checkpoints
 
 # ----------------------------------------------------------------------------- distributed
 def init_distributed(device_arg: str = "auto") -> tuple[torch.device, int, int]:
@@ -108,7 +108,7 @@ def resolve_ckpt(arg: str | os.PathLike) -> Path:
     if (folder / "final.pth").is_file():
         chosen, why = folder / "final.pth", "the finished run's weights"
     else:
-        # the trainer's own listing (by step from the names), else any .pth by age
+        # the trainer's names, by step (runstore.layout), else any .pth by age
         found = [path for _, _, path in reversed(list_checkpoints(folder))] or sorted(
             folder.glob("*.pth"), key=lambda f: f.stat().st_mtime)
         if not found:
@@ -126,7 +126,7 @@ def verified(path: Path) -> Path:
     word. No sidecar (official downloads, hand-made files): nothing to check."""
     if not sha256_sidecar(path).is_file():
         return path
-    problem = verify(path)
+    problem = verify_sha256(path)
     if problem is not None:
         raise UserError(f"--ckpt {path}: {problem}: the file is corrupt or was replaced; not loaded")
     return path

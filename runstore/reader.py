@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,13 @@ from common.paths import is_within
 from common.serialize import load_json, load_yaml
 
 from . import recons as _recons
-from .layout import CHECKPOINT_INDEX, EVAL_COLUMNS, METRIC_COLUMNS
+from .layout import CHECKPOINT_INDEX, CHECKPOINT_NAME_RE, EVAL_COLUMNS, METRIC_COLUMNS
 from .status import STALE_AFTER_S, describe, effective_state, read_status
 from .summary import summarize
 from .table import read_table
 
 CHECKPOINT_COLUMNS = ["path", "epoch", "step", "tag", "time", "bytes", "exists"]
 STORES = ("metrics.zarr", "evals.zarr", "recons.zarr", "status.json")
-# the trainer's checkpoint names (trainer/checkpoint.py); runstore does not import the trainer
-_CHECKPOINT_NAME = re.compile(r"^(ckpt|milestone)-e(\d+)-s(\d+)\.pth$")
 
 
 class OutsideRootError(ValueError):
@@ -177,7 +174,7 @@ class Run:
             files = []
         rows = []
         for p in files:
-            m = _CHECKPOINT_NAME.match(p.name)
+            m = CHECKPOINT_NAME_RE.match(p.name)
             epoch, step = (int(m.group(2)), int(m.group(3))) if m else (-1, -1)
             tag = "milestone" if m and m.group(1) == "milestone" else ("final" if p.name == "final.pth" else None)
             st = p.stat()

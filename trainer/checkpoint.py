@@ -20,7 +20,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import re
 import shutil
 import time
 import warnings
@@ -31,12 +30,14 @@ import numpy as np
 import torch
 
 from common import files
-from common.files import sha256_file  # re-exported: trainer.checkpoint.sha256_file (tests, evals)
+# the sidecar check and the checkpoint names have one home each (common.files, runstore.layout:
+# the eval CLIs read them too and must not import the trainer); re-exported under their old names
+from common.files import sha256_file, verify_sha256 as verify
 from model.checkpoint import safe_torch_load
+from runstore.layout import CHECKPOINT_NAME_RE as NAME_RE, checkpoint_name, list_checkpoints
 
 from . import distributed
 
-NAME_RE = re.compile(r"^(ckpt|milestone)-e(\d+)-s(\d+)\.pth$")
 FORMAT_VERSION = 1
 
 
@@ -66,10 +67,6 @@ def _load(path: Path, map_location):
     """torch.load(weights_only=True) through the project's one checkpoint reader (model.checkpoint):
     a pickle that needs any global outside its allow-list is refused, never run."""
     return safe_torch_load(path, map_location=map_location)
-
-
-def checkpoint_name(epoch: int, step: int, kind: str = "ckpt") -> str:
-    return f"{kind}-e{epoch:04d}-s{step:08d}.pth"
 
 
 def _publish(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -124,35 +121,6 @@ def add_milestone(path: Path, epoch: int, step: int) -> Path:
 def link_as(path: Path, name: str) -> Path:
     """Publish ``path`` under a fixed ``name`` too (``final.pth``), replacing an older one atomically."""
     return _publish_as(path, path.with_name(name))
-
-
-def list_checkpoints(directory: str | Path) -> list[tuple[int, int, Path]]:
-    """(step, epoch, path) of every checkpoint file in ``directory``, newest first."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found = []
-    for p in directory.iterdir():
-        m = NAME_RE.match(p.name)
-        if m:
-            # at equal step prefer the regular file (sorted first by the kind flag)
-            found.append((int(m.group(3)), int(m.group(2)), m.group(1) == "ckpt", p))
-    found.sort(key=lambda t: (t[0], t[2]), reverse=True)
-    return [(s, e, p) for s, e, _, p in found]
-
-
-def verify(path: Path) -> str | None:
-    """None if ``path`` matches its sidecar checksum, else the reason it does not."""
-    try:
-        want = files.recorded_sha256(path)
-    except (ValueError, OSError) as e:  # a sidecar without a digest, or one that cannot be read
-        return str(e)
-    if want is None:
-        return "no .sha256 checksum file beside it"
-    got = sha256_file(path)
-    if got != want:
-        return f"checksum mismatch (file {got[:12]}..., recorded {want[:12]}...)"
-    return None
 
 
 def load_latest(directory: str | Path, map_location="cpu",
