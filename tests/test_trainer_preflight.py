@@ -153,3 +153,26 @@ def test_resume_flag_does_not_swallow_an_override_and_names_a_directory(tiny_dat
     assert main(["--config", str(cfg), "--resume", str(tmp_path / "run")]) == 4
     err = capsys.readouterr().err
     assert "is a directory" in err and "checkpoints" in err, err
+
+
+def test_another_trainer_on_the_machine_is_found_and_warned_about(monkeypatch):
+    # two CPU trainings side by side ran 5x slower each (OpenMP spinning): the trainer says so at start
+    from trainer import preflight
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "trainer.pretrain"])
+    try:
+        deadline = time.time() + 10
+        while other.pid not in preflight.other_trainers() and time.time() < deadline:
+            time.sleep(0.1)   # its command line appears once exec has run
+        assert other.pid in preflight.other_trainers()
+        assert os.getpid() not in preflight.other_trainers()
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        msg = preflight.concurrent_training_warning([other.pid])
+        assert msg.startswith("warning: 1 other trainer") and str(other.pid) in msg and "OMP_WAIT_POLICY=PASSIVE" in msg
+        monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+        assert preflight.concurrent_training_warning([other.pid]) is None
+    finally:
+        other.kill()
+        other.wait()
+    assert other.pid not in preflight.other_trainers()
+    assert preflight.concurrent_training_warning([]) is None

@@ -87,6 +87,46 @@ def check_data_paths(cfg) -> None:
             raise ConfigError(f"'{key}': {problem}{why}")
 
 
+def other_trainers(proc: Path = Path("/proc")) -> list[int]:
+    """Pids of other ``trainer.pretrain`` processes on this machine, not counting this process,
+    its ancestors, or the processes that share its parent (the other ranks of one torchrun)."""
+    me = os.getpid()
+    skip, pid = {me}, me
+    while pid > 1:  # this process's ancestors (a launcher's command line may name the module)
+        try:
+            pid = int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        skip.add(pid)
+    parent = os.getppid()
+    found = []
+    for d in proc.glob("[0-9]*"):
+        try:
+            pid = int(d.name)
+            args = (d / "cmdline").read_bytes().split(b"\0")
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone, or not ours to read
+            continue
+        if pid in skip or ppid == parent:
+            continue
+        if any(a in (b"trainer.pretrain", b"trainer/pretrain.py") or a.endswith(b"/trainer/pretrain.py")
+               for a in args):
+            found.append(pid)
+    return sorted(found)
+
+
+def concurrent_training_warning(pids: list[int]) -> str | None:
+    """The warning for a CPU training that starts beside others (README, "One training at a time"):
+    torch's OpenMP threads spin at barriers while another process holds the cores, so two runs on
+    2 cores went 5x slower each, not 2x; sleeping threads (OMP_WAIT_POLICY=PASSIVE) avoid that."""
+    if not pids or os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+        return None
+    shown = ", ".join(map(str, pids[:5])) + (" ..." if len(pids) > 5 else "")
+    return (f"warning: {len(pids)} other trainer process(es) on this machine (pid {shown}): CPU trainings "
+            f"side by side run several times slower each (OpenMP threads spin); run them one after the "
+            f"other, or start each with OMP_WAIT_POLICY=PASSIVE (or threads=1)")
+
+
 def cpu_scale_warning(cfg, n_params: int) -> str | None:
     """On a CPU-only machine: what about this setup is GPU work, and what to run instead; None if
     nothing is (call it only when the run is on CPU)."""

@@ -513,6 +513,8 @@ def _prepare(cfg, owned: contextlib.ExitStack) -> Run:
         if info.device.type == "cpu" else None
     if cpu_warning:
         _say(info, cpu_warning)
+    if info.device.type == "cpu" and (note := preflight.concurrent_training_warning(preflight.other_trainers())):
+        _say(info, note)
     loader = _build_train_loader(cfg, info)
     A, B, W = cfg.optim.accum_steps, cfg.data.batch_size, info.world_size
     steps_per_epoch = len(loader) // A
