@@ -329,3 +329,28 @@ def test_errors_name_the_problem(sample, tmp_path):
         make_loader("ffcv", sample / "ffcv" / "train.beton", order="quasi_random", world_size=2, rank=1)
     with pytest.raises(ValueError, match="mixed"):
         make_loader("dali", sample / "src" / "train", decoder="mixed", device="cpu")
+
+
+# ------------------------------------------------------------------------------------------------
+# crop_scale: the RandomResizedCrop area range as an option
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_crop_scale_sets_the_smallest_train_crop(backend, coords):
+    kw = dict(batch_size=32, image_size=48, train=True, seed=1)
+    large = crop_boxes(torch.cat([x for x, _ in epoch(loader_for(backend, coords, "train", crop_scale=(0.6, 1.0),
+                                                                 **kw))]))
+    default = crop_boxes(torch.cat([x for x, _ in epoch(loader_for(backend, coords, "train", **kw))]))
+    areas = [a for a, _, _ in large]
+    assert len(areas) == 32
+    assert min(areas) > 0.6 * 0.9 and max(areas) < 1.0 * 1.04, areas   # tolerance of the default's test
+    assert max(areas) > 0.8                                           # the range is used
+    assert min(a for a, _, _ in default) < 0.5                        # default (0.2, 1.0) unchanged
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("crop_scale", [(0.0, 1.0), (0.5, 0.4), (0.2, 1.5), (0.3,), 0.3])
+def test_bad_crop_scale_is_a_clear_error(backend, crop_scale, coords):
+    path = coords / "ffcv" / "train.beton" if backend == "ffcv" else coords / "src" / "train"
+    with pytest.raises(ValueError, match=r"crop_scale .*0 < min <= max <= 1"):
+        make_loader(backend, path, crop_scale=crop_scale)

@@ -11,7 +11,7 @@ from .base import Loader, epoch_order
 from .dali_loader import DALILoader
 from .ffcv_loader import FFCVLoader
 from .torch_loader import TorchLoader
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, RRC_SCALE, check_crop_scale, to_model_input
 
 BACKENDS = ("torch", "ffcv", "dali")
 
@@ -19,7 +19,8 @@ BACKENDS = ("torch", "ffcv", "dali")
 def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224, train: bool = True,
                 num_workers: int = 2, device="cpu", dtype: torch.dtype = torch.float32,
                 channels_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                drop_last: bool | None = None, shuffle: bool | None = None, **options) -> Loader:
+                drop_last: bool | None = None, shuffle: bool | None = None,
+                crop_scale: tuple[float, float] = RRC_SCALE, **options) -> Loader:
     """Build a loader yielding ``(images, labels)``: N x 3 x S x S images on ``device``, int64 labels.
 
     ``dtype=torch.uint8``: the images as the library produced them (the fast path; FFCV's are a
@@ -27,7 +28,7 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
     normalises them in its step with :func:`pipeline.to_model_input`. A floating ``dtype``
     (default float32): normalised with ImageNet mean/std before they are yielded.
 
-    ``train=True``: RandomResizedCrop(S, scale=(0.2, 1), ratio=(3/4, 4/3)) + horizontal flip;
+    ``train=True``: RandomResizedCrop(S, scale=crop_scale, ratio=(3/4, 4/3)) + horizontal flip;
     ``train=False``: resize shorter side to S*256/224, centre crop S. ``drop_last`` and
     ``shuffle`` default to ``train``. ``path``: a ``.beton`` for ``ffcv``; an image folder with
     class subfolders, or a ``path label`` file list, for ``dali`` and ``torch``.
@@ -39,7 +40,12 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
              ``batches_ahead``, ``reuse_memory`` (True: FFCV's batch buffers allocated once,
              not every epoch).
       dali:  ``decoder="auto"|"cpu"|"mixed"``, ``prefetch``.
+
+    ``crop_scale`` (all back ends, default (0.2, 1.0), MAE's): the train crop's (min, max) area as
+    a share of the image, torchvision's ``scale``; ValueError unless 0 < min <= max <= 1. Eval
+    (``train=False``) ignores it.
     """
+    crop_scale = check_crop_scale(crop_scale)  # before any back end imports its library
     drop_last = train if drop_last is None else drop_last
     shuffle = train if shuffle is None else shuffle
     if isinstance(dtype, str):
@@ -47,7 +53,7 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     kwargs = dict(batch_size=batch_size, image_size=image_size, train=train, num_workers=num_workers,
                   device=device, dtype=dtype, channels_last=channels_last, seed=seed, rank=rank,
-                  world_size=world_size, drop_last=drop_last, shuffle=shuffle, **options)
+                  world_size=world_size, drop_last=drop_last, shuffle=shuffle, crop_scale=crop_scale, **options)
     if backend == "torch":
         return TorchLoader(path, **kwargs)
     if backend == "ffcv":

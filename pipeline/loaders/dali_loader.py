@@ -41,7 +41,7 @@ from .files import list_images
 
 
 def _dali_pipeline(source, *, batch_size, image_size, train, num_threads, device_id, seed,
-                   decoder_device, prefetch, normalize=False):
+                   decoder_device, prefetch, normalize=False, crop_scale=transforms.RRC_SCALE):
     """Build (but not run) the per-epoch DALI pipeline described in the module docstring.
 
     ``source``: an iterable of batches ``(list of encoded files as uint8 arrays, int32 labels)``
@@ -57,17 +57,18 @@ def _dali_pipeline(source, *, batch_size, image_size, train, num_threads, device
         jpegs, lab = fn.external_source(source=source, num_outputs=2, dtype=[types.UINT8, types.INT32],
                                         cycle="raise")
         images = decode_and_crop(jpegs, image_size=image_size, train=train, decoder_device=decoder_device,
-                                 normalize=normalize)
+                                 normalize=normalize, crop_scale=crop_scale)
         return images, lab
 
     return mae_pipe()
 
 
-def decode_and_crop(jpegs, *, image_size, train, decoder_device, normalize=False):
+def decode_and_crop(jpegs, *, image_size, train, decoder_device, normalize=False,
+                    crop_scale=transforms.RRC_SCALE):
     """The DALI ops from encoded files to N x 3 x S x S batches (shared with pipeline.bench's bare
     DALI pipeline, so both time the same decoder settings).
 
-    Train: ``image_random_crop`` decodes only the crop's region (libjpeg-turbo / nvJPEG ROI
+    Train: ``image_random_crop`` (area share in ``crop_scale``) decodes only the crop's region (libjpeg-turbo / nvJPEG ROI
     decode), then cubic antialiased resize and a random mirror. Output uint8 CHW unless
     ``normalize`` (float32, ImageNet mean/std).
     """
@@ -76,7 +77,7 @@ def decode_and_crop(jpegs, *, image_size, train, decoder_device, normalize=False
     if train:
         images = fn.decoders.image_random_crop(
             jpegs, device=decoder_device, output_type=types.RGB,
-            random_area=list(transforms.RRC_SCALE), random_aspect_ratio=list(transforms.RRC_RATIO),
+            random_area=list(crop_scale), random_aspect_ratio=list(transforms.RRC_RATIO),
             num_attempts=10)
         images = fn.resize(images, size=[image_size, image_size], interp_type=types.INTERP_CUBIC,
                            antialias=True)
@@ -133,7 +134,9 @@ class DALILoader(base.EpochState):
 
     def __init__(self, path, batch_size=128, image_size=224, train=True, num_workers=2, device="cpu",
                  dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
-                 drop_last=True, shuffle=True, decoder="auto", prefetch=2, val_labels=None):
+                 drop_last=True, shuffle=True, decoder="auto", prefetch=2, val_labels=None,
+                 crop_scale=transforms.RRC_SCALE):
+        self.crop_scale = transforms.check_crop_scale(crop_scale)
         import nvidia.dali  # noqa: F401 - fail here, clearly, if DALI is not installed
 
         # plain_decode: files DALI would decode unlike open_rgb (alpha, CMYK, GIF...) are read
@@ -168,7 +171,7 @@ class DALILoader(base.EpochState):
             batch_size=self.batch_size, image_size=self.image_size, train=self.train,
             num_threads=self.num_threads, device_id=self.device_id,
             seed=base.sample_seed(self.seed, epoch, self.rank) % (2 ** 31 - 1),
-            decoder_device=self.decoder, prefetch=self.prefetch)
+            decoder_device=self.decoder, prefetch=self.prefetch, crop_scale=self.crop_scale)
         pipe.build()
         try:
             while True:

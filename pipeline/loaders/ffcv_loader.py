@@ -57,7 +57,8 @@ class FFCVLoader(base.EpochState):
     def __init__(self, path, batch_size=128, image_size=224, train=True, num_workers=2, device="cpu",
                  dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
                  drop_last=True, shuffle=True, order="shared", os_cache=True, batches_ahead=3,
-                 reuse_memory=True):
+                 reuse_memory=True, crop_scale=transforms.RRC_SCALE):
+        crop_scale = transforms.check_crop_scale(crop_scale)
         from ffcv.fields import IntField, RGBImageField
         from ffcv.fields.decoders import (CenterCropRGBImageDecoder, IntDecoder,
                                           RandomResizedCropRGBImageDecoder)
@@ -86,14 +87,14 @@ class FFCVLoader(base.EpochState):
         super().__init__(reader.num_samples, batch_size, seed, rank, world_size, drop_last, shuffle)
         self.path, self.image_size, self.train = path, image_size, train
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
-        self.order_mode = order
+        self.order_mode, self.crop_scale = order, crop_scale
         labels = np.asarray(reader.metadata[f"f{list(reader.handlers).index(label_field)}"])
         self.classes = read_class_names(path.parent) or [str(i) for i in range(int(labels.max()) + 1)]
         self.num_classes = len(self.classes)
 
         size = (image_size, image_size)
         if train:
-            decoder = RandomResizedCropRGBImageDecoder(size, scale=transforms.RRC_SCALE,
+            decoder = RandomResizedCropRGBImageDecoder(size, scale=crop_scale,
                                                        ratio=transforms.RRC_RATIO)
             image_ops = [decoder, in_place_flip()]
         else:

@@ -35,9 +35,11 @@ from .files import list_images
 class _ImageFiles(Dataset):
     """Map-style dataset over (index, epoch) keys returning (uint8 3xSxS tensor | bytes, label)."""
 
-    def __init__(self, paths, labels, image_size, train, seed, decode, hazards=frozenset()):
+    def __init__(self, paths, labels, image_size, train, seed, decode, hazards=frozenset(),
+                 crop_scale=transforms.RRC_SCALE):
         self.paths, self.labels, self.hazards = paths, labels, hazards
         self.image_size, self.train, self.seed, self.decode = image_size, train, seed, decode
+        self.crop_scale = crop_scale
 
     def __len__(self):
         return len(self.paths)
@@ -53,7 +55,7 @@ class _ImageFiles(Dataset):
             return img, self.labels[index], index, epoch
         im = open_rgb(path)   # BadImageError names the file and says what is wrong with it
         gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
-        return transforms.augment(im, self.image_size, self.train, gen), self.labels[index]
+        return transforms.augment(im, self.image_size, self.train, gen, self.crop_scale), self.labels[index]
 
 
 def _collate_bytes(items):
@@ -83,7 +85,9 @@ class TorchLoader(base.EpochState):
 
     def __init__(self, path, batch_size=128, image_size=224, train=True, num_workers=2, device="cpu",
                  dtype=torch.float32, channels_last=False, seed=0, rank=0, world_size=1,
-                 drop_last=True, shuffle=True, decode="pil", prefetch_factor=2, val_labels=None):
+                 drop_last=True, shuffle=True, decode="pil", prefetch_factor=2, val_labels=None,
+                 crop_scale=transforms.RRC_SCALE):
+        self.crop_scale = transforms.check_crop_scale(crop_scale)
         split = list_images(path, val_labels=val_labels)
         super().__init__(len(split.paths), batch_size, seed, rank, world_size, drop_last, shuffle)
         if decode not in ("pil", "batched"):
@@ -94,7 +98,8 @@ class TorchLoader(base.EpochState):
         self.device, self.dtype, self.channels_last = torch.device(device), dtype, channels_last
         # batched: the files decode_jpeg/decode_image would read unlike open_rgb, found once here
         hazards = frozenset(cached_decode_hazards(split.paths)) if decode == "batched" else frozenset()
-        ds = _ImageFiles(split.paths, split.labels, image_size, train, self.seed, decode, hazards)
+        ds = _ImageFiles(split.paths, split.labels, image_size, train, self.seed, decode, hazards,
+                         self.crop_scale)
         self._dl = DataLoader(
             ds, batch_sampler=_EpochBatches(self), num_workers=num_workers,
             collate_fn=_collate_bytes if decode == "batched" else None,
@@ -131,5 +136,5 @@ class TorchLoader(base.EpochState):
         out = []
         for img, index, epoch in zip(decoded, indices, epochs):
             gen = transforms.seeded_generator(base.sample_seed(self.seed, epoch, index)) if self.train else None
-            out.append(transforms.augment(img, self.image_size, self.train, gen))
+            out.append(transforms.augment(img, self.image_size, self.train, gen, self.crop_scale))
         return torch.stack(out), labels

@@ -1,6 +1,7 @@
 """MAE's augmentation, written once for the torch back end; uint8 batch -> model input for all.
 
-Train: RandomResizedCrop(size, scale=(0.2, 1), ratio=(3/4, 4/3), bicubic) + horizontal flip.
+Train: RandomResizedCrop(size, scale=(0.2, 1), ratio=(3/4, 4/3), bicubic) + horizontal flip; the
+scale (the crop's area range as a share of the image) is ``make_loader``'s ``crop_scale``.
 Eval: resize the shorter side to ``round(size * 256 / 224)``, centre-crop ``size``.
 
 The crop box and flip of a sample come from a ``torch.Generator`` seeded by (seed, epoch, sample
@@ -24,6 +25,18 @@ from common.imagenet import IMAGENET_MEAN, IMAGENET_STD  # re-exported: pipeline
 
 RRC_SCALE = (0.2, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
+
+
+def check_crop_scale(crop_scale) -> tuple[float, float]:
+    """``crop_scale`` as a (min, max) float pair; ValueError unless 0 < min <= max <= 1."""
+    try:
+        lo, hi = (float(v) for v in crop_scale)
+    except (TypeError, ValueError):  # not a pair of numbers
+        lo = hi = math.nan
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(f"crop_scale must be a (min, max) crop area pair with 0 < min <= max <= 1, "
+                         f"got {crop_scale!r}")
+    return lo, hi
 
 
 def eval_resize_size(image_size: int) -> int:
@@ -74,16 +87,17 @@ def seeded_generator(seed: int) -> torch.Generator:
     return g
 
 
-def augment(img, image_size: int, train: bool, gen: torch.Generator | None) -> torch.Tensor:
+def augment(img, image_size: int, train: bool, gen: torch.Generator | None,
+            crop_scale=RRC_SCALE) -> torch.Tensor:
     """PIL RGB image or decoded uint8 3 x H x W tensor (any device) -> uint8 tensor 3 x size x size.
 
-    train: RandomResizedCrop box + flip drawn from ``gen``; eval: resize + centre crop. The same
+    train: RandomResizedCrop box (area share in ``crop_scale``) + flip drawn from ``gen``; eval: resize + centre crop. The same
     generator draws give the same box for both inputs (the batched nvJPEG path uses tensors); the
     pixels differ only by the resize kernel's implementation (tensor bicubic vs PIL's).
     """
     if train:
         height, width = F.get_size(img)
-        p = sample_rrc_params(height, width, gen)
+        p = sample_rrc_params(height, width, gen, scale=crop_scale)
         img = F.resized_crop(img, p.top, p.left, p.height, p.width, [image_size, image_size],
                              interpolation=InterpolationMode.BICUBIC, antialias=True)
         if p.flip:
