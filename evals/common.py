@@ -5,7 +5,6 @@ Kept apart so linprobe / knn / finetune stay readable top to bottom and behave t
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -15,7 +14,9 @@ import torch
 import torch.distributed as dist
 
 import runstore
+from common.distributed import init
 from common.files import sha256_sidecar, verify_sha256
+from common.schedule import lr_at, set_lr  # set_lr re-exported: linprobe, finetune
 from evals.inputs import UserError, layout_hint, note
 from model import load_checkpoint
 from model.checkpoint import safe_torch_load
@@ -25,23 +26,10 @@ from runstore.layout import list_checkpoints
 
 # ----------------------------------------------------------------------------- distributed
 def init_distributed(device_arg: str = "auto") -> tuple[torch.device, int, int]:
-    """Start the process group under torchrun (WORLD_SIZE > 1); return (device, rank, world_size).
-
-    nccl on CUDA, gloo on CPU, like the trainer. Without torchrun: rank 0 of 1.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device_arg == "auto" else device_arg.startswith("cuda")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu" if device_arg == "auto" else device_arg)
-    return device, rank, world
+    """Join the launch as the trainer does (`common.distributed.init`: torchrun or srun, nccl on
+    CUDA, gloo on CPU); (device, rank, world_size). Without a launcher: rank 0 of 1."""
+    info = init(device_arg)
+    return info.device, info.rank, info.world_size
 
 
 def dist_info() -> tuple[int, int]:
@@ -70,17 +58,8 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 # ----------------------------------------------------------------------------- schedule
 def warmup_cosine(it: float, total: float, warmup: float, base_lr: float, min_lr: float = 0.0) -> float:
-    """Linear warm-up from 0 then half-cosine to min_lr; `it` in iterations (fractional ok)."""
-    if it < warmup:
-        return base_lr * it / max(warmup, 1e-12)
-    progress = (it - warmup) / max(total - warmup, 1e-12)
-    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write lr into every group, times the group's `lr_scale` when it has one (layer decay)."""
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
+    """`common.schedule.lr_at` (the trainer's schedule) in iterations, in the eval CLIs' argument order."""
+    return lr_at(it, lr=base_lr, min_lr=min_lr, warmup_epochs=warmup, epochs=total)
 
 
 # ----------------------------------------------------------------------------- metrics

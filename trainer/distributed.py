@@ -1,72 +1,18 @@
-"""Process-group set-up for ``torchrun`` (and ``srun``) launches, and the few collectives we need.
-
-One process per device. ``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK; under
-Slurm without torchrun, SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID are used (MASTER_ADDR and
-MASTER_PORT must then be exported by the batch script). Backend: nccl on CUDA, gloo on CPU.
-Only rank 0 writes files (run store, checkpoints); other ranks compute and join collectives.
+"""The trainer's distributed pieces: joining the launch (``init``, ``DistInfo``, ``pick_device``:
+``common.distributed``, shared with the eval CLIs, re-exported here), DDP wrapping, and the few
+collectives we need. Only rank 0 writes files (run store, checkpoints); other ranks compute and
+join collectives.
 """
 from __future__ import annotations
-
-import datetime
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common.distributed import DistInfo, init, pick_device
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(*names: str, default: int) -> int:
-    for n in names:
-        if os.environ.get(n, "") != "":
-            return int(os.environ[n])
-    return default
-
-
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was requested but CUDA is not available")
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return torch.device("cpu")
-
-
-def init(device: str = "auto", timeout_minutes: float = 60.0) -> DistInfo:
-    """Detect the launch, pick this process's device, and join the process group if world > 1."""
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
-    dev = pick_device(device, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        os.environ.setdefault("RANK", str(rank))
-        os.environ.setdefault("WORLD_SIZE", str(world))
-        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise RuntimeError("multi-process launch without MASTER_ADDR/MASTER_PORT: use torchrun, or export them for srun")
-        dist.init_process_group(
-            backend="nccl" if dev.type == "cuda" else "gloo",
-            rank=rank, world_size=world,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-            device_id=dev if dev.type == "cuda" else None,
-        )
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+__all__ = ["DistInfo", "init", "pick_device", "wrap_ddp", "barrier", "any_flags", "mean_scalar",
+           "gather_objects", "cleanup"]
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
