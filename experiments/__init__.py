@@ -17,6 +17,6 @@ Modules (each one job):
 
 Arrows: experiments imports trainer (each point is a normal `trainer.pretrain` run), evals (the
 final online evals a killed sweep still owes), runstore, model (parameter counts) and common.
-Nothing imports experiments: it drives the others from above (tests/test_package_arrows.py; the one
-exception left, inspector.views using trends.point_se, is marked there).
+Nothing imports experiments: it drives the others from above (tests/test_package_arrows.py checks
+it; the standard error the inspector shares with trends is common.stats.point_se).
 """
