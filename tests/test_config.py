@@ -95,3 +95,23 @@ def test_diff_configs_treats_none_as_unset():
     assert diff_configs({"model": {"name": "x"}}, {"model": {"name": "x", "pca_dims": None}}) == []
     assert diff_configs({}, {"data": {"verify": "auto"}}) == [
         {"key": "data.verify", "old": None, "new": "auto", "harmless": True}]
+
+
+@pytest.mark.parametrize("value", ["[0,1]", "[0.5,0.4]", "[0.2,1.5]", "[0.3]", "[a,1]", "[true,1]", "0.3"])
+def test_bad_crop_scale_names_the_key(value, capsys):
+    with pytest.raises(ConfigError, match=r"data\.crop_scale"):
+        load_config(None, [f"data.crop_scale={value}"])
+    assert main(["--config", "configs/demo.yaml", "--print-config", f"data.crop_scale={value}"]) == 2
+    assert "data.crop_scale" in capsys.readouterr().err
+
+
+def test_crop_scale_default_override_and_print_config(capsys):
+    assert load_config(None).data.crop_scale == [0.2, 1.0]  # MAE's RandomResizedCrop scale
+    cfg = load_config(None, ["data.crop_scale=[0.35,1]"])
+    assert cfg.data.crop_scale == [0.35, 1.0] and all(isinstance(v, float) for v in cfg.data.crop_scale)
+    assert main(["--config", "configs/demo.yaml", "--print-config", "data.crop_scale=[0.35,1.0]"]) == 0
+    out = capsys.readouterr().out
+    assert "crop_scale:" in out and "0.35" in out
+    # it changes what the model trains on: flagged on resume, not harmless
+    d = diff_configs(load_config(None).to_dict(), cfg.to_dict())
+    assert d == [{"key": "data.crop_scale", "old": [0.2, 1.0], "new": [0.35, 1.0], "harmless": False}]

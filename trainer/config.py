@@ -52,6 +52,8 @@ class DataConfig:
     batch_size: int = 128  # per device (per process), per micro-batch
     num_workers: int = 2
     options: dict = field(default_factory=dict)  # back-end keywords for make_loader, e.g. {decode: batched}
+    # train RandomResizedCrop's (min, max) area as a share of the image (MAE: [0.2, 1.0]); evals centre-crop
+    crop_scale: list = field(default_factory=lambda: [0.2, 1.0])
     # check .beton files against their checksums (<file>.sums) before training, one full read each:
     # auto = files under 2 GiB that have checksums | always (checksums required) | never
     verify: str = "auto"
@@ -264,6 +266,11 @@ def _build(cls, data: dict, prefix: str, origin: str):
     return obj
 
 
+def _is_crop_scale(value: list) -> bool:
+    numbers = [v for v in value if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return len(value) == 2 and len(numbers) == 2 and 0.0 < numbers[0] <= numbers[1] <= 1.0
+
+
 def _check_values(cfg: TrainConfig, origin: str) -> None:
     flat = flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
@@ -289,6 +296,10 @@ def _check_values(cfg: TrainConfig, origin: str) -> None:
     if len(cfg.optim.betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in cfg.optim.betas):
         raise ConfigError(f"{origin}: 'optim.betas' must be two numbers in [0, 1), got {cfg.optim.betas}")
     cfg.optim.betas = [float(b) for b in cfg.optim.betas]
+    if not _is_crop_scale(cfg.data.crop_scale):
+        raise ConfigError(f"{origin}: 'data.crop_scale' must be [min, max] with 0 < min <= max <= 1, "
+                          f"got {cfg.data.crop_scale}")
+    cfg.data.crop_scale = [float(v) for v in cfg.data.crop_scale]
     if cfg.optim.warmup_epochs > cfg.epochs:
         raise ConfigError(
             f"{origin}: 'optim.warmup_epochs' ({cfg.optim.warmup_epochs}) is longer than 'epochs' ({cfg.epochs})"

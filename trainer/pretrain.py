@@ -160,6 +160,7 @@ def build_loader(cfg, info, train: bool = True):
                        image_size=cfg.data.image_size, train=train, num_workers=cfg.data.num_workers,
                        device=str(info.device), channels_last=cfg.channels_last, seed=cfg.seed,
                        rank=info.rank, world_size=info.world_size,
+                       crop_scale=tuple(cfg.data.crop_scale),  # train only: eval loaders ignore it
                        **{"dtype": torch.uint8, **cfg.data.options})  # uint8 as the library made it
 
 
