@@ -281,7 +281,8 @@ def safe_torch_load(path, map_location="cpu", mmap: bool = False):
                 f"{', '.join(f'{c.__module__}.{c.__qualname__}' for c in SAFE_CHECKPOINT_GLOBALS)}); "
                 f"it was not unpickled") from None
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_one_line(e)})") from None
-    except Exception as e:  # noqa: BLE001 - report any reader failure with the file's name
+    except Exception as e:  # untrusted bytes: torch.load fails in many types (RuntimeError from its
+        # zip reader, EOFError, KeyError, ...); each is this one ValueError naming the file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_one_line(e)})") from None
 
 

@@ -18,7 +18,7 @@ import zarr
 from common.locks import file_lock
 from common.serialize import plain
 
-from .table import check_column_name, lock_path
+from .table import DAMAGED, check_column_name, lock_path
 
 ATTR = "runstore_recons"
 FORMAT = 1
@@ -141,7 +141,7 @@ def _read_array(rec, key: str, where: Path) -> np.ndarray:
         return rec[key][...]
     except (KeyError, FileNotFoundError):  # swapped by a writer: the caller retries
         raise
-    except Exception as exc:  # noqa: BLE001 - a codec's own error types (zstd, blosc) for a damaged chunk
+    except DAMAGED as exc:  # a codec's error (zstd, blosc, crc32c) or bad metadata: a damaged chunk
         text = " ".join(str(exc).split())[:200]
         raise ValueError(f"{where / key}: unreadable ({type(exc).__name__}: {text})") from None
 

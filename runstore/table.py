@@ -207,6 +207,13 @@ class CorruptStoreError(ValueError):
     """A table store whose metadata cannot be read at all (the message names the file)."""
 
 
+# What reading damaged bytes raises through zarr 3 and numcodecs: RuntimeError from a codec
+# (zstd, blosc, the crc32c check), ValueError for bad JSON / UTF-8 / metadata (zarr's errors are
+# ValueErrors), TypeError / KeyError / IndexError for metadata of the wrong shape, OSError from the
+# file system. Seen by corrupting stores file by file (truncated, flipped, emptied, replaced, removed).
+DAMAGED = (RuntimeError, ValueError, TypeError, KeyError, IndexError, OSError)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
@@ -215,7 +222,7 @@ def _one_line(exc: BaseException) -> str:
 def _has(group, name: str) -> bool:
     try:
         return name in group
-    except Exception:  # noqa: BLE001 - its metadata is garbage: it exists; _read_column reports it
+    except DAMAGED:  # its metadata is garbage: it exists; _read_column reports it
         return True
 
 
@@ -229,14 +236,14 @@ def _read_column(group, name: str, n: int, kind: str, where: Path) -> tuple[np.n
     try:
         arr = group[name]
         return np.asarray(arr[:n]), None, None
-    except Exception as exc:  # noqa: BLE001 - corrupt chunk or array metadata: salvage chunk by chunk
+    except DAMAGED as exc:  # corrupt chunk or array metadata: salvage chunk by chunk
         first = exc
     values = np.full(n, _FILL[kind], dtype=dtype)
     bad = np.zeros(n, dtype=bool)
     try:
         arr = group[name]
         step = int(arr.chunks[0]) or n
-    except Exception:  # noqa: BLE001 - the array's own zarr.json is gone or garbage
+    except DAMAGED:  # the array's own zarr.json is gone or garbage
         bad[:] = True
         return values, bad, f"{where}/{name}: column unreadable ({_one_line(first)})"
     bad_chunks = []
@@ -244,7 +251,7 @@ def _read_column(group, name: str, n: int, kind: str, where: Path) -> tuple[np.n
         stop = min(n, start + step)
         try:
             values[start:stop] = arr[start:stop]
-        except Exception:  # noqa: BLE001 - this chunk is damaged (any codec error): its rows are lost
+        except DAMAGED:  # this chunk is damaged: its rows are lost
             bad[start:stop] = True
             bad_chunks.append(start // step)
     if not bad_chunks:  # the first failure was transient (e.g. a file replaced mid-read)
@@ -266,13 +273,13 @@ def read_table(path: Path, base: Mapping[str, str], columns: Iterable[str] | Non
         group = zarr.open_group(str(path), mode="r")
     except FileNotFoundError:
         return empty_frame(base)
-    except Exception as exc:  # noqa: BLE001 - garbage zarr.json: name the file, not the JSON parser
+    except DAMAGED as exc:  # garbage zarr.json: name the file, not the JSON parser
         raise CorruptStoreError(f"{path / 'zarr.json'}: unreadable zarr store metadata ({_one_line(exc)})") from None
     try:
         meta = _meta(group, path)
     except StoreFormatError:
         raise
-    except Exception as exc:  # noqa: BLE001 - attributes of any shape: name the file, not the parser
+    except DAMAGED as exc:  # attributes of any shape: name the file, not the parser
         raise CorruptStoreError(f"{path / 'zarr.json'}: unreadable table metadata ({_one_line(exc)})") from None
     if meta is None:
         return empty_frame(base)

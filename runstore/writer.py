@@ -254,7 +254,8 @@ class RunWriter:
         if exc_type is not None and not self.closed:
             try:
                 self.set_status("crashed", message=f"{exc_type.__name__}: {exc}")
-            except Exception:  # noqa: BLE001 - e.g. a full disk: the error that ended the run matters more
+            except Exception:  # whatever fails here (a full disk, a damaged store) must not hide
+                # the error that ended the run, which is propagating
                 pass
         self.close()
 
@@ -275,7 +276,7 @@ def _flush_open_writers() -> None:
     for w in list(_OPEN):
         try:
             w.close()
-        except Exception as exc:  # noqa: BLE001 - at exit: one failed writer must not cost the others
+        except Exception as exc:  # at exit, any failure: one failed writer must not cost the others
             print(f"runstore: could not flush {w.path} at exit: {exc}", file=sys.stderr)
 
 

@@ -134,8 +134,9 @@ def load_latest(directory: str | Path, map_location="cpu",
         if problem is None:
             try:
                 return _load(path, map_location), path
-            except Exception as e:  # untrusted bytes (truncated zip, bad or unsafe pickle): any failure
-                # to read them is the same "not usable, fall back" as a checksum error
+            except (ValueError, OSError) as e:  # safe_torch_load: any failure to read the untrusted
+                # bytes (truncated zip, bad or unsafe pickle) is a ValueError; a file pruned meanwhile
+                # an OSError: the same "not usable, fall back" as a checksum error
                 problem = str(e).replace(f"{path}: ", "")
         if problems is not None:
             problems.append((path, problem))
