@@ -97,6 +97,20 @@ def test_diff_configs_treats_none_as_unset():
         {"key": "data.verify", "old": None, "new": "auto", "harmless": True}]
 
 
+def test_a_key_added_later_is_not_a_change_on_resume():
+    # a checkpoint from before data.crop_scale existed ran with its default: resuming it must not
+    # log "None -> [0.2, 1.0] (affects the training trajectory)"; a real difference still shows
+    from trainer.config import with_defaults
+    new = load_config(None).to_dict()
+    old = load_config(None).to_dict()
+    del old["data"]["crop_scale"]
+    assert [c["key"] for c in diff_configs(old, new)] == ["data.crop_scale"]
+    assert diff_configs(with_defaults(old), new) == []
+    old["data"]["batch_size"] = 7
+    assert [c["key"] for c in diff_configs(with_defaults(old), new)] == ["data.batch_size"]
+    assert "crop_scale" not in old["data"]   # the saved dict itself is not changed
+
+
 @pytest.mark.parametrize("value", ["[0,1]", "[0.5,0.4]", "[0.2,1.5]", "[0.3]", "[a,1]", "[true,1]", "0.3"])
 def test_bad_crop_scale_names_the_key(value, capsys):
     with pytest.raises(ConfigError, match=r"data\.crop_scale"):

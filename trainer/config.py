@@ -15,6 +15,7 @@ Dotted keys and the keys harmless on resume are the project's shared ones (``com
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -374,6 +375,19 @@ HARMLESS_PREFIXES = HARMLESS_ON_RESUME
 SHAPE_KEYS = ("model.name", "data.image_size", "model.patch_size", "model.embed_dim", "model.depth",
               "model.num_heads", "model.decoder_embed_dim", "model.decoder_depth",
               "model.decoder_num_heads", "model.mlp_ratio", "model.in_chans")
+
+
+def with_defaults(saved: dict) -> dict:
+    """A saved config with the keys it lacks filled in from today's defaults.
+
+    A checkpoint written before a key existed ran with the behaviour that key's default keeps
+    (that is the rule for adding a key), so resuming it must not report ``None -> default`` as a
+    change "that affects the training trajectory" (e.g. ``data.crop_scale``, added later)."""
+    out, missing = copy.deepcopy(saved), object()
+    for key, value in flatten(load_config(None).to_dict()).items():
+        if dotted.get_dotted(out, key, missing) is missing:
+            dotted.set_dotted(out, key, value)
+    return out
 
 
 def diff_configs(old: dict, new: dict) -> list[dict]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten
+from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, with_defaults
 from .optim import scaled_lr
 from .schedule import set_lr
 
@@ -189,7 +189,7 @@ def resume(run, request: str | bool = False, allow=frozenset()) -> TrainState:
         ckpt.set_rng_state(rngs[info.rank], info.device)
     else:
         run.say(f"warning: checkpoint has RNG states for {len(rngs)} ranks, running {info.world_size}; reseeding")
-    new = [dict(c, at_step=state.step) for c in diff_configs(saved.get("config", {}), new_config)]
+    new = [dict(c, at_step=state.step) for c in diff_configs(with_defaults(saved.get("config", {})), new_config)]
     for c in new:
         run.say(f"resume: config '{c['key']}' changed {c['old']!r} -> {c['new']!r}"
                 + ("" if c["harmless"] else "  (affects the training trajectory)"))
