@@ -11,7 +11,7 @@ import torch
 from trainer import checkpoint as ckpt
 from trainer.noise import micro_batch_rows, step_noise
 from trainer.optim import build_optimizer, param_groups, scaled_lr
-from trainer.schedule import lr_at
+from common.schedule import lr_at
 from trainer.config import load_config
 
 
