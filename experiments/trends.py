@@ -200,79 +200,68 @@ def _too_few(sweep, trend, claim, label, paper, n: int, need: int) -> TrendResul
                        f"{n} point(s) with numbers; need {need}", paper)
 
 
-def _argmax_at_least(sweep, trend, claim, paper, threshold):
-    """Trend 'the best value of the varied numeric axis is >= threshold'."""
-    def check(table: pd.DataFrame) -> list[TrendResult]:
-        t = usable(table)
-        out = []
-        for metric in _metrics_in(t):
-            label = ACCURACY_METRICS[metric]
-            x, y = _numeric_points(t, "value", metric)
-            if len(x) < 3:
-                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 3))
-                continue
-            best = y.idxmax()
-            lo, hi = x.idxmin(), x.idxmax()
-            detail = (f"peak at {_fmt(x[best])} ({_fmt(y[best])}); at {_fmt(x[lo])}: {_fmt(y[lo])}, "
-                      f"at {_fmt(x[hi])}: {_fmt(y[hi])}")
-            # noise: the best point at/above the threshold against the best one below it
-            high, low = y[x >= threshold], y[x < threshold]
-            diff, se = math.nan, math.nan
-            if len(high) and len(low):
-                ih, il = high.idxmax(), low.idxmax()
-                diff, se = float(y[ih] - y[il]), _pair_se(t, metric, ih, il)
-                detail += f"; best >= {_fmt(threshold)} vs best below" + _noise(diff, se)
-            out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
-                                   bool(x[best] >= threshold), detail, paper, diff, se))
-        return out
-    return check
-
-
-def _ends_rise(sweep, trend, claim, paper, xcol, require_rank: bool):
-    """Trend 'the largest x beats the smallest x' (and, if asked, Spearman rho > 0 over all points)."""
+def _per_metric(sweep, trend, claim, paper, xcol: str, need: int, judge):
+    """A numeric-axis trend check: for each accuracy metric in the table, ``judge(t, metric, x, y)``
+    -> (holds, detail, diff, se) on the points with numbers, or "too few points" below ``need``."""
     def check(table: pd.DataFrame) -> list[TrendResult]:
         t = usable(table)
         out = []
         for metric in _metrics_in(t):
             label = ACCURACY_METRICS[metric]
             x, y = _numeric_points(t, xcol, metric)
-            if len(x) < 2:
-                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 2))
+            if len(x) < need:
+                out.append(_too_few(sweep, trend, claim, label, paper, len(x), need))
                 continue
-            lo, hi = x.idxmin(), x.idxmax()
-            rho = _spearman(x, y)
-            holds = bool(y[hi] > y[lo])
-            if require_rank and not math.isnan(rho):
-                holds = holds and rho > 0
-            se = _pair_se(t, metric, hi, lo)
-            detail = (f"{xcol}={_fmt(x[lo])}: {_fmt(y[lo])} -> {xcol}={_fmt(x[hi])}: {_fmt(y[hi])}"
-                      f"{_noise(float(y[hi] - y[lo]), se)}; Spearman rho {_fmt(rho)} over {len(x)} points")
+            holds, detail, diff, se = judge(t, metric, x, y)
             out.append(TrendResult(sweep, trend, claim.format(metric=label), label, holds, detail, paper,
-                                   float(y[hi] - y[lo]), se))
+                                   diff, se))
         return out
     return check
+
+
+def _argmax_at_least(sweep, trend, claim, paper, threshold):
+    """Trend 'the best value of the varied numeric axis is >= threshold'."""
+    def judge(t, metric, x, y):
+        best = y.idxmax()
+        lo, hi = x.idxmin(), x.idxmax()
+        detail = (f"peak at {_fmt(x[best])} ({_fmt(y[best])}); at {_fmt(x[lo])}: {_fmt(y[lo])}, "
+                  f"at {_fmt(x[hi])}: {_fmt(y[hi])}")
+        # noise: the best point at/above the threshold against the best one below it
+        high, low = y[x >= threshold], y[x < threshold]
+        diff, se = math.nan, math.nan
+        if len(high) and len(low):
+            ih, il = high.idxmax(), low.idxmax()
+            diff, se = float(y[ih] - y[il]), _pair_se(t, metric, ih, il)
+            detail += f"; best >= {_fmt(threshold)} vs best below" + _noise(diff, se)
+        return bool(x[best] >= threshold), detail, diff, se
+    return _per_metric(sweep, trend, claim, paper, "value", 3, judge)
+
+
+def _ends_rise(sweep, trend, claim, paper, xcol, require_rank: bool):
+    """Trend 'the largest x beats the smallest x' (and, if asked, Spearman rho > 0 over all points)."""
+    def judge(t, metric, x, y):
+        lo, hi = x.idxmin(), x.idxmax()
+        rho = _spearman(x, y)
+        holds = bool(y[hi] > y[lo])
+        if require_rank and not math.isnan(rho):
+            holds = holds and rho > 0
+        se = _pair_se(t, metric, hi, lo)
+        detail = (f"{xcol}={_fmt(x[lo])}: {_fmt(y[lo])} -> {xcol}={_fmt(x[hi])}: {_fmt(y[hi])}"
+                  f"{_noise(float(y[hi] - y[lo]), se)}; Spearman rho {_fmt(rho)} over {len(x)} points")
+        return holds, detail, float(y[hi] - y[lo]), se
+    return _per_metric(sweep, trend, claim, paper, xcol, 2, judge)
 
 
 def _narrowest_not_best(sweep, trend, claim, paper):
-    def check(table: pd.DataFrame) -> list[TrendResult]:
-        t = usable(table)
-        out = []
-        for metric in _metrics_in(t):
-            label = ACCURACY_METRICS[metric]
-            x, y = _numeric_points(t, "value", metric)
-            if len(x) < 2:
-                out.append(_too_few(sweep, trend, claim, label, paper, len(x), 2))
-                continue
-            lo = x.idxmin()
-            others = y.drop(lo)
-            best = others.idxmax()
-            se = _pair_se(t, metric, best, lo)
-            detail = (f"narrowest {_fmt(x[lo])}: {_fmt(y[lo])}; best wider {_fmt(x[best])}: {_fmt(y[best])}"
-                      + _noise(float(y[best] - y[lo]), se))
-            out.append(TrendResult(sweep, trend, claim.format(metric=label), label,
-                                   bool(y[best] > y[lo]), detail, paper, float(y[best] - y[lo]), se))
-        return out
-    return check
+    """Trend 'some wider decoder beats the narrowest one'."""
+    def judge(t, metric, x, y):
+        lo = x.idxmin()
+        best = y.drop(lo).idxmax()
+        se = _pair_se(t, metric, best, lo)
+        detail = (f"narrowest {_fmt(x[lo])}: {_fmt(y[lo])}; best wider {_fmt(x[best])}: {_fmt(y[best])}"
+                  + _noise(float(y[best] - y[lo]), se))
+        return bool(y[best] > y[lo]), detail, float(y[best] - y[lo]), se
+    return _per_metric(sweep, trend, claim, paper, "value", 2, judge)
 
 
 # ----------------------------------------------------------------------------- the paper's trends
