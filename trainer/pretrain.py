@@ -70,7 +70,7 @@ from . import resume as resume_rules
 from .config import ConfigError, TrainConfig, flatten, from_dict, load_config
 from .optim import build_optimizer, effective_batch, scaled_lr
 from .resume import ResumeError, TrainState
-from .schedule import lr_at, set_lr
+from common.schedule import lr_at, set_lr
 
 EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_NONFINITE, EXIT_RESUME, EXIT_PREEMPTED = 0, 1, 2, 3, 4, 75
 

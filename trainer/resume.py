@@ -29,7 +29,7 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, with_defaults
 from .optim import scaled_lr
-from .schedule import set_lr
+from common.schedule import set_lr
 
 SCHEDULE_KEYS = ("epochs", "optim.warmup_epochs", "optim.blr", "optim.lr", "optim.min_lr")
 LAYOUT_KEYS = ("data.batch_size", "optim.accum_steps", "world_size")  # world_size: processes, not a config key
