@@ -87,32 +87,28 @@ def check_data_paths(cfg) -> None:
             raise ConfigError(f"'{key}': {problem}{why}")
 
 
+def _is_trainer(args: list[bytes]) -> bool:
+    return any(a in (b"trainer.pretrain", b"trainer/pretrain.py") or a.endswith(b"/trainer/pretrain.py")
+               for a in args)
+
+
 def other_trainers(proc: Path = Path("/proc")) -> list[int]:
     """Pids of other ``trainer.pretrain`` processes on this machine, not counting this process,
     its ancestors, or the processes that share its parent (the other ranks of one torchrun)."""
-    me = os.getpid()
-    skip, pid = {me}, me
-    while pid > 1:  # this process's ancestors (a launcher's command line may name the module)
-        try:
-            pid = int((proc / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            break
-        skip.add(pid)
-    parent = os.getppid()
-    found = []
+    table = {}  # pid -> (parent pid, command line), one read of /proc
     for d in proc.glob("[0-9]*"):
         try:
-            pid = int(d.name)
-            args = (d / "cmdline").read_bytes().split(b"\0")
             ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            table[int(d.name)] = (ppid, (d / "cmdline").read_bytes().split(b"\0"))
         except (OSError, IndexError, ValueError):  # gone, or not ours to read
             continue
-        if pid in skip or ppid == parent:
-            continue
-        if any(a in (b"trainer.pretrain", b"trainer/pretrain.py") or a.endswith(b"/trainer/pretrain.py")
-               for a in args):
-            found.append(pid)
-    return sorted(found)
+    skip, pid = set(), os.getpid()
+    while pid in table and pid not in skip:  # this process and its ancestors (a launcher names the module)
+        skip.add(pid)
+        pid = table[pid][0]
+    parent = os.getppid()
+    return sorted(pid for pid, (ppid, args) in table.items()
+                  if pid not in skip and ppid != parent and _is_trainer(args))
 
 
 def concurrent_training_warning(pids: list[int]) -> str | None:
