@@ -105,18 +105,23 @@ def _param_counts_cached(key: str) -> tuple[float, float]:
     return enc / 1e6, tot / 1e6
 
 
+def _prefer_online(evals: pd.DataFrame) -> pd.DataFrame:
+    """The trainer's online eval records (fixed subset, every epoch) of ``evals``, or all of them
+    when there are none: a record an eval CLI added later names its checkpoint and may be on other
+    data, so it counts only when the point has nothing else."""
+    if "settings" not in evals:
+        return evals
+    online = evals[~evals["settings"].fillna("").astype(str).str.contains('"checkpoint"')]
+    return online if len(online) else evals
+
+
 def _last_eval(evals: pd.DataFrame, kind: str) -> float:
     if evals.empty or "kind" not in evals or "top1" not in evals:
         return math.nan
     sel = evals[evals["kind"] == kind]
     if sel.empty:
         return math.nan
-    # A point's result is its trainer's online eval (fixed subset, every epoch). A record an eval
-    # CLI added later names its checkpoint; it may be on other data, so it is used only when the
-    # point has nothing else.
-    if "settings" in sel:
-        online = sel[~sel["settings"].fillna("").astype(str).str.contains('"checkpoint"')]
-        sel = online if len(online) else sel
+    sel = _prefer_online(sel)
     if "epoch" in sel:
         sel = sel.sort_values("epoch", kind="stable")
     return float(sel["top1"].iloc[-1])
@@ -127,9 +132,8 @@ def _eval_n_val(evals: pd.DataFrame) -> float:
     settings); experiments.trends needs it for the binomial standard error. NaN when none says."""
     if evals.empty or "settings" not in evals:
         return math.nan
-    settings = evals["settings"].fillna("").astype(str)
-    online = settings[~settings.str.contains('"checkpoint"')]   # as _last_eval: the online evals first
-    for text in reversed(list(online if len(online) else settings)):
+    settings = _prefer_online(evals)["settings"].fillna("").astype(str)
+    for text in reversed(list(settings)):
         try:
             n = json.loads(text).get("n_val") if text else None
         except (ValueError, AttributeError):
