@@ -33,7 +33,7 @@ from common import files
 # the sidecar check and the checkpoint names have one home each (common.files, runstore.layout:
 # the eval CLIs read them too and must not import the trainer); re-exported under their old names
 from common.files import sha256_file, verify_sha256 as verify
-from model.checkpoint import safe_torch_load
+from model.checkpoint import safe_torch_load  # weights_only: a pickle outside its allow-list is refused
 from runstore.layout import CHECKPOINT_NAME_RE as NAME_RE, checkpoint_name, list_checkpoints
 
 from . import distributed
@@ -61,12 +61,6 @@ def _disk_full_error(path: Path) -> CheckpointWriteError:
     return CheckpointWriteError(errno.ENOSPC, f"no space left on device writing checkpoint {path} ({free}); "
                                               f"the previous checkpoint is kept. Free space, or lower "
                                               f"checkpoint.keep_last, then rerun to resume")
-
-
-def _load(path: Path, map_location):
-    """torch.load(weights_only=True) through the project's one checkpoint reader (model.checkpoint):
-    a pickle that needs any global outside its allow-list is refused, never run."""
-    return safe_torch_load(path, map_location=map_location)
 
 
 def _publish(path: Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -133,7 +127,7 @@ def load_latest(directory: str | Path, map_location="cpu",
         problem = verify(path)
         if problem is None:
             try:
-                return _load(path, map_location), path
+                return safe_torch_load(path, map_location=map_location), path
             except (ValueError, OSError) as e:  # safe_torch_load: any failure to read the untrusted
                 # bytes (truncated zip, bad or unsafe pickle) is a ValueError; a file pruned meanwhile
                 # an OSError: the same "not usable, fall back" as a checksum error
@@ -157,7 +151,7 @@ def load_file(path: str | Path, map_location="cpu") -> dict:
     if files.sha256_sidecar(path).exists() and (problem := verify(path)):
         raise CheckpointError(f"checkpoint {path} is corrupt: {problem}")
     try:
-        return _load(path, map_location)
+        return safe_torch_load(path, map_location=map_location)
     except ValueError as e:  # unsafe pickle (refused, not run) or unreadable: named, one line
         raise CheckpointError(str(e)) from None
 
