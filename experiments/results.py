@@ -152,12 +152,12 @@ def timing(records: pd.DataFrame, point: str) -> tuple[float, float]:
     if records is None or records.empty or "invocation_s" not in records:
         return math.nan, math.nan
     ended = records[(records["point"] == point) & (records["status"] != "running")]
-    num = lambda col: pd.to_numeric(ended[col], errors="coerce").fillna(0.0) if col in ended else 0.0
-    wall = float(pd.to_numeric(ended["invocation_s"], errors="coerce").sum())
-    epochs = float((num("epochs_after") - num("epochs_before")).clip(lower=0).sum()) if len(ended) else 0.0
-    eval_s = float(num("eval_s").sum()) if len(ended) else 0.0
     if not len(ended):
         return math.nan, math.nan
+    num = lambda col: pd.to_numeric(ended[col], errors="coerce").fillna(0.0) if col in ended else 0.0
+    wall = float(pd.to_numeric(ended["invocation_s"], errors="coerce").sum())
+    epochs = float((num("epochs_after") - num("epochs_before")).clip(lower=0).sum())
+    eval_s = float(num("eval_s").sum())
     return wall, ((wall - eval_s) / epochs if epochs > 0 else math.nan)
 
 
