@@ -11,7 +11,7 @@ from .base import Loader, epoch_order
 from .dali_loader import DALILoader
 from .ffcv_loader import FFCVLoader
 from .torch_loader import TorchLoader
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, RRC_SCALE, check_crop_scale, to_model_input
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, RRC_SCALE, to_model_input
 
 BACKENDS = ("torch", "ffcv", "dali")
 
@@ -45,7 +45,6 @@ def make_loader(backend: str, path, batch_size: int = 128, image_size: int = 224
     a share of the image, torchvision's ``scale``; ValueError unless 0 < min <= max <= 1. Eval
     (``train=False``) ignores it.
     """
-    crop_scale = check_crop_scale(crop_scale)  # before any back end imports its library
     drop_last = train if drop_last is None else drop_last
     shuffle = train if shuffle is None else shuffle
     if isinstance(dtype, str):
