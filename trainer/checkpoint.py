@@ -219,11 +219,12 @@ class Checkpointer:
     rank's RNG state; rank 0 writes the file, records it in the run store and prunes), retention.
 
     ``run`` holds the pieces a checkpoint captures (cfg, info, raw_model, optimizer, scaler,
-    loader, eff_batch, writer); ``state`` (``trainer.resume.TrainState``) where training is."""
+    loader, eff_batch, writer) and where they go (ckpt_dir); ``state`` (``trainer.resume.TrainState``)
+    where training is."""
 
     def __init__(self, run, saved_step: int = -1):
         self.run = run
-        self.dir = Path(run.cfg.run_dir) / "checkpoints"
+        self.dir = run.ckpt_dir
         self.last_step = saved_step  # the step the newest checkpoint holds (-1: none yet)
         self.last_time = time.monotonic()
 
