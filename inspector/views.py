@@ -61,8 +61,13 @@ def evals_in_percent(evals: pd.DataFrame) -> pd.DataFrame:
     """A run's eval table with top1/top5 in percent (the paper's unit)."""
     if evals is None or evals.empty:
         return evals
-    out = evals.copy()
-    acc = [c for c in ("top1", "top5") if c in out]
+    return _in_percent(evals, [c for c in ("top1", "top5") if c in evals])
+
+
+def _in_percent(df: pd.DataFrame, acc: list[str]) -> pd.DataFrame:
+    """A copy of ``df`` with the accuracy columns ``acc`` numeric and in percent: all of them are
+    taken as fractions when none exceeds 1 (evals record either unit)."""
+    out = df.copy()
     if acc:
         both = pd.concat([pd.to_numeric(out[c], errors="coerce") for c in acc])
         scale = 100.0 if both.dropna().abs().max() <= 1.0 else 1.0
@@ -262,13 +267,7 @@ def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
     plus the seed-to-seed spread; None without `n_val`), `seeds` the number of rows behind it."""
     if sweep is None or sweep.empty:
         return []
-    acc_cols = [c for c in sweep.columns if str(c).endswith("_top1")]
-    if acc_cols:
-        sweep = sweep.copy()
-        both = pd.concat([pd.to_numeric(sweep[c], errors="coerce") for c in acc_cols])
-        if both.dropna().abs().max() <= 1.0:
-            for c in acc_cols:
-                sweep[c] = pd.to_numeric(sweep[c], errors="coerce") * 100.0
+    sweep = _in_percent(sweep, [c for c in sweep.columns if str(c).endswith("_top1")])
     if "status" in sweep:
         sweep = sweep[sweep["status"].astype(str).isin(DONE_STATUSES)]
     points = sweep["point"].astype(str) if "point" in sweep else pd.Series("", index=sweep.index)
