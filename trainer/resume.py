@@ -166,7 +166,7 @@ def resume(run, request: str | bool = False, allow=frozenset()) -> TrainState:
     optimizer and scaler (and this rank's RNGs). ``request``: ``--resume`` (True, or a CKPT path).
     Raises ResumeError (exit 4) for a changed model shape or a refused change (:func:`plan`)."""
     cfg, info = run.cfg, run.info
-    loaded = find_checkpoint(Path(cfg.run_dir) / "checkpoints", request, run.say)
+    loaded = find_checkpoint(run.ckpt_dir, request, run.say)
     if loaded is None:
         return TrainState()
     saved, path = loaded
