@@ -119,6 +119,7 @@ class FFCVLoader(base.EpochState):
         self.reuse_memory = bool(reuse_memory)
         if self.reuse_memory:
             _reuse_batch_memory(self._ffcv)
+        self._running = None   # the running epoch's EpochIterator (its thread fills the slots)
 
     def __len__(self) -> int:
         return super().__len__() if self.order_mode == "shared" else len(self._ffcv)
@@ -153,7 +154,7 @@ class FFCVLoader(base.EpochState):
         decoding into the shared buffer slots: it is stopped and joined before the next epoch
         starts, and when this generator is closed.
         """
-        if getattr(self, "_running", None) is not None:
+        if self._running is not None:
             _stop(self._running)  # an earlier epoch left early: its thread still writes the slots
         if self.reuse_memory and self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # the consumer is done with the slots
