@@ -1,13 +1,17 @@
 """The proof on real photographs: MAE-pretrained vs random-init vs raw pixels on Imagenette.
 
     python -m evals.imagenette_table                 # the real one (~1 h pretraining on 2 CPU cores)
+    python -m evals.imagenette_table --config configs/imagenette_cpu_12min.yaml   # the 12-minute recipe
     python -m evals.imagenette_table --smoke         # minutes: 30 img/class, 2 epochs, proves the plumbing
 
 Steps (each skipped when its output exists, so an interrupted run picks up where it stopped):
   1. convert the Imagenette folders to 64-px FFCV files (pipeline.build_ffcv --max-resolution 64);
-  2. pretrain configs/imagenette_cpu.yaml (trainer.pretrain; resumes a started run);
+  2. pretrain --config (default configs/imagenette_cpu_60min.yaml) into the config's run_dir under
+     --work (trainer.pretrain; resumes a started run; a finished run, RUN/checkpoints/final.pth,
+     is not trained again);
   3. centre-crop features of the full train / val splits for the pretrained encoder, the same
-     encoder at random initialisation, and raw pixels (flattened); kNN (k=20, T=0.07) and the
+     encoder at random initialisation, and raw pixels (flattened), the encoders' pooled as the
+     config's evals.pool (cls token or average of the patch tokens); kNN (k=20, T=0.07) and the
      cached linear probe (BatchNorm + linear, LARS) on each;
   4. fine-tune the pretrained encoder and train the same ViT from scratch, same recipe and epochs;
   5. print a markdown table, write it to RUN/imagenette_table.md and the records to the run store.
@@ -24,10 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 
 from evals.common import Timer, load_mae, make_eval_loader, write_result
 from evals.features import extract_features
-from evals.inputs import RawHelpFormatter, cli, require_steps
+from evals.inputs import RawHelpFormatter, UserError, cli, require_steps
 from evals.finetune import TensorAugment, build_vit, finetune
 from evals.knn import knn_classify
 from evals.linprobe import train_probe_on_features
@@ -73,16 +78,31 @@ def pretrain(config: str, run_dir: Path, data: Path, overrides: list[str]) -> Pa
     return final
 
 
+def config_facts(path: str) -> tuple[str, str]:
+    """(run_dir, evals.pool) of a pretraining config, as written in it (pool 'cls' when absent)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"--config {path}: cannot read it as YAML ({' '.join(str(e).split())})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("run_dir"), str):
+        raise UserError(f"--config {path}: no run_dir: key (a trainer config, e.g. "
+                        "configs/imagenette_cpu_60min.yaml)")
+    pool = (doc.get("evals") or {}).get("pool", "cls")
+    if pool not in ("cls", "avg"):
+        raise UserError(f"--config {path}: evals.pool {pool!r}: valid are 'cls' and 'avg'")
+    return doc["run_dir"], pool
+
+
 def frozen_rows(models: dict[str, nn.Module], data: Path, size: int, device, workers: int,
-                probe_epochs: int) -> dict[str, dict]:
+                probe_epochs: int, pool: str = "cls") -> dict[str, dict]:
     """kNN + cached linear probe for each frozen 'encoder' on the full train / val splits."""
     tr = make_eval_loader("ffcv", str(data / "train.beton"), size, 256, False, device, workers)
     va = make_eval_loader("ffcv", str(data / "val.beton"), size, 256, False, device, workers)
     rows = {}
     for name, m in models.items():
         t = Timer()
-        ftr, ytr = extract_features(m.to(device), tr, device, "cls", desc=f"{name} train")
-        fva, yva = extract_features(m, va, device, "cls", desc=f"{name} val")
+        ftr, ytr = extract_features(m.to(device), tr, device, pool, desc=f"{name} train")
+        fva, yva = extract_features(m, va, device, pool, desc=f"{name} val")
         knn = knn_classify(ftr, ytr, fva, yva, k=20, T=0.07, num_classes=tr.num_classes)
         probe = train_probe_on_features(ftr, ytr, fva, yva, tr.num_classes, epochs=probe_epochs,
                                         warmup_epochs=max(1, probe_epochs // 9), device=device)
@@ -135,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None,
                    help="where data and the run go (default: data/ and runs/ in the repo; "
                         "--smoke: /tmp/imagenette_smoke)")
-    p.add_argument("--config", default="configs/imagenette_cpu.yaml", help="pretraining config")
+    p.add_argument("--config", default="configs/imagenette_cpu_60min.yaml",
+                   help="pretraining config; its run_dir (under --work) and evals.pool are used "
+                        "(default: %(default)s)")
     p.add_argument("--pretrain-epochs", type=int, default=None, help="default: the config's")
     p.add_argument("--finetune-epochs", type=int, default=5,
                    help="per model (pretrained and scratch); each epoch sees all 65 tokens of "
@@ -161,7 +183,8 @@ def main(argv=None) -> int:
         args.work = args.work or "/tmp/imagenette_smoke"
     work = Path(args.work) if args.work else ROOT
     data = work / "data" / ("imagenette_ffcv" if not args.subset else f"imagenette_ffcv_sub{args.subset}")
-    run_dir = work / "runs" / ("imagenette_cpu" if not args.smoke else "imagenette_smoke")
+    run_name, pool = config_facts(args.config)
+    run_dir = work / ("runs/imagenette_smoke" if args.smoke else run_name)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
     total = Timer()
@@ -177,11 +200,11 @@ def main(argv=None) -> int:
         random_init = type(ck.model)(**ck.model.config)
     frozen = frozen_rows({"MAE pretrained": ck.model, "same encoder, random init": random_init,
                           "raw pixels": RawPixels()}, data, size, device, args.num_workers,
-                         args.probe_epochs)
+                         args.probe_epochs, pool)
     tuned = finetune_rows(ck.model, data, size, device, args.num_workers, args.finetune_epochs,
                           args.finetune_batch)
-    meta = (f"pretrained {ck.epoch} epochs ({args.config}), fine-tune {args.finetune_epochs} "
-            f"epochs, {'subset ' + str(args.subset) + '/class, ' if args.subset else ''}"
+    meta = (f"pretrained {ck.epoch} epochs ({args.config}), {pool}-pooled features, "
+            f"fine-tune {args.finetune_epochs} epochs, {'subset ' + str(args.subset) + '/class, ' if args.subset else ''}"
             f"total {total() / 60:.1f} min on {device.type}")
     text = table(frozen, tuned, meta)
     print(text)
@@ -192,11 +215,11 @@ def main(argv=None) -> int:
         tag = {"MAE pretrained": "", "same encoder, random init": "_random_init",
                "raw pixels": "_raw_pixels"}[name]
         write_result(run_dir, ck.epoch, {"kind": "knn" + tag, **r["knn"], "loss": None,
-                                         "settings": {**on, "k": 20, "temperature": 0.07}})
+                                         "settings": {**on, "pool": pool, "k": 20, "temperature": 0.07}})
         write_result(run_dir, ck.epoch, {"kind": "linprobe" + tag, "top1": r["linprobe"]["top1"],
                                          "top5": r["linprobe"]["top5"],
                                          "loss": r["linprobe"]["loss"],
-                                         "settings": {**on, "cached": True,
+                                         "settings": {**on, "pool": pool, "cached": True,
                                                       "epochs": r["linprobe"]["epochs"],
                                                       "batch_size": r["linprobe"]["batch_size"]}})
     for name, r in tuned.items():

@@ -403,3 +403,18 @@ def test_torchrun_with_a_wrong_path_prints_the_error_once(tiny, tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.count("python -m evals.knn: error: --data") == 1, proc.stderr[-3000:]
+
+
+def test_imagenette_table_takes_run_dir_and_pool_from_its_config(tmp_path, capsys):
+    from evals import imagenette_table
+    assert imagenette_table.config_facts("configs/imagenette_cpu_60min.yaml") == \
+        ("runs/imagenette_cpu_60min", "avg")
+    assert imagenette_table.config_facts("configs/imagenette_cpu.yaml") == ("runs/imagenette_cpu", "cls")
+    bad = tmp_path / "bad.yaml"
+    for text, words in (("run_dir: [unclosed", "cannot read it as YAML"), ("seed: 0\n", "no run_dir"),
+                        ("run_dir: runs/x\nevals: {pool: max}\n", "evals.pool 'max'")):
+        bad.write_text(text)
+        assert imagenette_table.main(["--config", str(bad), "--work", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(bad) in err and words in err, err
+    assert not (tmp_path / "data").exists()     # refused before converting anything
