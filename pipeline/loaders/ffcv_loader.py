@@ -31,6 +31,7 @@ Notes on the choices (see also "Known traps" in the issue):
 from __future__ import annotations
 
 import queue
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
@@ -47,6 +48,35 @@ from .files import read_class_names
 # which every importer of pipeline (and of make_loader's other back ends) would pay
 
 _FFCV_ORDERS = ("shared", "random", "quasi_random", "sequential")
+
+
+def _is_numba_finalizer_keyerror(unraisable) -> bool:
+    """True for numba 0.68's harmless dispatcher-finalizer race: when a dispatcher FFCV compiled for
+    a loader is garbage-collected, its finalizer (numba/core/dispatcher.py, ``finalizer``) walks the
+    dispatcher's overload table while it is being torn down and raises KeyError; the finalizer only
+    drops references, so nothing is lost, but Python prints a 10-line "Exception ignored" trace."""
+    if unraisable.exc_type is not KeyError or unraisable.exc_traceback is None:
+        return False
+    tb = unraisable.exc_traceback
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    return code.co_name == "finalizer" and Path(code.co_filename).as_posix().endswith("numba/core/dispatcher.py")
+
+
+def _quiet_numba_finalizer() -> None:
+    """Install (once) an unraisable-exception hook that drops only that trace and passes every
+    other one to the hook that was there before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_numba_finalizer_keyerror", False):
+        return
+
+    def hook(unraisable):
+        if not _is_numba_finalizer_keyerror(unraisable):
+            previous(unraisable)
+
+    hook._drops_numba_finalizer_keyerror = True
+    sys.unraisablehook = hook
 
 
 class FFCVLoader(base.EpochState):
@@ -66,6 +96,7 @@ class FFCVLoader(base.EpochState):
         from ffcv.reader import Reader
         from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
+        _quiet_numba_finalizer()
         path = Path(path)
         check_beton(path)
         if order not in _FFCV_ORDERS:
