@@ -157,8 +157,9 @@ def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or t
     p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
                    help="loader back end (auto: ffcv for .beton, torch for folders)")
     p.add_argument("--run", default=None,
-                   help="run directory to write the record into (default: CKPT's run, RUN for "
-                        "RUN/checkpoints/X.pth; none: print only)")
+                   help="run directory to write the record into, or 'none' to print it only "
+                        "(default: CKPT's run, RUN for RUN/checkpoints/X.pth; print only for a "
+                        "checkpoint outside a run)")
     p.add_argument("--num-workers", type=int, default=2,
                    help="loader worker processes (at most the CPUs available)")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")
@@ -169,9 +170,11 @@ def checked_run_dir(run: str | os.PathLike | None, ckpt: str | os.PathLike) -> P
     work, so a long evaluation never ends in a write error) or the checkpoint's own run."""
     if run is None:
         return default_run_dir(ckpt)
+    if str(run) == "none":
+        return None
     if not (Path(run) / "config.yaml").is_file():
-        raise UserError(f"--run {run}: not a run directory (no config.yaml); omit --run to print the "
-                         f"result only, or point it at a run made by trainer.pretrain")
+        raise UserError(f"--run {run}: not a run directory (no config.yaml); pass --run none to print "
+                         f"the result only, or point it at a run made by trainer.pretrain")
     return Path(run)
 
 
@@ -249,7 +252,7 @@ def write_result(run_dir: Path | str | None, epoch: int | None, record: dict) ->
     shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
     print(f"[evals] epoch={epoch} " + " ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
     if run_dir is None:
-        print("[evals] checkpoint is not inside a run directory and no --run given: result printed only")
+        print("[evals] result printed only (--run none, or a checkpoint outside a run directory)")
         return
     runstore.log_eval(run_dir, -1 if epoch is None else int(epoch), **record)
     print(f"[evals] written to run store {run_dir}")

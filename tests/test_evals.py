@@ -193,3 +193,6 @@ def test_a_bad_run_dir_is_refused_before_any_work(tmp_path):
     (tmp_path / "run" / "config.yaml").write_text("{}")
     assert checked_run_dir(tmp_path / "run", tmp_path / "x.pth") == tmp_path / "run"
     assert checked_run_dir(None, tmp_path / "x.pth") is None      # outside a run: print only
+    ckpt = tmp_path / "run" / "checkpoints" / "final.pth"
+    assert checked_run_dir(None, ckpt) == (tmp_path / "run").resolve()   # inside one: its run
+    assert checked_run_dir("none", ckpt) is None                  # --run none: print only
