@@ -2,7 +2,13 @@
 
 Config precedence, lowest first: base config (the preset's, or ``--base-config``) < the preset's
 ``set`` < ``--epochs`` < ``--set key=value`` < the point's own keys (a sweep's varied key always
-wins, e.g. ``epochs`` in the ``epochs`` sweep).
+wins, e.g. ``epochs`` in the ``epochs`` sweep) < the seed (``seeds``: the CLI's ``--seeds``).
+
+Seeds: with ``seeds=[0, 1]`` every point is planned once per seed, each a run of its own. The first
+seed's run keeps the point's name as its run directory (so sweeps planned before seeds existed
+resume and reuse as they did); the others are ``POINT_seedK``. ``Point.name`` is the run's name
+(its directory, its sweep records, its config file), ``Point.point`` the point it is a seed of
+(the sweep table's ``point`` column, shared by all seeds of a point).
 """
 from __future__ import annotations
 
@@ -23,17 +29,26 @@ from trainer.preflight import check_data_paths
 
 @dataclass
 class Point:
-    """One planned run of a sweep: its name, the varied value, the paper row it maps to, its config."""
+    """One planned run of a sweep: its run name, the varied value, the paper row it maps to, its
+    config, and the point it is a seed of (``point``; defaults to ``name``)."""
 
     name: str
     value: Any
     paper: str | None
     overrides: dict
     config: dict = field(repr=False)
+    point: str = ""
+
+    def __post_init__(self) -> None:
+        self.point = self.point or self.name
 
     @property
     def epochs(self) -> int:
         return int(self.config["epochs"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
 
     def config_hash(self) -> str:
         """Hash of the settings that define the experiment (not where it is written)."""
@@ -44,7 +59,13 @@ class Point:
 def plan_points(plan_doc: dict) -> list[Point]:
     """The points of a sweep's plan.json, in plan order."""
     return [Point(name=p["name"], value=p["value"], paper=p.get("paper"), overrides=p.get("set", {}),
-                  config=p["config"]) for p in plan_doc.get("points", [])]
+                  config=p["config"], point=p.get("point", "")) for p in plan_doc.get("points", [])]
+
+
+def seed_run_name(point: str, seed: int, first: bool) -> str:
+    """The run name of ``point`` at ``seed``: the point's own name for the first seed, else POINT_seedK."""
+    return point if first else f"{point}_seed{seed}"
+
 
 
 # where and how often files are written, and how many CPU threads / loader workers compute it
@@ -89,27 +110,51 @@ def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets)
 
 
 def plan(spec: dict, preset: str = "cpu", base_config: str | Path | None = None, epochs: int | None = None,
-         sets: list[str] | tuple = (), sweep_dir: Path | None = None) -> list[Point]:
-    """Resolve every point of ``spec`` under ``preset`` into a full trainer config (see module doc)."""
+         sets: list[str] | tuple = (), sweep_dir: Path | None = None, values: list | None = None,
+         seeds: list[int] | None = None) -> list[Point]:
+    """Resolve every point of ``spec`` under ``preset`` into a full trainer config (see module doc):
+    one run per point and seed (``seeds``; None: one run at the config's own seed), the points from
+    ``values`` of the varied key when given, else the spec's."""
     if preset not in spec["presets"]:
         raise SweepError(f"sweep {spec['name']!r} has no preset {preset!r}; presets: {', '.join(spec['presets'])}")
     base = _base_config(spec, preset, base_config, epochs, sets)
     points = []
-    for p in spec_points(spec, spec["presets"][preset] or {}):
+    for p in spec_points(spec, spec["presets"][preset] or {}, values):
         cfg = copy.deepcopy(base)
         for key, value in p["set"].items():
             set_key(cfg, key, value)
         _fit_schedule(cfg, evals_on=spec.get("evals", True))
-        if sweep_dir is not None:
-            cfg["run_dir"] = str(Path(sweep_dir) / p["name"])
-        points.append(Point(name=str(p["name"]), value=p["value"], paper=p.get("paper"),
-                            overrides=dict(p["set"]), config=cfg))
+        for i, seed in enumerate(seeds if seeds is not None else [None]):
+            run_cfg = copy.deepcopy(cfg)
+            if seed is not None:
+                run_cfg["seed"] = int(seed)
+            name = seed_run_name(str(p["name"]), seed, first=i == 0)
+            if sweep_dir is not None:
+                run_cfg["run_dir"] = str(Path(sweep_dir) / name)
+            points.append(Point(name=name, value=p["value"], paper=p.get("paper"), overrides=dict(p["set"]),
+                                config=run_cfg, point=str(p["name"])))
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise SweepError(f"{spec['_path']}: two runs would share the directory {clash!r} (a point named like "
+                         f"another point's seed run); rename the point")
     return points
+
+
+def plan_seeds(plan_doc: dict) -> list[int]:
+    """The seeds a plan.json was planned with (plans written before ``seeds`` existed: the seeds of
+    their points, in order)."""
+    if plan_doc.get("seeds") is not None:
+        return [int(k) for k in plan_doc["seeds"]]
+    return list(dict.fromkeys(int(p.get("config", {}).get("seed", 0)) for p in plan_doc.get("points", [])))
 
 
 def _fit_schedule(cfg: dict, evals_on: bool) -> None:
     """Evals and reconstructions once at the end (or never), warm-up no longer than the run."""
-    n = int(cfg.get("epochs", 1))
+    try:
+        n = int(cfg.get("epochs", 1))
+    except (TypeError, ValueError):  # not a number: left for validate() to name with the trainer's message
+        return
     evals = cfg.setdefault("evals", {})
     recons = cfg.setdefault("recons", {})
     if not evals_on:
@@ -126,12 +171,17 @@ def _fit_schedule(cfg: dict, evals_on: bool) -> None:
 
 
 def validate(points: list[Point]) -> None:
-    """Check every point's config with the trainer's own validation before anything runs."""
+    """Check every point's config with the trainer's own validation, and its model name with the
+    model registry (the trainer would stop on it only when building the model), before anything runs."""
     for p in points:
         try:
-            from_dict(copy.deepcopy(p.config), f"sweep point {p.name}")
+            cfg = from_dict(copy.deepcopy(p.config), f"sweep point {p.name}")
         except ConfigError as exc:
             raise SweepError(str(exc)) from None
+        try:
+            model_config(cfg.model.name)
+        except KeyError as exc:
+            raise SweepError(f"sweep point {p.name}: 'model.name': {exc.args[0]}") from None
 
 
 def data_problem(points: list[Point]) -> str | None:

@@ -13,7 +13,12 @@ The file embeds plotly.js, so it opens offline and can be mailed as one file.
 Functions the inspector can call (pure: they read, never write):
     experiments.results.sweep_table(sweep_dir) -> DataFrame
     experiments.report.sweep_figure(table, name=None) -> plotly Figure
+    experiments.report.per_point(table) -> DataFrame (one row per point: its seeds averaged, with SE)
     experiments.report.display_table(table) -> DataFrame (rounded, paper columns added)
+
+A point trained at several seeds (``experiments.sweep --seeds``) is one row of the report's table:
+the mean of its finished seeds, the standard error of that mean (binomial plus the seed-to-seed
+spread, ``experiments.trends.with_standard_errors``) and how many of its seeds finished.
 """
 from __future__ import annotations
 
@@ -60,8 +65,37 @@ def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
+def _point_row(runs: pd.DataFrame) -> pd.Series:
+    """One point's row from the rows of its seeds (see `per_point`)."""
+    status = runs["status"].astype(str)
+    done = runs[status == "finished"]
+    row = (with_standard_errors(done).iloc[0] if len(done) else runs.iloc[0]).copy()
+    if len(done) < len(runs):
+        row["status"] = status[status != "finished"].iloc[0]
+    row["seeds"] = f"{len(done)}/{len(runs)}"
+    row["epochs_done"] = pd.to_numeric(runs["epochs_done"], errors="coerce").min()
+    if len(done):
+        row["final_loss"] = pd.to_numeric(done["final_loss"], errors="coerce").mean()
+    row["wall_s"] = pd.to_numeric(runs["wall_s"], errors="coerce").sum(min_count=1)
+    return row
+
+
+def per_point(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per point of a sweep table whose points have several seeds (rows sharing ``point``):
+    accuracies, final loss and speed averaged over the finished seeds, ``<metric>_se`` their
+    standard error (binomial plus the seeds' spread), ``seeds`` 'finished/planned', ``status`` the
+    first unfinished seed's (else finished). A table of one row per point is returned as it is."""
+    if "point" not in table or not table["point"].duplicated().any():
+        return table
+    rows = [_point_row(g) for _, g in table.groupby("point", sort=False)]
+    out = pd.DataFrame(rows).reset_index(drop=True)
+    out.attrs = dict(table.attrs)
+    return out
+
+
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The sweep table as shown to people: top-1 in %, the paper's numbers beside, rounded."""
+    """The sweep table as shown to people: top-1 in %, the paper's numbers beside, rounded; with
+    ``seeds`` and ``<metric>_se`` columns (`per_point`) also the seeds and each top-1's SE."""
     name = table.attrs.get("sweep")
     ref = paper_refs.get(name) if name else None
     out = pd.DataFrame({
@@ -77,6 +111,12 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     })
     if "n_val" in table:  # the number of val images each accuracy was computed on (its binomial SE)
         out.insert(list(out.columns).index("s / epoch"), "val images", pd.to_numeric(table["n_val"], errors="coerce"))
+    for metric, col in (("knn_top1", "kNN top-1 (%)"), ("linprobe_top1", "linear probe top-1 (%)")):
+        se = _se_percent(table, metric)
+        if se is not None:  # ± this: binomial on the val images plus the seed-to-seed spread
+            out.insert(list(out.columns).index(col) + 1, f"{col.split(' top-1')[0]} SE (%)", se.round(2))
+    if "seeds" in table:  # finished / planned seeds behind each row
+        out.insert(2, "seeds", table["seeds"])
     if ref is not None:
         paper = _paper_columns(table, ref)
         out["paper setting"] = table["paper_setting"].fillna("")
@@ -281,7 +321,7 @@ def sweep_section(sweep_dir, include_plotlyjs: bool | str = False) -> tuple[str,
              f"{html.escape(str(plan_doc.get('preset')))}, {html.escape(str(sweep_dir))})</small></h2>"]
     parts.append("<ul class='setup'>" + "".join(
         f"<li><b>{k}</b>: {html.escape(str(v))}</li>" for k, v in setup.items()) + "</ul>")
-    parts.append("<div class='row'><div class='col'>" + _table_html(display_table(table)) + "</div>")
+    parts.append("<div class='row'><div class='col'>" + _table_html(display_table(per_point(table))) + "</div>")
     parts.append("<div class='col'>" + fig_html + "</div></div>")
     if ref is not None:
         pref = pd.DataFrame(ref.as_records()).drop(columns=["x"], errors="ignore").dropna(axis=1, how="all")

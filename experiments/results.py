@@ -1,10 +1,13 @@
-"""The sweep table: one row per planned point, rebuilt from the plan, the run stores and the sweep records.
+"""The sweep table: one row per planned run, rebuilt from the plan, the run stores and the sweep records.
 
-``sweep_table(SWEEP_DIR)`` gives point, varied value, parameters, epochs, final loss, kNN and
+``sweep_table(SWEEP_DIR)`` gives point, varied value, seed, parameters, epochs, final loss, kNN and
 linear-probe top-1, seconds per epoch, status (columns ``TABLE_COLUMNS``). It never writes, so it
 is safe to call while the sweep runs. The run stores hold the truth about each point; the sweep
 records (``experiments.store``) add what only the driver knows: wall-clock per invocation, which
-invocation resumed what, and which points were copied from another sweep.
+invocation resumed what, and which points were copied from another sweep. A point trained at
+several seeds (``--seeds``) has one row per seed, all with the point's name in ``point`` and their
+own ``seed`` and ``run_dir``: ``experiments.trends.with_standard_errors`` averages them into one row
+per point whose standard error adds the seed-to-seed spread to the binomial one.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from model import param_counts
 
 # Columns of the sweep table, in order (the inspector and the report rely on these names).
 TABLE_COLUMNS = [
-    "point", "value", "paper_setting", "model", "encoder_params_m", "params_m", "epochs",
+    "point", "value", "seed", "paper_setting", "model", "encoder_params_m", "params_m", "epochs",
     "epochs_done", "final_loss", "knn_top1", "linprobe_top1", "s_per_epoch", "images_per_s",
     "wall_s", "status", "run_dir", "reused_from", "n_val",
 ]
@@ -189,7 +192,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
     run = open_run(run_dir)
     enc_m, tot_m = _param_counts(point.config)
     row = {
-        "point": point.name, "value": point.value, "paper_setting": point.paper,
+        "point": point.point, "value": point.value, "seed": point.seed, "paper_setting": point.paper,
         "model": get_dotted(point.config, "model.name"), "encoder_params_m": enc_m, "params_m": tot_m,
         "epochs": point.epochs, "epochs_done": 0, "final_loss": math.nan, "knn_top1": math.nan,
         "linprobe_top1": math.nan, "s_per_epoch": math.nan, "images_per_s": math.nan,
@@ -223,7 +226,7 @@ def record_numbers(row: dict) -> dict:
 def sweep_table(sweep_dir) -> pd.DataFrame:
     """The sweep table of a sweep directory, rebuilt from its plan, run stores and sweep records.
 
-    One row per planned point in plan order, columns ``TABLE_COLUMNS``; points not started yet have
+    One row per planned run (point and seed) in plan order, columns ``TABLE_COLUMNS``; points not started yet have
     status ``pending``. Top-1 values are as the evals record them. ``table.attrs`` carries the plan's
     ``sweep``, ``title``, ``number``, ``preset``, ``axis`` and ``paper`` keys (for figures). Safe to
     call while the sweep runs; never writes.

@@ -81,5 +81,5 @@ def reuse_point(point: Point, sweep_dir: Path, donor: tuple[Path, Path, str], ec
         if len(ended) and "eval_s" in ended else 0.0
     echo(f"[sweep] {point.name}: same experiment as {donor_run} (finished); copied it instead of training")
     store.log_end(sweep_dir, point.name, point.value, run_dir, "done", record_numbers(point_row(point, sweep_dir)),
-                  rc=0, invocation_s=wall if wall == wall else 0.0, epochs_before=0, epochs_after=point.epochs,
+                  seed=point.seed, base_point=point.point, rc=0, invocation_s=wall if wall == wall else 0.0, epochs_before=0, epochs_after=point.epochs,
                   eval_s=round(eval_s, 3), reused_from=str(donor_run))

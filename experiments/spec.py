@@ -3,7 +3,8 @@
 A sweep is a YAML file in ``configs/sweeps/`` (or any path): which config keys its points change,
 and per preset (``cpu``, ``imagenet``) the base trainer config and the schedule. Points are listed
 (``points: [{name, value, set: {KEY: VALUE}, paper}]``) or generated (``vary: KEY`` + ``values``),
-for the whole sweep or per preset.
+for the whole sweep or per preset. ``--values`` (``parse_values``) replaces the generated points'
+values; ``--seeds`` (``parse_seeds``) trains every point once per seed (``experiments.plan``).
 """
 from __future__ import annotations
 
@@ -64,22 +65,33 @@ def _point_name(key: str, value: Any) -> str:
     return f"{short}_{text}"
 
 
-def spec_points(spec: dict, preset: dict) -> list[dict]:
-    """Points of a preset: its own 'points'/'values' or the sweep's shared ones."""
-    for src in (preset, spec):
-        if "points" in src:
-            pts = [dict(p) for p in src["points"]]
-            break
-        if "values" in src:
-            key = src.get("vary", spec.get("vary"))
-            if not key:
-                raise SweepError(f"{spec['_path']}: 'values' needs 'vary' (the config key they set)")
-            labels = {**spec.get("paper_labels", {}), **src.get("paper_labels", {})}
-            pts = [{"name": _point_name(key, v), "value": v, "set": {key: v},
-                    "paper": labels.get(v)} for v in src["values"]]
-            break
+def _generated(spec: dict, src: dict, values: list) -> list[dict]:
+    """Points ``{name, value, set, paper}`` for ``values`` of the varied key (``vary``) of ``src``."""
+    key = src.get("vary", spec.get("vary"))
+    if not key:
+        raise SweepError(f"{spec['_path']}: 'values' needs 'vary' (the config key they set)")
+    labels = {**spec.get("paper_labels", {}), **src.get("paper_labels", {})}
+    return [{"name": _point_name(key, v), "value": v, "set": {key: v}, "paper": labels.get(v)} for v in values]
+
+
+def spec_points(spec: dict, preset: dict, values: list | None = None) -> list[dict]:
+    """Points of a preset: its own 'points'/'values' or the sweep's shared ones; ``values`` (the
+    CLI's ``--values``) replaces the list of values of the varied key."""
+    if values is not None:
+        if not (preset.get("vary") or spec.get("vary")):
+            raise SweepError(f"{spec['_path']}: --values needs a sweep that varies one key ('vary'); "
+                             f"this one lists its points (use --points to run some of them)")
+        pts = _generated(spec, preset, values)
     else:
-        raise SweepError(f"{spec['_path']}: no 'points' or 'values' for this preset")
+        for src in (preset, spec):
+            if "points" in src:
+                pts = [dict(p) for p in src["points"]]
+                break
+            if "values" in src:
+                pts = _generated(spec, src, src["values"])
+                break
+        else:
+            raise SweepError(f"{spec['_path']}: no 'points' or 'values' for this preset")
     names = [p.get("name") for p in pts]
     if any(not n for n in names) or len(set(names)) != len(names):
         raise SweepError(f"{spec['_path']}: every point needs a unique name, got {names}")
@@ -104,11 +116,40 @@ def parse_set(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise SweepError(f"--set {text!r} is not key=value (e.g. data.batch_size=64)")
     key, raw = text.split("=", 1)
+    return key.strip(), _yaml_value(raw)
+
+
+def _yaml_value(raw: str):
+    """``raw`` parsed as a YAML value ('64' -> 64, '0.5' -> 0.5, 'true' -> True, 'abc' -> 'abc')."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        return yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        return raw
+
+
+def parse_values(text: str) -> list:
+    """'10,25,50' -> [10, 25, 50]: ``--values``, each item typed as a YAML value (as ``--set``'s)."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not text or any(not t for t in items):
+        raise SweepError(f"--values {text!r}: expected comma-separated values, e.g. --values 10,25,50")
+    values = [_yaml_value(t) for t in items]
+    bad = [t for t, v in zip(items, values) if isinstance(v, (dict, list)) or v is None]
+    if bad:
+        raise SweepError(f"--values {text!r}: {bad[0]!r} is not a single value (a number, word or true/false)")
+    if len({str(v) for v in values}) != len(values):
+        raise SweepError(f"--values {text!r}: a value is listed twice")
+    return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1' -> [0, 1]: ``--seeds``, distinct non-negative integers."""
+    try:
+        seeds = [int(t) for t in str(text).split(",")]
+    except ValueError:
+        raise SweepError(f"--seeds {text!r}: expected comma-separated integers, e.g. --seeds 0,1") from None
+    if any(k < 0 for k in seeds) or len(set(seeds)) != len(seeds):
+        raise SweepError(f"--seeds {text!r}: seeds must be distinct non-negative integers, e.g. --seeds 0,1")
+    return seeds
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

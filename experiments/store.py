@@ -12,6 +12,9 @@ Layout of a sweep directory::
       sweep.zarr, sweep.json   the sweep table, written only through ``runstore.log_sweep_point``:
                          one record when a point starts (status "running") and one when it ends
                          ("done" | "failed" | "preempted") with its numbers and wall-clock seconds.
+                         A record's ``point`` is the run's name (POINT, or POINT_seedK for a
+                         point's further seeds); ``seed`` and ``base_point`` (the point it is a
+                         seed of) say which seed of which point it is.
 
 Why both: the run stores hold the truth about each point (status, metrics, evals); the sweep table
 adds what only the driver knows (wall-clock per invocation, exit codes, which invocation resumed
@@ -66,15 +69,20 @@ def _clean(d: dict) -> dict:
     return out
 
 
-def log_start(sweep_dir, point: str, value, run_dir, **info) -> None:
+def _params(value, seed: int | None) -> dict:
+    return {"value": value} if seed is None else {"value": value, "seed": int(seed)}
+
+
+def log_start(sweep_dir, point: str, value, run_dir, seed: int | None = None, **info) -> None:
     """Record that a point's trainer is starting (status 'running')."""
-    runstore.log_sweep_point(sweep_dir, point, params={"value": value}, results={}, run_dir=run_dir,
+    runstore.log_sweep_point(sweep_dir, point, params=_params(value, seed), results={}, run_dir=run_dir,
                              status="running", **_clean({"event_time": time.time(), **info}))
 
 
-def log_end(sweep_dir, point: str, value, run_dir, status: str, results: dict, **info) -> None:
+def log_end(sweep_dir, point: str, value, run_dir, status: str, results: dict, seed: int | None = None,
+            **info) -> None:
     """Record how a point's trainer ended, with the numbers of its row."""
-    runstore.log_sweep_point(sweep_dir, point, params={"value": value}, results=_clean(results),
+    runstore.log_sweep_point(sweep_dir, point, params=_params(value, seed), results=_clean(results),
                              run_dir=run_dir, status=status, **_clean({"event_time": time.time(), **info}))
 
 

@@ -4,6 +4,7 @@
     python -m experiments.sweep --list
     python -m experiments.sweep mask_ratio --preset cpu                    # -> runs/sweeps/mask_ratio
     python -m experiments.sweep sampler --preset cpu --epochs 2 --dry-run  # show the plan, run nothing
+    python -m experiments.sweep epochs --values 10,25,50,100 --seeds 0,1   # other grid, two seeds a point
     python -m experiments.sweep model_size --preset imagenet --launcher "torchrun --nproc_per_node=8" \\
         --set data.train_path=/data/in1k/train.beton --set data.val_path=/data/in1k/val.beton
 
@@ -30,7 +31,18 @@ sweep record carries the donor's wall-clock and ``reused_from``. ``--no-reuse`` 
 
 Config precedence, lowest first: base config (the preset's, or ``--base-config``) < the preset's
 ``set`` < ``--epochs`` < ``--set key=value`` < the point's own keys (a sweep's varied key always
-wins, e.g. ``epochs`` in the ``epochs`` sweep).
+wins, e.g. ``epochs`` in the ``epochs`` sweep) < ``--seeds``.
+
+Values and seeds: ``--values 10,25,50,100`` replaces the preset's values of the varied key (each
+typed as a YAML value, as ``--set``'s; points named as the YAML's would be, e.g. ``epochs_10``).
+``--seeds 0,1`` trains every point once per seed: the first seed's run keeps the point's directory
+(``POINT/``, as without ``--seeds``), the others are ``POINT_seedK/`` with ``seed=K``. The sweep
+table has one row per seed with the same ``point`` and its ``seed``; the report and the trends
+average the seeds of a point, and its standard error adds their spread to the binomial one.
+plan.json records both: a resumed sweep with other ``--seeds`` or ``--values`` is refused (exit 2).
+Seeds are separate experiments for reuse (``seed`` is part of ``experiment_key``): to add a seed to
+a finished sweep, run it with ``--seeds 0,1 --out`` a new sibling directory, and its seed-0 runs
+are copied from the old sweep.
 """
 from __future__ import annotations
 
@@ -59,11 +71,11 @@ from common.serialize import dump_yaml
 from evals.inputs import RawHelpFormatter
 from evals.online import epoch_evals
 from experiments import store
-from experiments.plan import Point, data_problem, default_out, plan, validate
+from experiments.plan import Point, data_problem, default_out, plan, plan_seeds, validate
 from experiments.results import (TABLE_COLUMNS, epochs_done, eval_seconds, find_sweeps, has_checkpoint, is_done,
                                  missing_final_evals, open_run, point_row, record_numbers, sweep_table)
 from experiments.reuse import find_donor, reuse_point
-from experiments.spec import SweepError, list_sweeps, load_spec
+from experiments.spec import SweepError, list_sweeps, load_spec, parse_seeds, parse_values
 from model import load_checkpoint
 from trainer.pretrain import main as pretrain_main
 
@@ -118,15 +130,40 @@ def check_plan(sweep_dir: Path, plan_doc: dict, points: list[Point]) -> None:
                 f"or write this sweep elsewhere with --out.")
 
 
-def _resumed_plan(sweep_dir: Path, spec: dict, planned: list[Point]) -> dict | None:
+def _seeds_of(points: list[Point]) -> list[int]:
+    return list(dict.fromkeys(p.seed for p in points))
+
+
+def _check_grid(sweep_dir: Path, old_plan: dict, planned: list[Point], values: list | None) -> None:
+    """A resumed sweep keeps its seeds and its ``--values`` (other ones would plan other runs)."""
+    was, now = plan_seeds(old_plan), _seeds_of(planned)
+    if was != now:
+        raise SweepError(
+            f"{sweep_dir / store.PLAN}: the sweep was started with seeds {_csv(was)}, now {_csv(now)}. "
+            f"Resume with --seeds {_csv(was)}, or write this sweep elsewhere with --out (finished runs "
+            f"of the same seed are then copied from here).")
+    was_v = old_plan.get("values")
+    if was_v != values:
+        def say(v):
+            return f"--values {_csv(v)}" if v is not None else "the sweep's own values (no --values)"
+        raise SweepError(f"{sweep_dir / store.PLAN}: the sweep was started with {say(was_v)}, now {say(values)}. "
+                         f"Resume with the original values, or write this sweep elsewhere with --out.")
+
+
+def _csv(items) -> str:
+    return ",".join(str(v) for v in items)
+
+
+def _resumed_plan(sweep_dir: Path, spec: dict, planned: list[Point], values: list | None = None) -> dict | None:
     """The plan of an earlier run of this sweep in ``sweep_dir`` (None for a new one), checked
-    against this run's points."""
+    against this run's points, seeds and ``--values``."""
     if not store.is_sweep_dir(sweep_dir):
         return None
     old_plan = store.read_plan(sweep_dir)
     if old_plan.get("sweep") != spec["name"]:
         raise SweepError(f"{sweep_dir}: holds sweep {old_plan.get('sweep')!r}, not {spec['name']!r}; "
                          f"choose another --out")
+    _check_grid(sweep_dir, old_plan, planned, values)
     check_plan(sweep_dir, old_plan, planned)
     return old_plan
 
@@ -143,9 +180,9 @@ def host_info() -> dict:
 
 
 def _write_plan(sweep_dir: Path, spec: dict, preset: str, launcher: str | None, planned: list[Point],
-                old_plan: dict | None) -> None:
-    """plan.json with every planned point (the table lists the ones not run yet as pending); a
-    resumed sweep keeps its first start time."""
+                old_plan: dict | None, values: list | None = None) -> None:
+    """plan.json with every planned run (the table lists the ones not run yet as pending), its seeds
+    and ``--values`` (None: the spec's); a resumed sweep keeps its first start time."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "configs").mkdir(exist_ok=True)
     store.write_plan(sweep_dir, {
@@ -153,9 +190,9 @@ def _write_plan(sweep_dir: Path, spec: dict, preset: str, launcher: str | None, 
         "preset": preset, "axis": spec.get("axis", {}), "paper": spec.get("paper"),
         "spec_path": spec["_path"], "launcher": launcher,
         "created": (old_plan or {}).get("created", time.time()), "updated": time.time(),
-        "host": host_info(),
-        "points": [{"name": p.name, "value": p.value, "paper": p.paper, "set": p.overrides, "config": p.config,
-                    "hash": p.config_hash()} for p in planned],
+        "host": host_info(), "seeds": _seeds_of(planned), "values": values,
+        "points": [{"name": p.name, "point": p.point, "seed": p.seed, "value": p.value, "paper": p.paper,
+                    "set": p.overrides, "config": p.config, "hash": p.config_hash()} for p in planned],
     })
 
 
@@ -218,7 +255,8 @@ def _train_point(p: Point, sweep_dir: Path, run: runstore.Run | None, launcher: 
     before = epochs_done(run, run_dir) if has_checkpoint(run_dir) else 0
     echo(f"{tag} {p.name}: training {p.epochs} epochs"
          f"{f' (resuming after epoch {before})' if before else ''} -> {run_dir}")
-    store.log_start(sweep_dir, p.name, p.value, run_dir, epochs_before=before, config_hash=p.config_hash())
+    store.log_start(sweep_dir, p.name, p.value, run_dir, seed=p.seed, base_point=p.point, epochs_before=before,
+                    config_hash=p.config_hash())
     t0 = time.time()
     error = None
     try:
@@ -231,8 +269,8 @@ def _train_point(p: Point, sweep_dir: Path, run: runstore.Run | None, launcher: 
     status = "done" if rc == 0 and is_done(p, run) else ("preempted" if rc == EXIT_PREEMPTED else "failed")
     if status == "done":
         ensure_final_evals(p, run_dir, echo)
-    store.log_end(sweep_dir, p.name, p.value, run_dir, status, record_numbers(point_row(p, sweep_dir)), rc=rc,
-                  error=error, invocation_s=round(wall, 3), epochs_before=before,
+    store.log_end(sweep_dir, p.name, p.value, run_dir, status, record_numbers(point_row(p, sweep_dir)),
+                  seed=p.seed, base_point=p.point, rc=rc, error=error, invocation_s=round(wall, 3), epochs_before=before,
                   epochs_after=epochs_done(run, run_dir),
                   eval_s=round(eval_seconds(run, before), 3) if run is not None else 0.0)
     if status == "preempted":
@@ -250,7 +288,8 @@ def _run_one(p: Point, sweep_dir: Path, launcher: str | None, reuse: bool, tag: 
     if is_done(p, run):
         if ensure_final_evals(p, run_dir, echo):
             store.log_end(sweep_dir, p.name, p.value, run_dir, "done", record_numbers(point_row(p, sweep_dir)),
-                          rc=0, invocation_s=0.0, epochs_before=p.epochs, epochs_after=p.epochs, eval_s=0.0)
+                          seed=p.seed, base_point=p.point, rc=0, invocation_s=0.0, epochs_before=p.epochs,
+                          epochs_after=p.epochs, eval_s=0.0)
         else:
             echo(f"{tag} {p.name}: finished earlier, skipped")
         return
@@ -262,9 +301,12 @@ def _run_one(p: Point, sweep_dir: Path, launcher: str | None, reuse: bool, tag: 
 
 
 def _dry_run(spec: dict, preset: str, sweep_dir: Path, points: list[Point], missing: str | None,
-             reuse: bool, echo) -> pd.DataFrame:
-    """Print the plan and each point's state (done / partial / todo / reuse); write nothing."""
+             reuse: bool, echo, values: list | None = None) -> pd.DataFrame:
+    """Print the plan (values, seeds) and each run's state (done / partial / todo / reuse); write nothing."""
     echo(f"sweep {spec['name']} ({spec.get('title', '')}), preset {preset}, dir {sweep_dir}")
+    echo(f"  values: {', '.join(str(v) for v in dict.fromkeys(p.value for p in points))}"
+         f"{' (--values)' if values is not None else ''}")
+    echo(f"  seeds:  {', '.join(str(k) for k in _seeds_of(points))}")
     if missing:
         echo(f"  warning: {missing}: the sweep would stop before its first point")
     for p in points:
@@ -274,23 +316,31 @@ def _dry_run(spec: dict, preset: str, sweep_dir: Path, points: list[Point], miss
         if donor is not None:
             state = f"reuse ({donor[1]})"
         sets_txt = " ".join(f"{k}={v}" for k, v in p.overrides.items())
-        echo(f"  {p.name:24s} {state:8s} epochs={p.epochs:<5d} {sets_txt}")
-    return pd.DataFrame([{"point": p.name, "value": p.value, "epochs": p.epochs} for p in points])
+        echo(f"  {p.name:24s} {state:8s} epochs={p.epochs:<5d} seed={p.seed:<3d} {sets_txt}")
+    return pd.DataFrame([{"point": p.point, "run": p.name, "value": p.value, "seed": p.seed, "epochs": p.epochs}
+                         for p in points])
 
 
 def _select(planned: list[Point], only: list[str] | None) -> list[Point]:
+    """The runs of the points named in ``only`` (all their seeds), or of single runs named there."""
     if not only:
         return planned
-    unknown = set(only) - {p.name for p in planned}
+    unknown = set(only) - {p.name for p in planned} - {p.point for p in planned}
     if unknown:
-        raise SweepError(f"unknown point(s) {sorted(unknown)}; points: {', '.join(p.name for p in planned)}")
-    return [p for p in planned if p.name in only]
+        names = dict.fromkeys([*(p.point for p in planned), *(p.name for p in planned)])
+        raise SweepError(f"unknown point(s) {sorted(unknown)}; points: {', '.join(names)}")
+    return [p for p in planned if p.name in only or p.point in only]
 
 
 def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, base_config=None,
               epochs: int | None = None, sets=(), only: list[str] | None = None, dry_run: bool = False,
-              launcher: str | None = None, reuse: bool = True, echo=print) -> pd.DataFrame:
+              launcher: str | None = None, reuse: bool = True, echo=print, values: list | None = None,
+              seeds: list[int] | None = None) -> pd.DataFrame:
     """Run (or resume) sweep ``name``; return its table. See the module doc for the layout.
+
+    ``values`` replaces the preset's values of the varied key (``--values``); ``seeds`` trains every
+    point once per seed (``--seeds``; None: once, at the config's seed). ``only`` names points (all
+    their seeds) or single runs (``POINT_seedK``).
 
     Raises SweepError on a bad spec or config, or when a resumed sweep's settings changed; a point
     whose trainer fails is marked ``failed`` and the sweep moves on; a preempted point (trainer exit
@@ -299,17 +349,17 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
     """
     spec = load_spec(name)
     sweep_dir = Path(out) if out else default_out(spec["name"], preset)
-    planned = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir)
+    planned = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir, values=values, seeds=seeds)
     points = _select(planned, only)
     validate(planned)
     missing = data_problem(points)
     if missing and not dry_run:
         raise SweepError(f"{missing}; nothing was run (pass the data with --set data.train_path=... "
                          f"--set data.val_path=... or --base-config FILE)")
-    old_plan = _resumed_plan(sweep_dir, spec, planned)
+    old_plan = _resumed_plan(sweep_dir, spec, planned, values)
     if dry_run:
-        return _dry_run(spec, preset, sweep_dir, points, missing, reuse, echo)
-    _write_plan(sweep_dir, spec, preset, launcher, planned, old_plan)
+        return _dry_run(spec, preset, sweep_dir, points, missing, reuse, echo, values)
+    _write_plan(sweep_dir, spec, preset, launcher, planned, old_plan, values)
     bar = tqdm(points, desc=f"sweep {spec['name']}", unit="point", disable=not sys.stderr.isatty())
     for p in bar:
         bar.set_postfix_str(p.name)
@@ -319,7 +369,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
 
 # ----------------------------------------------------------------------------- CLI
 def _format_table(table: pd.DataFrame) -> str:
-    cols = ["point", "value", "encoder_params_m", "epochs_done", "final_loss", "knn_top1", "linprobe_top1",
+    cols = ["point", "value", *(["seed"] if table["seed"].nunique() > 1 else []), "encoder_params_m", "epochs_done", "final_loss", "knn_top1", "linprobe_top1",
             "s_per_epoch", "status"]
     return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -331,7 +381,8 @@ def _parser() -> argparse.ArgumentParser:
                "Writes: everything under the sweep directory (--out; default runs/sweeps/NAME, "
                "runs/sweeps/NAME_PRESET for other presets, relative to the current directory): "
                "plan.json, configs/POINT.yaml, one run directory per point (POINT/: config.yaml, "
-               "checkpoints/, metrics.zarr, evals.zarr, recons.zarr) and the sweep table "
+               "checkpoints/, metrics.zarr, evals.zarr, recons.zarr; with --seeds also POINT_seedK/ "
+               "for each further seed) and the sweep table "
                "(sweep.zarr, sweep.json). --dry-run and --list write nothing.", 100))
     ap.add_argument("name", nargs="?", help="sweep name (configs/sweeps/NAME.yaml) or a sweep YAML path")
     ap.add_argument("--list", action="store_true", help="list the known sweeps and exit")
@@ -343,10 +394,17 @@ def _parser() -> argparse.ArgumentParser:
                                                "default: the preset's)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a trainer config key for every point (repeatable), e.g. data.num_workers=4")
-    ap.add_argument("--points", help="comma-separated subset of points to run (default: all)")
+    ap.add_argument("--values", metavar="V1,V2,...",
+                    help="values of the varied key instead of the preset's, each typed as in YAML, e.g. "
+                         "--values 10,25,50,100 for epochs (default: the preset's values)")
+    ap.add_argument("--seeds", metavar="K1,K2,...",
+                    help="train every point once per seed, e.g. --seeds 0,1; the first seed's run keeps the "
+                         "point's directory, the others are POINT_seedK (default: once, at the config's seed)")
+    ap.add_argument("--points", help="comma-separated subset of points (all their seeds) or runs "
+                                     "(POINT_seedK) to run (default: all)")
     ap.add_argument("--launcher", help="run each point as a subprocess under this launcher, e.g. "
                                        "'python' or 'torchrun --nproc_per_node=8' (default: in this process)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan and each point's state; run nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan (values, seeds) and each run's state; run nothing")
     ap.add_argument("--no-reuse", action="store_true",
                     help="train every point, even when a sibling sweep already finished the same experiment")
     return ap
@@ -360,11 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             spec = load_spec(n)
             print(f"{n:14s} {spec.get('title', '')}  (presets: {', '.join(spec['presets'])})")
         return 0 if args.list else 2
+    only = args.points.split(",") if args.points else None
     try:
         table = run_sweep(args.name, preset=args.preset, out=args.out, base_config=args.base_config,
                           epochs=args.epochs, sets=args.set, dry_run=args.dry_run, launcher=args.launcher,
-                          reuse=not args.no_reuse,
-                          only=args.points.split(",") if args.points else None)
+                          reuse=not args.no_reuse, only=only,
+                          values=parse_values(args.values) if args.values is not None else None,
+                          seeds=parse_seeds(args.seeds) if args.seeds is not None else None)
     except SweepPreempted as exc:
         print(f"experiments.sweep: {exc}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -374,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return 0
     print(_format_table(table))
-    ran = table if not args.points else table[table["point"].isin(args.points.split(","))]
+    runs = table["run_dir"].map(lambda d: Path(d).name)
+    ran = table if not only else table[table["point"].isin(only) | runs.isin(only)]
     return 0 if (ran["status"] == "finished").all() else 1
 
 
