@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments import paper_refs, results, sweep
+from experiments import paper_refs, results, store, sweep
+from experiments.plan import experiment_key
+from experiments.spec import parse_seeds, parse_values
 from experiments.trends import TRENDS
 
 SWEEPS = sweep.list_sweeps()
@@ -106,3 +108,81 @@ def test_a_resumed_sweep_accepts_the_trainers_harmless_keys_only(tmp_path):
     changed = sweep.plan(spec, "cpu", sweep_dir=tmp_path, sets=["model.norm_pix_loss=false"])
     with pytest.raises(sweep.SweepError, match="model.norm_pix_loss"):
         sweep.check_plan(tmp_path, plan_doc, changed)
+
+
+def test_seeds_plan_one_run_per_point_and_seed(tmp_path):
+    """The first seed keeps the point's directory (as without --seeds), the others are POINT_seedK."""
+    points = sweep.plan(sweep.load_spec("epochs"), "cpu", sweep_dir=tmp_path, values=[10, 25], seeds=[0, 1])
+    assert [p.name for p in points] == ["epochs_10", "epochs_10_seed1", "epochs_25", "epochs_25_seed1"]
+    assert [p.point for p in points] == ["epochs_10", "epochs_10", "epochs_25", "epochs_25"]
+    assert [p.seed for p in points] == [0, 1, 0, 1] and [p.epochs for p in points] == [10, 10, 25, 25]
+    assert [p.config["run_dir"] for p in points] == [str(tmp_path / p.name) for p in points]
+    sweep.validate(points)
+    # seeds are different experiments for reuse; the first seed's run is today's point
+    assert experiment_key(points[0].config) != experiment_key(points[1].config)
+    today = sweep.plan(sweep.load_spec("epochs"), "cpu", sweep_dir=tmp_path, values=[10, 25])
+    assert [p.name for p in today] == ["epochs_10", "epochs_25"] and today[0].config == points[0].config
+    later = sweep.plan(sweep.load_spec("epochs"), "cpu", sweep_dir=tmp_path, values=[10], seeds=[3, 4])
+    assert [(p.name, p.seed) for p in later] == [("epochs_10", 3), ("epochs_10_seed4", 4)]
+
+
+def test_values_replace_the_presets_values_named_as_the_yamls():
+    assert parse_values("10,25,50,100") == [10, 25, 50, 100]
+    assert parse_values("0.25, 0.5,0.75,0.9") == [0.25, 0.5, 0.75, 0.9]
+    points = sweep.plan(sweep.load_spec("epochs"), "cpu", values=parse_values("10,25,50,100"))
+    assert [p.name for p in points] == ["epochs_10", "epochs_25", "epochs_50", "epochs_100"]
+    assert [p.epochs for p in points] == [10, 25, 50, 100]
+    points = sweep.plan(sweep.load_spec("mask_ratio"), "cpu", values=[0.25, 0.5, 0.75, 0.9])
+    assert [p.config["model"]["mask_ratio"] for p in points] == [0.25, 0.5, 0.75, 0.9]
+    assert [p.paper for p in points] == [None, None, "0.75", None]     # the YAML's paper labels still apply
+    yaml_points = sweep.plan(sweep.load_spec("mask_ratio"), "cpu")
+    assert points[3].config == yaml_points[-1].config and points[3].name == yaml_points[-1].name == "mask_ratio_0.9"
+    for text in ("10,,25", "", "10,10", "a: 1"):
+        with pytest.raises(sweep.SweepError, match="--values"):
+            parse_values(text)
+    for text in ("0,x", "1,1", "-1"):
+        with pytest.raises(sweep.SweepError, match="--seeds"):
+            parse_seeds(text)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["epochs", "--values", "10,abc"], "'epochs' must be an integer, got 'abc'"),
+    (["mask_ratio", "--values", "0.5,1.5"], "mask_ratio_1.5: 'model.mask_ratio' must be in (0, 1)"),
+    (["model_size", "--values", "mae_vit_pico_patch8_64,mae_vit_bogus"], "unknown model 'mae_vit_bogus'"),
+    (["target", "--values", "1,2"], "--values needs a sweep that varies one key"),
+    (["epochs", "--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+])
+def test_bad_values_and_seeds_are_one_line_errors(argv, message, tmp_path, capsys):
+    assert sweep.main([*argv, "--dry-run", "--out", str(tmp_path / "sw")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_dry_run_shows_values_and_seeds(tmp_path, capsys):
+    assert sweep.main(["epochs", "--values", "10,25", "--seeds", "0,1", "--dry-run", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "values: 10, 25 (--values)" in text and "seeds:  0, 1" in text
+    assert "epochs_25_seed1" in text and "seed=1" in text
+    assert not any(tmp_path.iterdir())     # a dry run writes nothing
+
+
+def test_a_resumed_sweep_with_other_seeds_or_values_is_refused(tmp_path, capsys):
+    out = tmp_path / "sw"
+    out.mkdir()
+    store.write_plan(out, {"sweep": "epochs", "seeds": [0, 1], "values": [10, 25], "points": []})
+    assert sweep.main(["epochs", "--values", "10,25", "--seeds", "0,1", "--dry-run", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert sweep.main(["epochs", "--values", "10,25", "--dry-run", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "started with seeds 0,1, now 0" in err and "--seeds 0,1" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(sweep.SweepError, match=r"started with --values 10,25, now --values 10\b"):
+        sweep.run_sweep("epochs", out=out, values=[10], seeds=[0, 1], dry_run=True, echo=lambda *a: None)
+    with pytest.raises(sweep.SweepError, match=r"now the sweep's own values \(no --values\)"):
+        sweep.run_sweep("epochs", out=out, seeds=[0, 1], dry_run=True, echo=lambda *a: None)
+    # a plan written before seeds existed was planned at its points' seed
+    old = tmp_path / "old"
+    old.mkdir()
+    store.write_plan(old, {"sweep": "epochs", "points": [{"name": "gone", "config": {"seed": 0}}]})
+    sweep.run_sweep("epochs", out=old, dry_run=True, echo=lambda *a: None)
+    with pytest.raises(sweep.SweepError, match="seeds 0, now 0,1"):
+        sweep.run_sweep("epochs", out=old, seeds=[0, 1], dry_run=True, echo=lambda *a: None)
