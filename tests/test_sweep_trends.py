@@ -248,3 +248,40 @@ def test_report_shows_difference_se_three_way_verdict_and_error_bars():
     assert "<td class='noise'>within noise</td>" in page  # kNN: 0.41 vs 0.40 at 0.1, +1 point ± 2.2
     assert "+8 ± 2.2" in page or "+0.08 ± 0.022" in page
     assert "val images" in report.display_table(t).columns
+
+
+def test_two_seeds_of_a_point_are_one_row_with_the_seed_spread_in_its_se():
+    """A sweep table of `experiments.sweep --seeds 0,1`: two rows per point (one `point`, two `seed`s);
+    with_standard_errors, the report's table and the inspector's scaling rows give one row per point
+    whose SE is larger than the binomial-only SE when the seeds differ."""
+    from experiments import report, sweep
+    from experiments.trends import with_standard_errors
+    from inspector.views import sweep_scaling_rows
+
+    rows = [{"point": "ratio_75", "seed": 0, "knn_top1": 0.40, "linprobe_top1": 0.44, "run_dir": "s/ratio_75"},
+            {"point": "ratio_75", "seed": 1, "knn_top1": 0.40, "linprobe_top1": 0.50, "run_dir": "s/ratio_75_seed1"},
+            {"point": "ratio_50", "seed": 0, "knn_top1": 0.30, "linprobe_top1": 0.40, "run_dir": "s/ratio_50"},
+            {"point": "ratio_50", "seed": 1, "knn_top1": 0.30, "linprobe_top1": 0.40, "run_dir": "s/ratio_50_seed1"}]
+    t = pd.DataFrame([{**{c: 1 for c in sweep.TABLE_COLUMNS}, "model": "m", "reused_from": "", "paper_setting": None,
+                       "status": "finished", "n_val": 1000, "value": r["point"], **r} for r in rows],
+                     columns=sweep.TABLE_COLUMNS)
+    assert "seed" in sweep.TABLE_COLUMNS and len(t) == 4
+    one = with_standard_errors(t).set_index("point")
+    assert list(one.index) == ["ratio_75", "ratio_50"]
+    binomial = math.sqrt((0.44 * 0.56 + 0.50 * 0.50) / 1000 / 2 / 2)     # mean binomial variance / 2 seeds
+    assert one.loc["ratio_75", "linprobe_top1"] == pytest.approx(0.47)
+    assert one.loc["ratio_75", "linprobe_top1_se"] > binomial * 1.5         # + the seeds' spread (0.06 apart)
+    assert one.loc["ratio_50", "linprobe_top1_se"] == pytest.approx(math.sqrt(0.4 * 0.6 / 1000 / 2))
+    shown = report.display_table(report.per_point(t)).set_index("point")
+    assert list(shown.index) == ["ratio_75", "ratio_50"] and list(shown["seeds"]) == ["2/2", "2/2"]
+    assert shown.loc["ratio_75", "linear probe top-1 (%)"] == pytest.approx(47.0)
+    assert shown.loc["ratio_75", "linear probe SE (%)"] == pytest.approx(100 * one.loc["ratio_75", "linprobe_top1_se"],
+                                                                       abs=0.01)
+    t.loc[1, "status"] = "running"                                          # a seed still training
+    partial = report.per_point(t).set_index("point")
+    assert partial.loc["ratio_75", "seeds"] == "1/2" and partial.loc["ratio_75", "status"] == "running"
+    assert partial.loc["ratio_75", "linprobe_top1"] == pytest.approx(0.44)
+    t.loc[1, "status"] = "finished"
+    lin = {r["run"]: r for r in sweep_scaling_rows(t) if r["kind"] == "linprobe"}
+    assert set(lin) == {"ratio_75", "ratio_50"} and lin["ratio_75"]["seeds"] == 2
+    assert lin["ratio_75"]["top1_se"] == pytest.approx(100 * one.loc["ratio_75", "linprobe_top1_se"])
