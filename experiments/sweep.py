@@ -270,8 +270,8 @@ def _train_point(p: Point, sweep_dir: Path, run: runstore.Run | None, launcher: 
     if status == "done":
         ensure_final_evals(p, run_dir, echo)
     store.log_end(sweep_dir, p.name, p.value, run_dir, status, record_numbers(point_row(p, sweep_dir)),
-                  seed=p.seed, base_point=p.point, rc=rc, error=error, invocation_s=round(wall, 3), epochs_before=before,
-                  epochs_after=epochs_done(run, run_dir),
+                  seed=p.seed, base_point=p.point, rc=rc, error=error, invocation_s=round(wall, 3),
+                  epochs_before=before, epochs_after=epochs_done(run, run_dir),
                   eval_s=round(eval_seconds(run, before), 3) if run is not None else 0.0)
     if status == "preempted":
         raise SweepPreempted(f"point {p.name} was preempted; run the same command again to resume")
@@ -304,7 +304,7 @@ def _dry_run(spec: dict, preset: str, sweep_dir: Path, points: list[Point], miss
              reuse: bool, echo, values: list | None = None) -> pd.DataFrame:
     """Print the plan (values, seeds) and each run's state (done / partial / todo / reuse); write nothing."""
     echo(f"sweep {spec['name']} ({spec.get('title', '')}), preset {preset}, dir {sweep_dir}")
-    echo(f"  values: {', '.join(str(v) for v in dict.fromkeys(p.value for p in points))}"
+    echo(f"  values: {', '.join(dict.fromkeys(str(p.value) for p in points))}"
          f"{' (--values)' if values is not None else ''}")
     echo(f"  seeds:  {', '.join(str(k) for k in _seeds_of(points))}")
     if missing:
@@ -369,7 +369,8 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
 
 # ----------------------------------------------------------------------------- CLI
 def _format_table(table: pd.DataFrame) -> str:
-    cols = ["point", "value", *(["seed"] if table["seed"].nunique() > 1 else []), "encoder_params_m", "epochs_done", "final_loss", "knn_top1", "linprobe_top1",
+    seed = ["seed"] if table["seed"].nunique() > 1 else []   # shown for sweeps with --seeds
+    cols = ["point", "value", *seed, "encoder_params_m", "epochs_done", "final_loss", "knn_top1", "linprobe_top1",
             "s_per_epoch", "status"]
     return table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
@@ -404,7 +405,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "(POINT_seedK) to run (default: all)")
     ap.add_argument("--launcher", help="run each point as a subprocess under this launcher, e.g. "
                                        "'python' or 'torchrun --nproc_per_node=8' (default: in this process)")
-    ap.add_argument("--dry-run", action="store_true", help="print the plan (values, seeds) and each run's state; run nothing")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan (values, seeds) and each run's state; run nothing")
     ap.add_argument("--no-reuse", action="store_true",
                     help="train every point, even when a sibling sweep already finished the same experiment")
     return ap

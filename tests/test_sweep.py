@@ -292,3 +292,35 @@ def test_more_epochs_for_a_trained_point_are_refused_before_any_training(finishe
     with pytest.raises(sweep.SweepError, match="ratio_50.*epochs=1.*epochs=2"):
         sweep.run_sweep(str(out.parent / "tiny_sweep.yaml"), out=out, epochs=2, echo=lambda *a: None)
     assert len(sweep_store.records(out)) == before
+
+
+def test_two_seeds_are_two_runs_of_one_point_and_reuse_keeps_seeds_apart(sample, tmp_path, monkeypatch):
+    """--seeds 0,1: each point trains once per seed (POINT/ at seed 0, POINT_seed1/ at seed 1); the
+    table has one row per seed under the point's name; a resume with other seeds is refused; a
+    sibling sweep reuses a run only at the same seed."""
+    spec = _write_sweep(tmp_path, sample, [{"name": "ratio_75", "value": 0.75, "set": {"model.mask_ratio": 0.75}}],
+                        evals_every=0)
+    out = tmp_path / "out"
+    table = sweep.run_sweep(str(spec), out=out, seeds=[0, 1], echo=lambda *a: None)
+    assert list(table["point"]) == ["ratio_75", "ratio_75"] and list(table["seed"]) == [0, 1]
+    assert [Path(d).name for d in table["run_dir"]] == ["ratio_75", "ratio_75_seed1"]
+    assert (table["status"] == "finished").all(), table[["point", "seed", "status"]]
+    assert [runstore.open(out / r).config["seed"] for r in ("ratio_75", "ratio_75_seed1")] == [0, 1]
+    assert (out / "configs" / "ratio_75_seed1.yaml").is_file()
+    assert sweep_store.read_plan(out)["seeds"] == [0, 1]
+    recs = runstore.sweep(out)        # the run store's sweep table: one record per run, seed and point named
+    assert list(recs["point"]) == ["ratio_75", "ratio_75_seed1"] and list(recs["seed"]) == [0, 1]
+    assert list(recs["base_point"]) == ["ratio_75", "ratio_75"]
+    assert len(report.per_point(table)) == 1
+
+    before = len(sweep_store.records(out))
+    with pytest.raises(sweep.SweepError, match="started with seeds 0,1, now 0"):
+        sweep.run_sweep(str(spec), out=out, echo=lambda *a: None)
+    assert sweep.main([str(spec), "--out", str(out), "--seeds", "0,2"]) == 2
+    assert len(sweep_store.records(out)) == before
+
+    trained = []
+    monkeypatch.setattr(sweep, "_run_point", lambda point, *a: trained.append(point.name) or 1)
+    sib = sweep.run_sweep(str(spec), out=tmp_path / "out_seed1", seeds=[1, 2], echo=lambda *a: None)
+    assert trained == ["ratio_75_seed2"]                      # seed 2 is a new experiment: trained
+    assert sib.set_index("seed").loc[1, "reused_from"] == str(out / "ratio_75_seed1")   # not seed 0's run
