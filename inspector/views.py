@@ -271,6 +271,9 @@ def sweep_scaling_rows(sweep: pd.DataFrame) -> list[dict]:
     if "status" in sweep:
         sweep = sweep[sweep["status"].astype(str).isin(DONE_STATUSES)]
     points = sweep["point"].astype(str) if "point" in sweep else pd.Series("", index=sweep.index)
+    if "base_point" in sweep:  # runstore.sweep names each seed's run; base_point is the point it belongs to
+        base = sweep["base_point"]
+        points = base.where(base.notna() & (base.astype(str) != ""), points).astype(str)
     rows = []
     for point, seeds in sweep.groupby(points, sort=False):
         r = seeds.iloc[0]

@@ -145,3 +145,20 @@ def test_the_csv_export_carries_the_error_bars():
     frame = views.figure_frame(views.accuracy_vs_params_figure(table, ["linprobe"]))
     assert list(frame.columns) == ["series", "x", "y", "y_se"]
     assert frame["y_se"].iloc[0] == pytest.approx(_binomial_se_pct(0.50)) and math.isnan(frame["y_se"].iloc[-1])
+
+
+def test_the_scaling_tab_folds_a_points_seeds_into_one_row(tmp_path):
+    """experiments.sweep --seeds writes one record per run (POINT, POINT_seed1) with base_point POINT:
+    the tab shows one row per point, the seeds' mean with the seed spread in its error bar."""
+    sweep_dir = tmp_path / "runs" / "sweeps" / "model_size"
+    for run, seed, top1 in (("nano", 0, 0.55), ("nano_seed1", 1, 0.59), ("pico", 0, 0.50)):
+        runstore.log_sweep_point(sweep_dir, run, params={"model": f"mae_vit_{run[:4]}_patch8_64", "seed": seed},
+                                 results={"encoder_params_m": 1.2 if run.startswith("nano") else 0.47,
+                                          "epochs_done": 8, "linprobe_top1": top1, "n_val": N_VAL},
+                                 base_point=run[:4], status="finished")
+    state = InspectorState(tmp_path / "runs")
+    _, _, shown, *_ = _scaling(state, ["linprobe"], False, "sweep: sweeps/model_size")
+    shown = shown.set_index("run")
+    assert sorted(shown.index) == ["nano", "pico"]
+    assert shown.loc["nano", "top1"] == pytest.approx(57.0)
+    assert shown.loc["nano", "top1_se"] > _binomial_se_pct(0.57) / math.sqrt(2) + 1.0   # seed spread counted
