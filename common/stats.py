@@ -11,6 +11,14 @@ import math
 import pandas as pd
 
 
+def accuracy_unit(*columns) -> float:
+    """100.0 when the accuracies in ``columns`` are percents (some finite |value| > 1), 1.0 when they
+    are fractions: eval records hold either, and one table is taken to use one unit throughout."""
+    values = pd.concat([pd.to_numeric(pd.Series(list(c), dtype=object), errors="coerce") for c in columns]
+                       or [pd.Series(dtype=float)]).dropna()
+    return 100.0 if len(values) and values.abs().max() > 1.0 else 1.0
+
+
 def point_se(values, n_val, scale: float = 1.0) -> tuple[float, float]:
     """(mean, SE of the mean) of one point's accuracies over its seeds, in the units of ``values``.
 

@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from common.stats import accuracy_unit
 from evals.inputs import RawHelpFormatter
 from experiments import paper_refs, store
 from experiments.results import sweep_table
@@ -46,10 +47,7 @@ ACC_COLORS = {"linprobe_top1": "#1f77b4", "knn_top1": "#ff7f0e", "lin": "#1f77b4
 def as_percent(values: pd.Series) -> pd.Series:
     """Top-1 as percent: the eval records may hold fractions (0-1) or percents (0-100)."""
     v = pd.to_numeric(values, errors="coerce")
-    finite = v.dropna()
-    if len(finite) and finite.abs().max() <= 1.0:
-        return v * 100.0
-    return v
+    return v * (100.0 / accuracy_unit(v))
 
 
 def _paper_columns(table: pd.DataFrame, ref: paper_refs.PaperRef | None) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from typing import Callable
 
 import pandas as pd
 
-from common.stats import point_se  # noqa: F401  (re-exported: the report and tests use trends.point_se)
+from common.stats import accuracy_unit, point_se  # noqa: F401  (point_se re-exported: the report and tests use trends.point_se)
 
 ACCURACY_METRICS = {"linprobe_top1": "linear probe", "knn_top1": "kNN"}
 
@@ -77,8 +77,7 @@ def usable(table: pd.DataFrame) -> pd.DataFrame:
 
 def _scale(table: pd.DataFrame, metric: str) -> float:
     """100 when the table's accuracies are percents, 1 when fractions (as evals record either)."""
-    v = pd.to_numeric(table[metric], errors="coerce").dropna()
-    return 100.0 if len(v) and v.abs().max() > 1.0 else 1.0
+    return accuracy_unit(table[metric])
 
 
 def with_standard_errors(table: pd.DataFrame) -> pd.DataFrame:

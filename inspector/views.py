@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from PIL import Image, ImageDraw, ImageFont
 
 from common.values import finite_or_none
-from common.stats import point_se
+from common.stats import accuracy_unit, point_se
 
 # The MAE paper's ImageNet-1K results (He et al. 2021, 1600-epoch pretraining, 224 px):
 # encoder parameters, fine-tune top-1 and linear-probe top-1.
@@ -69,8 +69,7 @@ def _in_percent(df: pd.DataFrame, acc: list[str]) -> pd.DataFrame:
     taken as fractions when none exceeds 1 (evals record either unit)."""
     out = df.copy()
     if acc:
-        both = pd.concat([pd.to_numeric(out[c], errors="coerce") for c in acc])
-        scale = 100.0 if both.dropna().abs().max() <= 1.0 else 1.0
+        scale = 100.0 / accuracy_unit(*(out[c] for c in acc))
         for c in acc:
             out[c] = pd.to_numeric(out[c], errors="coerce") * scale
     return out

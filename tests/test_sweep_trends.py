@@ -285,3 +285,23 @@ def test_two_seeds_of_a_point_are_one_row_with_the_seed_spread_in_its_se():
     lin = {r["run"]: r for r in sweep_scaling_rows(t) if r["kind"] == "linprobe"}
     assert set(lin) == {"ratio_75", "ratio_50"} and lin["ratio_75"]["seeds"] == 2
     assert lin["ratio_75"]["top1_se"] == pytest.approx(100 * one.loc["ratio_75", "linprobe_top1_se"])
+
+
+def test_one_rule_tells_fractions_from_percents():
+    """The report, the trends and the inspector read accuracies through common.stats.accuracy_unit."""
+    import pandas as pd
+
+    from common.stats import accuracy_unit
+    from experiments.report import as_percent
+    from inspector.views import _in_percent
+
+    assert accuracy_unit(pd.Series([0.5, 0.62, None])) == 1.0
+    assert accuracy_unit(pd.Series([50.0, 62.0])) == 100.0
+    assert accuracy_unit(pd.Series([0.5]), pd.Series([62.0])) == 100.0    # one unit per table
+    assert accuracy_unit(pd.Series([], dtype=float)) == 1.0
+    assert accuracy_unit() == 1.0
+    assert list(as_percent(pd.Series([0.5, 0.25]))) == [50.0, 25.0]
+    assert list(as_percent(pd.Series([50.0, 25.0]))) == [50.0, 25.0]
+    df = _in_percent(pd.DataFrame({"knn_top1": [0.3, 0.4], "linprobe_top1": [0.5, "0.6"]}),
+                     ["knn_top1", "linprobe_top1"])
+    assert list(df["linprobe_top1"]) == [50.0, 60.0] and list(df["knn_top1"]) == [30.0, 40.0]
