@@ -267,7 +267,8 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
         "epochs": uniq("epochs"),
         "batch": f"{uniq('data.batch_size')} per process x {uniq('optim.accum_steps', '1')} accumulation steps",
         "recipe": f"blr {uniq('optim.blr')}, warm-up {uniq('optim.warmup_epochs')} ep, mask ratio {uniq('model.mask_ratio')}",
-        "evals": (f"kNN + cached linear probe on frozen cls features after the last epoch (max_train "
+        "evals": (f"kNN + cached linear probe on frozen {uniq('evals.pool', 'cls')}-pooled features after the "
+                  f"last epoch (max_train "
                   f"{uniq('evals.max_train')}, max_val {uniq('evals.max_val')}, val split {uniq('data.val_path')})"
                   if any(int((c.get("evals") or {}).get("every") or 0) for c in cfgs)
                   else "none (this sweep measures training time only)"),

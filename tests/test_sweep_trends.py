@@ -305,3 +305,17 @@ def test_one_rule_tells_fractions_from_percents():
     df = _in_percent(pd.DataFrame({"knn_top1": [0.3, 0.4], "linprobe_top1": [0.5, "0.6"]}),
                      ["knn_top1", "linprobe_top1"])
     assert list(df["linprobe_top1"]) == [50.0, 60.0] and list(df["knn_top1"]) == [30.0, 40.0]
+
+
+def test_the_report_names_the_feature_pooling_the_evals_used():
+    import pandas as pd
+
+    from experiments import report
+
+    def plan(pool=None):
+        evals = {"every": 8, "max_train": 100, "max_val": 50, **({"pool": pool} if pool else {})}
+        return {"points": [{"config": {"model": {"name": "m"}, "evals": evals}}]}
+
+    table = pd.DataFrame({"point": ["a"], "wall_s": [1.0]})
+    assert "frozen avg-pooled features" in report._setup(plan("avg"), table)["evals"]
+    assert "frozen cls-pooled features" in report._setup(plan(), table)["evals"]   # the trainer's default
