@@ -117,7 +117,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out.insert(2, "seeds", table["seeds"])
     if ref is not None:
         paper = _paper_columns(table, ref)
-        out["paper setting"] = table["paper_setting"].fillna("")
+        out["paper setting"] = table["paper_setting"].astype(object).fillna("")
         out[f"paper lin (%) [{ref.source}]"] = paper["paper_lin"]
         out[f"paper ft (%) [{ref.source}]"] = paper["paper_ft"]
     return out
@@ -258,7 +258,7 @@ def _setup(plan_doc: dict, table: pd.DataFrame) -> dict:
     device = host.get("gpu") and f"{host.get('gpu_count', 1)} x {host['gpu']}" or \
         f"CPU only ({host.get('cpu_count', '?')} cores, {host.get('torch_threads', '?')} torch threads)"
     wall = pd.to_numeric(table.get("wall_s"), errors="coerce").sum()
-    reused = table["reused_from"].fillna("").astype(str) != "" if "reused_from" in table else pd.Series(False, table.index)
+    reused = table["reused_from"].astype(object).fillna("").astype(str) != "" if "reused_from" in table else pd.Series(False, table.index)
     copied = pd.to_numeric(table.loc[reused, "wall_s"], errors="coerce").sum() if reused.any() else 0.0
     fmt = lambda s: f"{s / 3600:.2f} h" if s >= 3600 else f"{s / 60:.1f} min"
     return {
