@@ -19,7 +19,7 @@ bench: setup
 	$(PY) -m pipeline.bench
 	$(PY) -m trainer.bench
 
-# Proof on real photographs (configs/imagenette_cpu_60min.yaml, about 80 minutes on 2 cores): MAE vs random
+# Proof on real photographs (configs/imagenette_cpu_60min.yaml, about 70 minutes on 2 cores): MAE vs random
 # init vs pixels, fine-tune vs scratch
 imagenette-table: setup
 	$(PY) -m evals.imagenette_table
