@@ -67,7 +67,6 @@ def seed_run_name(point: str, seed: int, first: bool) -> str:
     return point if first else f"{point}_seed{seed}"
 
 
-
 # where and how often files are written, and how many CPU threads / loader workers compute it
 _NOT_THE_EXPERIMENT = ("run_dir", "checkpoint.", "log.", "data.num_workers", "threads")
 

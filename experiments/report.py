@@ -143,8 +143,7 @@ def _se_percent(done: pd.DataFrame, metric: str) -> pd.Series | None:
     se = pd.to_numeric(done[col], errors="coerce")
     if not se.notna().any():
         return None
-    v = pd.to_numeric(done[metric], errors="coerce").dropna()
-    return se * 100.0 if len(v) and v.abs().max() <= 1.0 else se
+    return se * (100.0 / accuracy_unit(done[metric]))
 
 
 def _time_traces(fig: go.Figure, done: pd.DataFrame, x, ref: paper_refs.PaperRef | None) -> None:
