@@ -16,12 +16,16 @@ a pretraining run that was interrupted resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.sample import CLASSES, DEFAULT_TRAIN_PER_CLASS, DEFAULT_VAL_PER_CLASS  # noqa: E402
 
 
 def stage(title: str, cmd: list[str], skip_if: Path | None = None) -> None:
@@ -36,6 +40,35 @@ def stage(title: str, cmd: list[str], skip_if: Path | None = None) -> None:
     print(f"== {title}: {time.time() - t0:.0f} s")
 
 
+def stale_sample(data: Path) -> str | None:
+    """Why ``data`` is not the sample dataset this demo's recipe was measured on, or None when it is
+    (or is not there yet). The demo skips stages whose output exists, so a sample made by an older
+    version (other image counts) would otherwise be used silently."""
+    if not (data / "classes.tsv").exists():
+        return None
+    want = {"train": DEFAULT_TRAIN_PER_CLASS * len(CLASSES), "val": DEFAULT_VAL_PER_CLASS * len(CLASSES)}
+    have = {split: sum(1 for _ in (data / split).rglob("*.jpg")) for split in want}
+    if have == want:
+        return None
+    return (f"{data} holds {have['train']:,} train / {have['val']:,} val images; the sample dataset "
+            f"has {want['train']:,} / {want['val']:,}")
+
+
+def refresh_stale_sample(data: Path, beton: Path, run: Path) -> None:
+    """Remake a stale sample (generated data: nothing is lost) and move the run trained on it aside."""
+    why = stale_sample(data)
+    if why is None:
+        return
+    print(f"demo: {why}; making it again", flush=True)
+    shutil.rmtree(data)
+    shutil.rmtree(beton, ignore_errors=True)
+    if run.exists():
+        old = run.with_name(f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        run.rename(old)
+        print(f"demo: {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run} was trained on the "
+              f"old sample; moved to {old.name}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-inspector", action="store_true", help="stop after evaluation (do not serve the app)")
@@ -43,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     data, beton, run = ROOT / "data/sample", ROOT / "data/sample_ffcv", ROOT / "runs/demo"
+    refresh_stale_sample(data, beton, run)
     stage("1/5 sample dataset", ["-m", "pipeline.sample", "--out", str(data)], skip_if=data / "classes.tsv")
     stage("2/5 build FFCV", ["-m", "pipeline.build_ffcv", str(data), str(beton)], skip_if=beton / "train.beton")
     stage("3/5 pretrain", ["-m", "trainer.pretrain", "--config", "configs/demo.yaml", f"run_dir={run}"],
