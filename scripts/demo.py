@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pipeline.sample import CLASSES, DEFAULT_TRAIN_PER_CLASS, DEFAULT_VAL_PER_CLASS
 
-from pipeline.sample import CLASSES, DEFAULT_TRAIN_PER_CLASS, DEFAULT_VAL_PER_CLASS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def stage(title: str, cmd: list[str], skip_if: Path | None = None) -> None:
@@ -65,8 +64,7 @@ def refresh_stale_sample(data: Path, beton: Path, run: Path) -> None:
     if run.exists():
         old = run.with_name(f"{run.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         run.rename(old)
-        print(f"demo: {run.relative_to(ROOT) if run.is_relative_to(ROOT) else run} was trained on the "
-              f"old sample; moved to {old.name}", flush=True)
+        print(f"demo: {run} was trained on the old sample; moved to {old}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
