@@ -5,8 +5,11 @@
 1. generate the sample dataset            (python -m pipeline.sample)
 2. convert it to FFCV .beton files        (python -m pipeline.build_ffcv)
 3. pretrain the CPU-scale demo MAE        (python -m trainer.pretrain --config configs/demo.yaml)
-   -- per-epoch kNN / linear-probe evals and sampled reconstructions go into the run store
-4. evaluate the final checkpoint          (python -m evals.knn, python -m evals.linprobe --cached)
+   -- kNN and cached linear-probe evals (epochs 8 and 16) and sampled reconstructions go into the
+      run store
+4. print the final checkpoint's kNN and linear probe from the run store (recorded by stage 3 on
+   the same frozen features the standalone CLIs use; when a record is missing, the CLIs run:
+   python -m evals.knn, python -m evals.linprobe --cached)
 5. open the inspector on runs/ and print its URL   (python -m inspector)
 
 Every stage is skipped when its output is already there (delete it, or `make clean`, to redo it);
@@ -67,6 +70,47 @@ def refresh_stale_sample(data: Path, beton: Path, run: Path) -> None:
         print(f"demo: {run} was trained on the old sample; moved to {old}", flush=True)
 
 
+def final_evals(run: Path) -> dict[str, dict] | None:
+    """The kNN and linear-probe records of the run's final epoch, as the trainer wrote them, or None
+    when the run store lacks one of them (an older demo recipe, evals switched off, or not run after
+    the last epoch)."""
+    import runstore
+
+    try:
+        store = runstore.open(run)
+        final_epoch = int(store.config["epochs"])
+        evals = store.evals()
+    except (OSError, ValueError, KeyError):  # no readable store or config: the CLIs recompute
+        return None
+    last = evals[evals["epoch"] == final_epoch]
+    found = {}
+    for kind in ("knn", "linprobe"):
+        rows = last[last["kind"] == kind]
+        if rows.empty:
+            return None
+        row = rows.iloc[-1]
+        found[kind] = {"epoch": int(row["epoch"]), "top1": float(row["top1"]), "top5": float(row["top5"]),
+                       "n_train": int(row["n_train"]), "n_val": int(row["n_val"])}
+    return found
+
+
+def report_final_evals(run: Path, ckpt: Path, beton: Path) -> None:
+    found = final_evals(run)
+    if found is None:
+        stage("4/5 kNN", ["-m", "evals.knn", "--ckpt", str(ckpt), "--data", str(beton)])
+        stage("4/5 linear probe (cached features)",
+              ["-m", "evals.linprobe", "--cached", "--ckpt", str(ckpt), "--data", str(beton)])
+        return
+    knn, probe = found["knn"], found["linprobe"]
+    print(f"\n== 4/5 evaluation of the final checkpoint (epoch {knn['epoch']}, recorded by stage 3 in "
+          f"{run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}/evals.zarr)")
+    print(f"kNN (k=20) top-1 {knn['top1']:.1%} (top-5 {knn['top5']:.1%}); cached linear probe top-1 "
+          f"{probe['top1']:.1%} (top-5 {probe['top5']:.1%}); {knn['n_val']} val images, "
+          f"{knn['n_train']:,} train, chance 10%")
+    print(f"the same numbers from the standalone CLIs: python -m evals.knn --ckpt {ckpt} --data {beton}; "
+          f"python -m evals.linprobe --cached --ckpt {ckpt} --data {beton}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-inspector", action="store_true", help="stop after evaluation (do not serve the app)")
@@ -79,10 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     stage("2/5 build FFCV", ["-m", "pipeline.build_ffcv", str(data), str(beton)], skip_if=beton / "train.beton")
     stage("3/5 pretrain", ["-m", "trainer.pretrain", "--config", "configs/demo.yaml", f"run_dir={run}"],
           skip_if=run / "checkpoints" / "final.pth")
-    ckpt = run / "checkpoints" / "final.pth"
-    stage("4/5 kNN", ["-m", "evals.knn", "--ckpt", str(ckpt), "--data", str(beton)])
-    stage("4/5 linear probe (cached features)",
-          ["-m", "evals.linprobe", "--cached", "--ckpt", str(ckpt), "--data", str(beton)])
+    report_final_evals(run, run / "checkpoints" / "final.pth", beton)
     if args.no_inspector:
         return 0
     print("\n== 5/5 inspector (Ctrl-C to stop)", flush=True)

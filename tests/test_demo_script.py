@@ -46,3 +46,43 @@ def test_stale_sample_is_remade_and_its_run_moved_aside(tmp_path, capsys):
     assert len(moved) == 1 and (moved[0] / "checkpoints" / "final.pth").read_bytes() == b"weights"
     out = capsys.readouterr().out
     assert "making it again" in out and moved[0].name in out
+
+
+def test_stage_4_prints_the_recorded_final_evals_and_recomputes_only_when_missing(tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The trainer already ran kNN and the cached probe after the last epoch (configs/demo.yaml):
+    stage 4 prints those records instead of spending half a minute recomputing them, and runs the
+    CLIs when the store lacks them (evals switched off, or not after the last epoch)."""
+    import runstore
+
+    demo = _demo()
+    calls = []
+    monkeypatch.setattr(demo, "stage", lambda title, cmd, skip_if=None: calls.append(cmd[1]))
+    run = tmp_path / "runs" / "demo"
+    runstore.create(run, {"epochs": 16}).close()
+    assert demo.final_evals(run) is None
+    for epoch in (8, 16):
+        runstore.log_eval(run, epoch, "knn", 0.10 + epoch / 100, 0.6, n_train=5000, n_val=500)
+    demo.report_final_evals(run, run / "checkpoints" / "final.pth", tmp_path / "beton")
+    assert calls == ["evals.knn", "evals.linprobe"]          # no probe record: both recomputed
+    calls.clear()
+    runstore.log_eval(run, 8, "linprobe", 0.30, 0.8, n_train=5000, n_val=500)
+    assert demo.final_evals(run) is None                     # the probe is not of the final epoch
+    runstore.log_eval(run, 16, "linprobe", 0.438, 0.85, n_train=5000, n_val=500)
+    found = demo.final_evals(run)
+    assert found["knn"]["top1"] == 0.26 and found["linprobe"]["top1"] == 0.438
+    capsys.readouterr()
+    demo.report_final_evals(run, run / "checkpoints" / "final.pth", tmp_path / "beton")
+    out = capsys.readouterr().out
+    assert calls == [] and "kNN (k=20) top-1 26.0%" in out and "linear probe top-1 43.8%" in out
+    assert "500 val images, 5,000 train" in out and "epoch 16" in out
+    assert demo.final_evals(tmp_path / "no_run") is None
+
+
+def test_demo_recipe_records_both_evals_after_its_last_epoch():
+    """What stage 4 relies on: configs/demo.yaml evaluates kNN and the probe at its final epoch."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    ev = cfg["evals"]
+    assert ev["knn"] and ev["linprobe"] and cfg["epochs"] % ev["every"] == 0
