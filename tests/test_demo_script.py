@@ -86,3 +86,28 @@ def test_demo_recipe_records_both_evals_after_its_last_epoch():
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     ev = cfg["evals"]
     assert ev["knn"] and ev["linprobe"] and cfg["epochs"] % ev["every"] == 0
+
+
+def test_pretrain_skips_the_data_check_only_for_betons_built_this_run(tmp_path, monkeypatch):
+    """Stage 2 writes the .beton files and their checksums; re-reading every sample seconds later in
+    stage 3 costs about 5 s of the budget and finds nothing new. A beton an earlier demo left behind
+    is still checked (data.verify=auto)."""
+    demo = _demo()
+    ran = []
+
+    def fake_stage(title, cmd, skip_if=None):
+        ran.append(cmd)
+        return not (skip_if is not None and skip_if.exists())
+
+    monkeypatch.setattr(demo, "stage", fake_stage)
+    monkeypatch.setattr(demo, "report_final_evals", lambda *a: None)
+    monkeypatch.setattr(demo, "ROOT", tmp_path)
+    demo.main(["--no-inspector"])
+    pretrain = next(c for c in ran if "trainer.pretrain" in c)
+    assert "data.verify=never" in pretrain
+    (tmp_path / "data" / "sample_ffcv").mkdir(parents=True)
+    (tmp_path / "data" / "sample_ffcv" / "train.beton").write_bytes(b"x")
+    ran.clear()
+    demo.main(["--no-inspector"])
+    pretrain = next(c for c in ran if "trainer.pretrain" in c)
+    assert not any(a.startswith("data.verify") for a in pretrain)
