@@ -18,6 +18,7 @@ bench: setup
 	$(PY) -m benchmarks.model_bench
 	$(PY) -m pipeline.bench
 	$(PY) -m trainer.bench
+	$(PY) -m benchmarks.adamw_cpu
 
 # Proof on real photographs (configs/imagenette_cpu_60min.yaml, about 70 minutes on 2 cores): MAE vs random
 # init vs pixels, fine-tune vs scratch

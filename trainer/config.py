@@ -70,7 +70,7 @@ class OptimConfig:
     warmup_epochs: float = 1.0  # the ImageNet presets use 40
     min_lr: float = 0.0
     accum_steps: int = 1
-    fused: bool = True  # fused AdamW kernel when training on CUDA (ignored on CPU)
+    fused: bool = True  # torch's fused AdamW kernel on CUDA and CPU (false: the per-tensor loop)
     # The official pretraining decays cls/mask tokens (timm add_weight_decay without a skip list);
     # the default here exempts them like biases and norms. Set true to match the official run exactly.
     decay_tokens: bool = False
