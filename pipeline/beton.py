@@ -18,6 +18,14 @@ a word. ``pipeline.build_ffcv`` therefore writes a sidecar ``<file>.sums`` (:fun
 one 128-bit BLAKE2b digest per sample over exactly those bytes, plus one over the header, field
 descriptors and allocation table; :func:`verify_beton` recomputes them and names the bad samples
 (``python -m pipeline.beton --verify FILE``). It costs one sequential read of the file.
+
+A passing check is remembered in ``<file>.verified`` (:func:`verified_stamp`): the identity (size,
+mtime, ctime, inode) of the file, its ``.sums`` and the ``manifest.json`` beside it, as they were
+when the read began. ``verify_beton(..., trust_stamp=True)`` (the trainer's ``data.verify=auto``)
+then skips the read while all three are unchanged. Any write, copy, replacement or ``touch`` of
+them changes the ctime, which no user call can set back, so the stamp no longer matches and the
+next check reads the file again. What a stamp cannot see is damage below the file system (a disk
+flipping bits in place); ``data.verify=always`` and ``--verify`` re-read every time.
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ from common.files import write_atomic
 
 SUMS_SUFFIX = ".sums"
 SUMS_FORMAT = "maepipe-beton-sums-1"
+STAMP_SUFFIX = ".verified"
+STAMP_FORMAT = "maepipe-beton-verified-1"
 DIGEST_BYTES = 16
 
 
@@ -273,10 +283,16 @@ class VerifyResult:
     problems: list = field(default_factory=list)      # one line each
     build_id: str = ""
     seconds: float = 0.0
+    verified_at: float = 0.0   # > 0: the result is a stamp's (no read), of a check at this time
+    identity: dict | None = None   # the files as the check began (what a stamp records)
 
     @property
     def message(self) -> str:
         """One line for a user: what is wrong (or that all is well) and with which file."""
+        if self.ok and self.verified_at:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.verified_at))
+            return (f"{self.path}: ok, {self.num_samples} samples, all sample checksums matched when "
+                    f"checked on {when}, file unchanged since ({stamp_path(self.path).name})")
         if self.ok:
             how = "all sample checksums match" if self.checked == "checksums" else \
                 "structure valid; no checksum file, samples not verified"
@@ -289,7 +305,8 @@ def _bad_list(bad, limit=20) -> str:
     return shown + (f", ... ({len(bad)} in all)" if len(bad) > limit else "")
 
 
-def verify_beton(path, sums=None, require_sums: bool = False) -> VerifyResult:
+def verify_beton(path, sums=None, require_sums: bool = False, trust_stamp: bool = False,
+                 record: bool = False) -> VerifyResult:
     """Check ``path`` completely: structure (:func:`check_beton`), then every sample against the
     checksums in ``sums`` (default ``<path>.sums``), and, when ``manifest.json`` of the
     ``build_ffcv`` output folder is beside it, that the file belongs to that build.
@@ -297,16 +314,27 @@ def verify_beton(path, sums=None, require_sums: bool = False) -> VerifyResult:
     Never raises for a bad file: returns a :class:`VerifyResult` whose ``ok`` is False and whose
     ``problems`` / ``message`` name the file and the bad sample indices. A missing ``.sums``
     file is a problem only with ``require_sums``. Costs one read of the whole file.
+
+    ``trust_stamp``: when ``<path>.verified`` matches the files as they are now
+    (:func:`verified_stamp`), return its result without reading (``verified_at`` set).
+    ``record``: after a check against checksums that passed, write that stamp
+    (:func:`record_verified`; skipped where the folder is read-only).
     """
     t0 = time.time()
     path = Path(path)
-    res = VerifyResult(str(path), ok=False, checked="structure")
+    sp = Path(sums) if sums else sums_path(path)
+    if trust_stamp:
+        stamp = verified_stamp(path, sp)
+        if stamp is not None:
+            return VerifyResult(str(path), ok=True, checked="checksums", num_samples=stamp["num_samples"],
+                                build_id=stamp["build_id"], seconds=time.time() - t0,
+                                verified_at=stamp["verified_at"])
+    res = VerifyResult(str(path), ok=False, checked="structure", identity=_identity(path, sp))
     try:
         res.num_samples = check_beton(path)["num_samples"]
     except BetonError as e:
         res.problems.append(str(e).removeprefix(f"{path}: "))
         return res
-    sp = Path(sums) if sums else sums_path(path)
     if not sp.is_file():
         if require_sums:
             res.problems.append(f"no checksum file {sp} (rebuild with pipeline.build_ffcv, or "
@@ -334,7 +362,70 @@ def verify_beton(path, sums=None, require_sums: bool = False) -> VerifyResult:
     _check_manifest(path, res)
     res.ok = not res.problems
     res.seconds = time.time() - t0
+    if record and res.ok:
+        record_verified(res, sp)
     return res
+
+
+def stamp_path(path) -> Path:
+    """Where a passing check of ``path`` is remembered: ``<path>.verified`` beside it."""
+    return Path(str(path) + STAMP_SUFFIX)
+
+
+def _file_identity(p: Path) -> list | None:
+    """[size, mtime_ns, ctime_ns, inode] of ``p``, or None when it does not exist. The ctime moves
+    on every change to the file's bytes or metadata and cannot be set by a user call."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _identity(path: Path, sums: Path) -> dict:
+    return {"beton": _file_identity(path), "sums": _file_identity(sums),
+            "manifest": _file_identity(path.parent / "manifest.json")}
+
+
+def record_verified(result: VerifyResult, sums=None) -> Path | None:
+    """Remember ``result`` (a passing check against checksums) in ``<file>.verified``, written
+    atomically, naming the identity of the file, its checksums and the manifest beside it as the
+    check began. Nothing is written when any of them changed during the check (the read may have
+    seen part of each version), for a result without checksums, or where the folder cannot be
+    written (a read-only dataset: later runs check again). Returns the stamp's path or None."""
+    path = Path(result.path)
+    sp = Path(sums) if sums else sums_path(path)
+    if not (result.ok and result.checked == "checksums" and result.identity
+            and result.identity["beton"] and result.identity["sums"]):
+        return None
+    if _identity(path, sp) != result.identity:
+        return None
+    stamp = {"format": STAMP_FORMAT, "file": path.name, "sums": sp.name, "identity": result.identity,
+             "num_samples": result.num_samples, "build_id": result.build_id, "verified_at": time.time()}
+    try:
+        return write_atomic(stamp_path(path), json.dumps(stamp, indent=1), fsync=False)
+    except OSError:
+        return None
+
+
+def verified_stamp(path, sums=None) -> dict | None:
+    """The record of ``<path>.verified`` when it describes exactly the file, its checksums and the
+    ``manifest.json`` beside it as they are now; None otherwise (no stamp, an unreadable or foreign
+    one, or any of the three files changed, appeared or went away since)."""
+    path = Path(path)
+    sp = Path(sums) if sums else sums_path(path)
+    try:
+        stamp = json.loads(stamp_path(path).read_text())
+        ok = (isinstance(stamp, dict) and stamp.get("format") == STAMP_FORMAT
+              and stamp.get("file") == path.name and stamp.get("sums") == sp.name
+              and isinstance(stamp.get("num_samples"), int) and isinstance(stamp.get("build_id"), str)
+              and isinstance(stamp.get("verified_at"), (int, float)))
+    except (OSError, ValueError):
+        return None
+    current = _identity(path, sp)
+    if not ok or current["beton"] is None or current["sums"] is None or stamp.get("identity") != current:
+        return None
+    return stamp
 
 
 def _check_manifest(path: Path, res: VerifyResult) -> None:
@@ -396,7 +487,9 @@ def main(argv=None) -> int:
         description="Check that files are complete, valid FFCV .beton files (header, tables, "
                     "pointers: milliseconds). --verify also reads every sample and compares it "
                     "with the checksums pipeline.build_ffcv stored in FILE.sums, naming the bad "
-                    "sample indices. Writes nothing, except FILE.sums with --write-sums.",
+                    "sample indices; a pass is recorded in FILE.verified, which lets the trainer "
+                    "(data.verify=auto) skip the read while the file, its sums and manifest.json "
+                    "are unchanged. Writes nothing else, except FILE.sums with --write-sums.",
         epilog="exit codes: 0 all files good; 1 a file is bad (the line says which samples/why).")
     ap.add_argument("files", nargs="+", help=".beton files to check")
     ap.add_argument("--verify", action="store_true", default=False,
@@ -412,7 +505,7 @@ def main(argv=None) -> int:
             if args.write_sums:
                 print(f"wrote {write_sums(f)}")
             elif args.verify:
-                r = verify_beton(f, require_sums=args.require_sums)
+                r = verify_beton(f, require_sums=args.require_sums, record=True)
                 print(r.message if r.ok else f"error: {r.message}")
                 rc = rc or (0 if r.ok else 1)
             else:

@@ -57,7 +57,7 @@ from tqdm import tqdm
 from common.files import write_atomic
 from common.locks import LockedError, exclusive_lock, sweep_stale_temps
 
-from .beton import check_beton, read_sums, sums_path, write_sums
+from .beton import check_beton, read_sums, stamp_path, sums_path, write_sums
 from .sources import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadImageError, SourceError, load_rgb,
                       open_rgb, scan_source)
 
@@ -422,7 +422,7 @@ def _commit(out, source, staged, kept, rows, summary, failed_splits, build_id, s
     each rename is atomic, and a run killed between them leaves files whose build ids disagree,
     which ``pipeline.beton --verify`` names (never a silently mixed OUT)."""
     for name in failed_splits:   # an old file of a split that failed now is not part of this build
-        for p in (out / f"{name}.beton", sums_path(out / f"{name}.beton")):
+        for p in (out / f"{name}.beton", sums_path(out / f"{name}.beton"), stamp_path(out / f"{name}.beton")):
             if p.exists():
                 p.unlink()
                 log(f"removed {p}: left from an earlier build, split {name!r} failed now")

@@ -5,11 +5,16 @@ a word otherwise: FFCV decodes garbage or crashes mid-epoch. With ``data.verify`
 files under 2 GiB that have a ``.sums`` beside them) the run stops at start with exit 2 and one
 line naming the file and the bad sample indices (``pipeline.beton.verify_beton``).
 """
+import json
+import os
 import shutil
+import time
 
 import numpy as np
 import pytest
 
+from pipeline.beton import main as beton_main
+from pipeline.beton import stamp_path, sums_path, verified_stamp
 from trainer.config import ConfigError, load_config
 from trainer.preflight import DataError, verify_data
 from trainer.pretrain import main
@@ -80,3 +85,100 @@ def test_verify_modes(betons, tiny_data, tmp_path):
 def test_verify_key_is_checked():
     with pytest.raises(ConfigError, match="'data.verify' must be one of auto, always, never"):
         load_config(None, ["data.verify=sometimes"])
+
+
+# --- a passing check is remembered (<file>.verified) and trusted by auto while nothing changed ---
+
+def _copy(src, dst):
+    dst.mkdir()
+    for name in ("train.beton", "train.beton.sums"):
+        shutil.copy(src / name, dst / name)
+    return dst / "train.beton"
+
+
+def test_a_passing_check_is_remembered_and_auto_skips_the_read_while_the_file_is_unchanged(
+        betons, tiny_data, tmp_path):
+    beton = _copy(betons[0], tmp_path / "d")
+    said = []
+    (first,) = verify_data(_cfg(tmp_path, tiny_data, beton), said.append)
+    assert first.ok and not first.verified_at and "all sample checksums match" in said[-1]
+    assert stamp_path(beton).is_file()  # old code: every start read every file again (6 s on Imagenette)
+    (second,) = verify_data(_cfg(tmp_path, tiny_data, beton), said.append)
+    assert second.ok and second.verified_at and second.num_samples == 40, said
+    assert said[-1].startswith(f"data.train_path: {beton}: ok, 40 samples") and "unchanged since" in said[-1]
+    assert "data.verify=always re-reads it" in said[-1]
+    (third,) = verify_data(_cfg(tmp_path, tiny_data, beton, "data.verify=always"), said.append)
+    assert third.ok and not third.verified_at  # always reads, whatever the stamp says
+
+
+def test_damage_after_a_passing_check_is_found_even_with_size_and_mtime_put_back(betons, tiny_data, tmp_path):
+    good, bad, hit = betons
+    beton = _copy(good, tmp_path / "d")
+    verify_data(_cfg(tmp_path, tiny_data, beton), lambda *a: None)
+    assert stamp_path(beton).is_file()
+    before = beton.stat()
+    time.sleep(0.05)  # past the kernel's coarse timestamp tick
+    damaged = (bad / "train.beton").read_bytes()
+    assert len(damaged) == before.st_size
+    with open(beton, "r+b") as f:  # same inode, same size
+        f.write(damaged)
+    os.utime(beton, ns=(before.st_atime_ns, before.st_mtime_ns))  # same mtime: only the ctime moved
+    assert beton.stat().st_mtime_ns == before.st_mtime_ns and beton.stat().st_ino == before.st_ino
+    with pytest.raises(DataError, match="differ from their checksums") as e:
+        verify_data(_cfg(tmp_path, tiny_data, beton))
+    assert ", ".join(map(str, hit)) in str(e.value)
+
+
+def test_a_changed_sums_file_or_a_foreign_stamp_means_a_new_read(betons, tiny_data, tmp_path):
+    beton = _copy(betons[0], tmp_path / "d")
+    cfg = _cfg(tmp_path, tiny_data, beton)
+    verify_data(cfg, lambda *a: None)
+    os.utime(sums_path(beton))                               # the checksums were touched
+    (r,) = verify_data(cfg, lambda *a: None)
+    assert not r.verified_at
+    for junk in ("not json {", "[1, 2]", json.dumps({"format": "something else"}),
+                 stamp_path(beton).read_text().replace('"num_samples": 40', '"num_samples": "40"')):
+        stamp_path(beton).write_text(junk)
+        (r,) = verify_data(cfg, lambda *a: None)
+        assert r.ok and not r.verified_at, junk               # ignored: the file is read again ...
+        assert verified_stamp(beton)["num_samples"] == 40     # ... and the stamp rewritten
+    (tmp_path / "d" / "manifest.json").write_text("{}")       # a manifest appeared beside it
+    assert verified_stamp(beton) is None
+
+
+def test_a_big_file_checked_once_with_the_cli_is_trusted_by_auto(betons, tiny_data, tmp_path, capsys):
+    beton = _copy(betons[0], tmp_path / "d")
+    said = []
+    assert verify_data(_cfg(tmp_path, tiny_data, beton), said.append, auto_max_bytes=1000) == []
+    assert f"python -m pipeline.beton --verify {beton} checks it once" in said[-1]
+    assert beton_main(["--verify", str(beton)]) == 0 and stamp_path(beton).is_file()
+    (r,) = verify_data(_cfg(tmp_path, tiny_data, beton), said.append, auto_max_bytes=1000)
+    assert r.ok and r.verified_at and "unchanged since" in said[-1]
+
+
+def test_a_stamp_that_matches_is_trusted_by_auto_and_always_reads_anyway(betons, tiny_data, tmp_path):
+    """The trade, stated: auto trusts a matching stamp (it cannot see bits that rot in place below
+    the file system); always re-reads. Here the matching stamp is forged onto a damaged file."""
+    good, bad, _ = betons
+    beton = _copy(good, tmp_path / "d")
+    verify_data(_cfg(tmp_path, tiny_data, beton), lambda *a: None)
+    shutil.copy(bad / "train.beton", beton)
+    stamp = json.loads(stamp_path(beton).read_text())
+    st = beton.stat()
+    stamp["identity"]["beton"] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    stamp_path(beton).write_text(json.dumps(stamp))
+    (r,) = verify_data(_cfg(tmp_path, tiny_data, beton))
+    assert r.ok and r.verified_at
+    with pytest.raises(DataError, match="differ from their checksums"):
+        verify_data(_cfg(tmp_path, tiny_data, beton, "data.verify=always"))
+
+
+def test_a_folder_that_cannot_be_written_still_passes_without_a_stamp(betons, tiny_data, tmp_path, monkeypatch):
+    import pipeline.beton as pb
+    beton = _copy(betons[0], tmp_path / "d")
+
+    def read_only(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(pb, "write_atomic", read_only)  # (tests run as root: chmod would not stop the write)
+    (r,) = verify_data(_cfg(tmp_path, tiny_data, beton))
+    assert r.ok and not stamp_path(beton).exists()

@@ -56,7 +56,8 @@ class DataConfig:
     # train RandomResizedCrop's (min, max) area as a share of the image (MAE: [0.2, 1.0]); evals centre-crop
     crop_scale: list = field(default_factory=lambda: [0.2, 1.0])
     # check .beton files against their checksums (<file>.sums) before training, one full read each:
-    # auto = files under 2 GiB that have checksums | always (checksums required) | never
+    # auto = files under 2 GiB that have checksums, skipping a file whose passing check <file>.verified
+    # records and that is unchanged since | always (re-read; checksums required) | never
     verify: str = "auto"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.beton import sums_path, verify_beton
+from pipeline.beton import sums_path, verified_stamp, verify_beton
 
 from .config import ConfigError
 
@@ -163,9 +163,13 @@ def verify_data(cfg, say=print, auto_max_bytes: int = VERIFY_AUTO_MAX_BYTES) -> 
     (structure, every sample against ``<file>.sums``) by ``pipeline.beton.verify_beton``.
 
     ``auto`` checks files that have checksums and are at most ``auto_max_bytes`` (bigger ones are
-    named, with how to check them); ``always`` checks every file and requires its checksums;
-    ``never`` checks nothing. A damaged file raises ``DataError`` with ``verify_beton``'s one line
-    (the file and the bad sample indices). Returns the ``VerifyResult`` of each file checked."""
+    named, with how to check them), and skips the read of a file whose last passing check is
+    remembered in ``<file>.verified`` and which, with its checksums and manifest, is unchanged
+    since (``pipeline.beton.verified_stamp``; what ``python -m pipeline.beton --verify`` leaves
+    too, so a big file checked once that way is trusted); ``always`` reads every file and requires
+    its checksums; ``never`` checks nothing. Every passing read is remembered. A damaged file
+    raises ``DataError`` with ``verify_beton``'s one line (the file and the bad sample indices).
+    Returns the ``VerifyResult`` of each file checked (``verified_at`` set: from its stamp)."""
     mode = cfg.data.verify
     if mode == "never" or cfg.data.backend != "ffcv":
         return []
@@ -175,14 +179,17 @@ def verify_data(cfg, say=print, auto_max_bytes: int = VERIFY_AUTO_MAX_BYTES) -> 
             if not sums_path(path).is_file():
                 continue
             size = Path(path).stat().st_size
-            if size > auto_max_bytes:
+            if size > auto_max_bytes and verified_stamp(path) is None:
                 say(f"{key}: {path} is {size / 2**30:.1f} GiB, not verified before training (data.verify=auto "
                     f"checks files up to {auto_max_bytes / 2**30:g} GiB; data.verify=always checks it, "
                     f"python -m pipeline.beton --verify {path} checks it once)")
                 continue
-        result = verify_beton(path, require_sums=mode == "always")
+        result = verify_beton(path, require_sums=mode == "always", trust_stamp=mode == "auto", record=True)
         if not result.ok:
             raise DataError(result.message)
-        say(f"{key}: {result.message} ({result.seconds:.1f}s; data.verify=never skips this)")
+        if result.verified_at:
+            say(f"{key}: {result.message}; data.verify=always re-reads it")
+        else:
+            say(f"{key}: {result.message} ({result.seconds:.1f}s; data.verify=never skips this)")
         results.append(result)
     return results
