@@ -19,6 +19,7 @@ a pretraining run that was interrupted resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -91,9 +92,24 @@ def final_evals(run: Path) -> dict[str, dict] | None:
         if rows.empty:
             return None
         row = rows.iloc[-1]
+        try:
+            settings = json.loads(row["settings"]) if row["settings"] else {}
+        except ValueError:
+            settings = {}
         found[kind] = {"epoch": int(row["epoch"]), "top1": float(row["top1"]), "top5": float(row["top5"]),
-                       "n_train": int(row["n_train"]), "n_val": int(row["n_val"])}
+                       "n_train": int(row["n_train"]), "n_val": int(row["n_val"]),
+                       "settings": settings if isinstance(settings, dict) else {}}
     return found
+
+
+def _chance(data: Path) -> str:
+    """", chance 10%" from the number of classes in the data folder's classes.json (build_ffcv's);
+    "" when it cannot be read."""
+    try:
+        classes = json.loads((data / "classes.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return f", chance {1 / len(classes):.0%}" if isinstance(classes, list) and classes else ""
 
 
 def report_final_evals(run: Path, ckpt: Path, beton: Path) -> None:
@@ -106,9 +122,10 @@ def report_final_evals(run: Path, ckpt: Path, beton: Path) -> None:
     knn, probe = found["knn"], found["linprobe"]
     print(f"\n== 4/5 evaluation of the final checkpoint (epoch {knn['epoch']}, recorded by stage 3 in "
           f"{run.relative_to(ROOT) if run.is_relative_to(ROOT) else run}/evals.zarr)")
-    print(f"kNN (k=20) top-1 {knn['top1']:.1%} (top-5 {knn['top5']:.1%}); cached linear probe top-1 "
-          f"{probe['top1']:.1%} (top-5 {probe['top5']:.1%}); {knn['n_val']} val images, "
-          f"{knn['n_train']:,} train, chance 10%")
+    k = knn["settings"].get("k")
+    print(f"kNN{f' (k={k})' if isinstance(k, int) else ''} top-1 {knn['top1']:.1%} (top-5 {knn['top5']:.1%}); "
+          f"cached linear probe top-1 {probe['top1']:.1%} (top-5 {probe['top5']:.1%}); {knn['n_val']} val images, "
+          f"{knn['n_train']:,} train{_chance(beton)}")
     print(f"the same numbers from the standalone CLIs: python -m evals.knn --ckpt {ckpt} --data {beton}; "
           f"python -m evals.linprobe --cached --ckpt {ckpt} --data {beton}")
 

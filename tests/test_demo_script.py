@@ -3,6 +3,7 @@ image counts) must be remade, not used silently, and the run trained on it kept,
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from pipeline.sample import make_sample_dataset
@@ -62,7 +63,8 @@ def test_stage_4_prints_the_recorded_final_evals_and_recomputes_only_when_missin
     runstore.create(run, {"epochs": 16}).close()
     assert demo.final_evals(run) is None
     for epoch in (8, 16):
-        runstore.log_eval(run, epoch, "knn", 0.10 + epoch / 100, 0.6, n_train=5000, n_val=500)
+        runstore.log_eval(run, epoch, "knn", 0.10 + epoch / 100, 0.6, n_train=5000, n_val=500,
+                          settings={"k": 7})
     demo.report_final_evals(run, run / "checkpoints" / "final.pth", tmp_path / "beton")
     assert calls == ["evals.knn", "evals.linprobe"]          # no probe record: both recomputed
     calls.clear()
@@ -72,10 +74,12 @@ def test_stage_4_prints_the_recorded_final_evals_and_recomputes_only_when_missin
     found = demo.final_evals(run)
     assert found["knn"]["top1"] == 0.26 and found["linprobe"]["top1"] == 0.438
     capsys.readouterr()
+    (tmp_path / "beton").mkdir()
+    (tmp_path / "beton" / "classes.json").write_text(json.dumps([{"index": i} for i in range(4)]))
     demo.report_final_evals(run, run / "checkpoints" / "final.pth", tmp_path / "beton")
-    out = capsys.readouterr().out
-    assert calls == [] and "kNN (k=20) top-1 26.0%" in out and "linear probe top-1 43.8%" in out
-    assert "500 val images, 5,000 train" in out and "epoch 16" in out
+    out = capsys.readouterr().out   # k and chance from the record and the data (not a fixed "k=20", "10%")
+    assert calls == [] and "kNN (k=7) top-1 26.0%" in out and "linear probe top-1 43.8%" in out
+    assert "500 val images, 5,000 train, chance 25%" in out and "epoch 16" in out
     assert demo.final_evals(tmp_path / "no_run") is None
 
 
