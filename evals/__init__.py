@@ -10,6 +10,7 @@ Modules (each one job):
   common            checkpoint / data / schedule / DDP / run-store plumbing shared by the CLIs
   inputs            the CLIs' input checks and error contract (one line; exit 2, 3 for a diverged run)
   imagenette_table  the proof on real photographs (pretrained vs random init vs pixels)
+  layers            kNN + cached probe on every encoder block (and at random init) + CLI
 
 Ablation and scaling sweeps and their report live in `experiments/`.
 """

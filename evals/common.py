@@ -146,8 +146,10 @@ def default_run_dir(ckpt: str | os.PathLike) -> Path | None:
     return None
 
 
-def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or timm ViT)") -> None:
-    """The arguments every eval CLI shares: --ckpt, --data, --backend, --run, --num-workers, --device."""
+def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or timm ViT)",
+                    writes_records: bool = True) -> None:
+    """The arguments every eval CLI shares: --ckpt, --data, --backend, --run (only for a CLI that
+    `writes_records` to a run store), --num-workers, --device."""
     p.add_argument("--ckpt", required=True,
                    help=ckpt_help + "; or a run directory: its checkpoints/final.pth, else its newest "
                                     "checkpoint")
@@ -156,10 +158,11 @@ def add_common_args(p, ckpt_help: str = "checkpoint (ours, official MAE, HF or t
                         "subfolders; ILSVRC's flat val/ with LOC_val_solution.csv)")
     p.add_argument("--backend", default="auto", choices=["auto", "ffcv", "dali", "torch"],
                    help="loader back end (auto: ffcv for .beton, torch for folders)")
-    p.add_argument("--run", default=None,
-                   help="run directory to write the record into, or 'none' to print it only "
-                        "(default: CKPT's run, RUN for RUN/checkpoints/X.pth; print only for a "
-                        "checkpoint outside a run)")
+    if writes_records:
+        p.add_argument("--run", default=None,
+                       help="run directory to write the record into, or 'none' to print it only "
+                            "(default: CKPT's run, RUN for RUN/checkpoints/X.pth; print only for a "
+                            "checkpoint outside a run)")
     p.add_argument("--num-workers", type=int, default=2,
                    help="loader worker processes (at most the CPUs available)")
     p.add_argument("--device", default="auto", help="auto (cuda when available) | cpu | cuda")

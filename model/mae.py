@@ -296,11 +296,24 @@ class MaskedAutoencoderViT(nn.Module):
         pos = self.pos_embed[:, 1:, :].expand(n, -1, -1)
         return x + _gather_tokens(pos, ids_keep).to(x.dtype)
 
+    def _embed_all(self, imgs: torch.Tensor) -> torch.Tensor:
+        """cls + every patch embedded with its position: the unmasked encoder input (N, 1+L, D)."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        return torch.cat([self._cls_tokens(x.shape[0]).to(x.dtype), x], dim=1)
+
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """The encoder on ALL patches (no masking), after the final norm: (N, 1+L, D). For probes and kNN."""
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        x = torch.cat([self._cls_tokens(x.shape[0]).to(x.dtype), x], dim=1)
-        return self._run_encoder(x)
+        return self._run_encoder(self._embed_all(imgs))
+
+    def block_features(self, imgs: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder on all patches, every block's output through the final norm: ``depth`` tensors
+        (N, 1+L, D), the last equal to ``forward_features``. For asking which block's features are
+        best (``python -m evals.layers``) in one pass."""
+        x, out = self._embed_all(imgs), []
+        for blk in self.blocks:
+            x = blk(x)
+            out.append(self.norm(x))
+        return out
 
     def encode(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
         """(N, D) image embedding: the cls token ("cls") or the mean of the patch tokens ("avg")."""

@@ -336,9 +336,9 @@ def test_every_eval_option_with_a_default_shows_it():
     (an option whose default is None says in its help what None means)."""
     import argparse
 
-    from evals import finetune, imagenette_table, knn, linprobe
+    from evals import finetune, imagenette_table, knn, layers, linprobe
 
-    for mod in (linprobe, knn, finetune, imagenette_table):
+    for mod in (linprobe, knn, finetune, imagenette_table, layers):
         parser = mod.build_parser()
         formatter = parser._get_formatter()
         for action in parser._actions:
