@@ -152,6 +152,14 @@ def fit_batch(batch: int, num_samples: int, world: int, split_path, flag: str = 
     return new
 
 
+def require_at_least_one(args: argparse.Namespace, *flags: str) -> None:
+    """Each of these count flags (``--max-train`` is ``args.max_train``), when given, is at least 1."""
+    for flag in flags:
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value}: must be at least 1")
+
+
 def require_steps(steps: int, what: str) -> None:
     """Last guard before a result is stored: a head that took no optimiser step is its random
     initialisation, and its accuracy is not a measurement of the encoder."""

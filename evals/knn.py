@@ -18,7 +18,7 @@ from evals.common import (Timer, add_common_args, checked_run_dir, image_size_of
                           make_eval_loader, resolve_ckpt, resolve_data, write_result)
 from evals.features import extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
-                          open_split)
+                          open_split, require_at_least_one)
 
 
 @torch.no_grad()
@@ -78,10 +78,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # every input is checked before the checkpoint is read and long before features are extracted
     args.num_workers = clamp_workers(args.num_workers)
-    for flag, value in (("--k", args.k), ("--batch-size", args.batch_size),
-                        ("--max-train", args.max_train), ("--max-val", args.max_val)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be at least 1")
+    require_at_least_one(args, "--k", "--batch-size", "--max-train", "--max-val")
     if not args.temperature > 0:
         raise UserError(f"--temperature {args.temperature}: must be > 0")
     ckpt = resolve_ckpt(args.ckpt)

@@ -23,7 +23,8 @@ from common.files import write_atomic
 from evals.common import (Timer, add_common_args, image_size_of, init_distributed, load_mae, make_eval_loader,
                           resolve_ckpt, resolve_data)
 from evals.features import extract_features
-from evals.inputs import HelpFormatter, UserError, check_same_classes, clamp_workers, cli, open_split
+from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, open_split,
+                          require_at_least_one)
 from evals.knn import knn_classify
 from evals.linprobe import CACHED_BLR, train_probe_on_features
 
@@ -44,8 +45,9 @@ class PerBlock(nn.Module):
 def per_block_scores(model: nn.Module, tr, va, device, pool: str, k: int, T: float, probe_epochs: int,
                      batch_size: int, max_train: int | None, max_val: int | None, name: str) -> list[dict]:
     """kNN and cached-probe top-1 of each block's features: one dict per block (1-based)."""
-    ftr, ytr = extract_features(PerBlock(model), tr, device, pool, max_train, desc=f"{name} train")
-    fva, yva = extract_features(PerBlock(model), va, device, pool, max_val, desc=f"{name} val")
+    blocks = PerBlock(model)
+    ftr, ytr = extract_features(blocks, tr, device, pool, max_train, desc=f"{name} train")
+    fva, yva = extract_features(blocks, va, device, pool, max_val, desc=f"{name} val")
     num_classes = getattr(tr, "num_classes", None) or int(max(ytr.max(), yva.max())) + 1
     dim, rows = int(model.config["embed_dim"]), []
     for b in range(len(model.blocks)):
@@ -96,10 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.num_workers = clamp_workers(args.num_workers)
-    for flag, value in (("--k", args.k), ("--probe-epochs", args.probe_epochs), ("--batch-size", args.batch_size),
-                        ("--max-train", args.max_train), ("--max-val", args.max_val)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be at least 1")
+    require_at_least_one(args, "--k", "--probe-epochs", "--batch-size", "--max-train", "--max-val")
     if not args.temperature > 0:
         raise UserError(f"--temperature {args.temperature}: must be > 0")
     ckpt = resolve_ckpt(args.ckpt)

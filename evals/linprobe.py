@@ -40,7 +40,7 @@ from evals.common import (Timer, add_common_args, all_reduce_sum, checked_run_di
                           topk_correct, warmup_cosine, write_result)
 from evals.features import bf16_autocast, embed, extract_features
 from evals.inputs import (HelpFormatter, UserError, check_same_classes, clamp_workers, cli, data_settings,
-                          fit_batch, open_split, require_steps)
+                          fit_batch, open_split, require_at_least_one, require_steps)
 from pipeline import to_model_input
 
 
@@ -257,10 +257,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     # every input is checked before the checkpoint is read and long before the probe runs
     args.num_workers = clamp_workers(args.num_workers)
-    for flag, value in (("--epochs", args.epochs), ("--max-train", args.max_train),
-                        ("--max-val", args.max_val)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} {value}: must be at least 1")
+    require_at_least_one(args, "--epochs", "--max-train", "--max-val")
     if not args.cached and (args.max_train or args.max_val):
         raise UserError("--max-train / --max-val cap the cached probe's features: add --cached, or "
                         "leave them out for the full protocol on the whole splits")
