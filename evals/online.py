@@ -39,6 +39,28 @@ def _loader(cfg_data: dict, path: str, batch_size: int, device):
     return loader
 
 
+def eval_seconds_estimate(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device) -> float:
+    """Seconds one ``epoch_evals`` call will spend extracting features: one batch of the eval train
+    loader is run through the encoder twice (the first builds the loader and warms up), the second
+    is timed and scaled to ``max_train + max_val`` images. The trainer's ``budget_minutes`` uses it;
+    0 when the evals are off."""
+    if not (bool(cfg_evals.get("knn", True)) or bool(cfg_evals.get("linprobe", True))):
+        return 0.0
+    device = torch.device(device)
+    bs = int(cfg_evals.get("batch_size", 256))
+    va = _loader(cfg_data, cfg_data["val_path"], bs, device)
+    seconds, n = 0.0, 1
+    for _ in range(2):  # the first call builds the loader's pipeline and warms up; the second is timed
+        tr = _loader(cfg_data, cfg_data["train_path"], bs, device)  # cached; back at the epoch's start
+        t = Timer()
+        feats, _ = extract_features(model, tr, device, cfg_evals.get("pool", "cls"), bs, progress=False,
+                                    gather=False)
+        seconds, n = t(), max(int(feats.shape[0]), 1)
+    images = (min(int(cfg_evals.get("max_train", 2000)), len(tr) * bs)
+              + min(int(cfg_evals.get("max_val", 500)), len(va) * bs))
+    return seconds * images / n
+
+
 def epoch_evals(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device) -> list[dict]:
     """kNN and cached linear probe of `model`'s frozen encoder; a list of log_eval records.
 

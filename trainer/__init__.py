@@ -7,6 +7,7 @@ Modules, one job each:
   optim.py        AdamW (0.9, 0.95), no decay on biases / norms / tokens, lr = blr * eff_batch / 256
   noise.py        masking noise as a function of (seed, step), sliced per rank / micro-batch
   checkpoint.py   atomic checkpoint files with SHA-256 sidecars, retention, RNG states; the Checkpointer
+  budget.py       budget_minutes: the epochs that fit a wall-clock budget, fixed after epoch 1
   resume.py       resume() -> TrainState; what a resume may change (same global batch: exact; --allow-change)
   preflight.py    checks before the work: data paths, damaged .beton (data.verify), workers, GPU-scale on CPU
   distributed.py  DDP wrapping and small collectives (process-group set-up: common.distributed)

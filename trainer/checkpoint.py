@@ -242,7 +242,7 @@ class Checkpointer:
     def epoch_end(self, epoch: int) -> tuple[bool, frozenset]:
         """(a save is due after ``epoch`` complete epochs, its tags: "milestone" and/or "final")."""
         c = self.run.cfg.checkpoint
-        tags = frozenset(t for t, on in (("milestone", epoch in c.milestones), ("final", epoch == self.run.cfg.epochs))
+        tags = frozenset(t for t, on in (("milestone", epoch in c.milestones), ("final", epoch == self.run.epochs))
                          if on)
         return bool(c.every and epoch % c.every == 0) or bool(tags), tags
 
@@ -277,5 +277,6 @@ class Checkpointer:
             "batch_in_epoch": state.batch_in_epoch, "samples_in_epoch": state.batch_in_epoch * B * W,
             "batches_per_epoch": len(run.loader), "rng": rng, "config": run.cfg.to_dict(),
             "config_changes": state.config_changes, "world_size": W, "effective_batch": run.eff_batch,
-            "nonfinite_skips": state.nonfinite_skips, "format_version": FORMAT_VERSION,
+            "nonfinite_skips": state.nonfinite_skips, "budget_epochs": state.budget_epochs,
+            "format_version": FORMAT_VERSION,
         }

@@ -118,7 +118,10 @@ class LogConfig:
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
-    epochs: int = 10
+    epochs: int = 10  # with budget_minutes: the most epochs the run may train
+    # wall-clock budget of the whole run in minutes (training and online evals); the trainer measures
+    # epoch 1 and fixes the epochs that fit (trainer.budget); 0 = off: train `epochs`
+    budget_minutes: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False
@@ -158,7 +161,7 @@ NON_NEGATIVE = {
     "threads", "clip_grad", "data.num_workers", "optim.blr", "optim.lr", "optim.weight_decay",
     "optim.warmup_epochs", "optim.min_lr", "evals.every", "recons.every", "recons.num_train",
     "recons.num_val", "checkpoint.every", "checkpoint.every_minutes", "checkpoint.every_steps",
-    "log.flush_every", "dist_timeout_minutes", "skip_nonfinite_max_share",
+    "log.flush_every", "dist_timeout_minutes", "skip_nonfinite_max_share", "budget_minutes",
 }
 
 

@@ -45,6 +45,15 @@ def any_flags(info: DistInfo, flags: list[bool]) -> list[bool]:
     return [bool(v > 0) for v in t.tolist()]
 
 
+def broadcast_int(info: DistInfo, value: int) -> int:
+    """Rank 0's ``value`` on every rank (a decision only rank 0 can take, e.g. the budget's epochs)."""
+    if not info.enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def mean_scalar(info: DistInfo, value: torch.Tensor) -> torch.Tensor:
     """Average a scalar tensor over ranks (for logging the global loss)."""
     if not info.enabled:

@@ -60,10 +60,11 @@ from tqdm import tqdm
 
 import runstore
 from common.locks import LockedError, exclusive_lock, sweep_stale_temps
-from evals.online import epoch_evals
+from evals.online import epoch_evals, eval_seconds_estimate
 from model import create_model, kwargs_from_config, param_counts
 from pipeline import make_loader, to_model_input
 
+from . import budget
 from . import checkpoint as ckpt
 from . import distributed, noise as masking_noise, preflight, recons
 from . import resume as resume_rules
@@ -253,6 +254,10 @@ class Run:
     eff_batch: int
     base_lr: float
     cpu_warning: str | None = None
+    epochs: int = 0  # the epochs this run trains: cfg.epochs, or what budget_minutes fixed (trainer.budget)
+    budget_pending: bool = False  # budget_minutes is set and has not fixed the epochs yet
+    t_start: float = field(default_factory=time.perf_counter)  # what budget_minutes counts from (_train's start)
+    last_eval_s: float = 0.0  # seconds the latest online evals took
     model: torch.nn.Module | None = None  # raw_model compiled and/or in DDP: what the step runs
     writer: runstore.RunWriter | None = None  # rank 0's run store
     recon_sets: list = field(default_factory=list)
@@ -268,7 +273,7 @@ class Run:
         """The schedule at step ``it`` of ``epoch`` (a pure function of the fractional epoch)."""
         o = self.cfg.optim
         return lr_at(epoch + it / self.steps_per_epoch, lr=self.base_lr, min_lr=o.min_lr,
-                     warmup_epochs=o.warmup_epochs, epochs=self.cfg.epochs)
+                     warmup_epochs=o.warmup_epochs, epochs=self.epochs)
 
 
 @dataclass
@@ -280,6 +285,7 @@ class EpochStats:
     taken: int = 0  # steps with a finite loss: the epoch's mean loss is over these only
     steps: int = 0
     wait: float = 0.0
+    clock: budget.EpochClock = field(default_factory=budget.EpochClock)  # steady step time, for budget_minutes
 
 
 def train_one_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: StopSignal) -> tuple[bool, EpochStats]:
@@ -293,7 +299,7 @@ def train_one_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop:
     batches = iter(run.loader)
     it = state.batch_in_epoch // A
     stats = EpochStats(lr=run.lr_at(state.epoch, it))
-    bar = tqdm(total=run.steps_per_epoch, initial=it, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+    bar = tqdm(total=run.steps_per_epoch, initial=it, desc=f"epoch {state.epoch + 1}/{run.epochs}",
                disable=not (run.info.is_main and cfg.log.progress), dynamic_ncols=True, leave=False)
     with bar:
         while it < run.steps_per_epoch:
@@ -353,8 +359,9 @@ def _log_step(run: Run, state: TrainState, stats: EpochStats, bar, loss_value: f
     """The step's metrics row, progress bar and (on a CPU-only run of GPU-scale work) time estimate."""
     if run.cpu_warning and state.step - state.start_step == 2:  # the second step: past the warm-up
         run.say(preflight.step_time_note(dt, run.steps_per_epoch,
-                                         run.cfg.epochs - state.epoch - it / run.steps_per_epoch))
+                                         run.epochs - state.epoch - it / run.steps_per_epoch))
     ips = run.eff_batch / dt
+    stats.clock.tick()
     stats.steps, stats.wait = stats.steps + 1, stats.wait + wait
     if run.info.is_main:
         run.writer.log_metrics({"step": state.step, "epoch": state.epoch + it / run.steps_per_epoch,
@@ -370,7 +377,7 @@ def end_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stats: Epoc
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     elapsed, skips = time.perf_counter() - stats.t0, state.nonfinite_skips
     mean = f"{stats.loss_sum / stats.taken:.4f}" if stats.taken else "n/a (every step skipped)"
-    run.say(f"epoch {state.epoch}/{run.cfg.epochs}: loss {mean}, lr {stats.lr:.3g}, "
+    run.say(f"epoch {state.epoch}/{run.epochs}: loss {mean}, lr {stats.lr:.3g}, "
             f"{stats.steps * run.eff_batch / elapsed:.0f} img/s, data wait {100 * stats.wait / elapsed:.1f}%, "
             f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
     _flush(run)
@@ -388,15 +395,20 @@ def _flush(run: Run) -> None:
 
 
 def epoch_end_work(run: Run, done_epochs: int) -> None:
-    """Reconstructions (every K epochs and after the last) and online evals (every E epochs)
-    after ``done_epochs`` complete epochs, on rank 0 while the others wait."""
+    """Reconstructions (every K epochs and after the last) and online evals (every E epochs and
+    after the last) after ``done_epochs`` complete epochs, on rank 0 while the others wait."""
     cfg = run.cfg
-    if run.recon_sets and (done_epochs % cfg.recons.every == 0 or done_epochs == cfg.epochs):
+    if run.recon_sets and (done_epochs % cfg.recons.every == 0 or done_epochs == run.epochs):
         recons.log(run.raw_model, run.recon_sets, run.writer, done_epochs, cfg.model.mask_ratio,
                    run.info.device, run.amp_ctx, cfg.recons.seed)
-    if run.info.is_main and cfg.evals.every and done_epochs % cfg.evals.every == 0:
+    if run.info.is_main and evals_due(run, done_epochs):
         _online_evals(run, done_epochs)
     distributed.barrier(run.info)
+
+
+def evals_due(run: Run, done_epochs: int) -> bool:
+    every = run.cfg.evals.every
+    return bool(every) and (done_epochs % every == 0 or done_epochs == run.epochs)
 
 
 def _online_evals(run: Run, epoch: int) -> None:
@@ -411,7 +423,8 @@ def _online_evals(run: Run, epoch: int) -> None:
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
     run.raw_model.train()
     run.writer.flush()
-    run.say(f"evals took {time.perf_counter() - t0:.1f}s")
+    run.last_eval_s = time.perf_counter() - t0
+    run.say(f"evals took {run.last_eval_s:.1f}s")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -433,8 +446,12 @@ def train(cfg, resume: str | bool = False, allow_change=frozenset()) -> int:
 
 
 def _train(cfg, request: str | bool, allow_change: frozenset, owned: contextlib.ExitStack) -> int:
+    t_start = time.perf_counter()
     run = _prepare(cfg, owned)
+    run.t_start = t_start
     state = resume_rules.resume(run, request, allow_change)
+    run.epochs = state.budget_epochs or cfg.epochs
+    run.budget_pending = bool(cfg.budget_minutes) and state.budget_epochs is None and state.epoch < cfg.epochs
     fresh = state.resumed_from is None
     if fresh and getattr(run.raw_model, "target", None) == "pca" and not bool(run.raw_model.pca_fitted):
         fit_pca_target(run.raw_model, cfg, run.info)
@@ -454,23 +471,29 @@ def _train(cfg, request: str | bool, allow_change: frozenset, owned: contextlib.
 
 
 def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: StopSignal) -> int:
-    """The epochs from ``state`` to ``cfg.epochs``; the run's final status and exit code."""
+    """The epochs from ``state`` to ``run.epochs``; the run's final status and exit code."""
     writer = run.writer
     run.model.train()
     try:
-        while state.epoch < run.cfg.epochs:
+        while state.epoch < run.epochs:
             (early_stop,) = distributed.any_flags(run.info, [stop.requested])  # before this epoch's first step
             if early_stop:
                 if saver.unsaved(state.step):
                     saver.save(state)
                 raise Preempted()
             stop_at_end, stats = train_one_epoch(run, state, saver, stop)
+            t_end, run.last_eval_s = time.perf_counter(), 0.0
             end_epoch(run, state, saver, stats, stop_at_end)
+            if run.budget_pending and state.epoch < run.epochs:
+                per_step = stats.clock.seconds_per_step() or 0.0
+                end_work = time.perf_counter() - t_end - run.last_eval_s  # checkpoint, reconstructions
+                _apply_budget(run, state, per_step * run.steps_per_epoch + end_work)
         if saver.unsaved(state.step):
             saver.save(state, {"final"})
         if writer is not None:
             writer.flush()
-            writer.set_status("finished", epoch=state.epoch, step=state.step, nonfinite_skips=state.nonfinite_skips)
+            writer.set_status("finished", epoch=state.epoch, step=state.step, nonfinite_skips=state.nonfinite_skips,
+                              **({"budget_epochs": state.budget_epochs} if state.budget_epochs else {}))
         run.say(f"done: {state.epoch} epochs, {state.step} steps. Run directory: {run.cfg.run_dir}")
         return EXIT_OK
     except Preempted:
@@ -493,6 +516,33 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
         if writer is not None:
             writer.close()
         distributed.cleanup(run.info)
+
+
+def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
+    """Fix the epochs ``budget_minutes`` allows (trainer.budget), after the first epoch this process
+    trained: rank 0 times one batch of the online evals and decides; every rank follows."""
+    cfg, epochs = run.cfg, 0
+    if run.info.is_main:
+        d = cfg.to_dict()
+        eval_s = 0.0
+        if cfg.evals.every:
+            eval_s = budget.EVAL_MARGIN * eval_seconds_estimate(run.raw_model, d["evals"], d["data"], run.info.device)
+        plan = budget.plan_epochs(
+            budget_s=60.0 * cfg.budget_minutes, elapsed_s=time.perf_counter() - run.t_start, done=state.epoch,
+            max_epochs=cfg.epochs, min_epochs=min(cfg.epochs, max(state.epoch + 1, math.ceil(cfg.optim.warmup_epochs))),
+            epoch_s=epoch_s, eval_s=eval_s, evals_every=cfg.evals.every)
+        epochs = plan.epochs
+        counted = "from the trainer's start" if state.resumed_from is None else "counted from this resume"
+        run.say(budget.describe(plan, cfg.budget_minutes, cfg.epochs, epoch_s, eval_s,
+                                budget.evals_between(state.epoch, plan.epochs, cfg.evals.every), counted))
+        if cfg.optim.warmup_epochs < state.epoch and epochs != run.epochs:
+            run.say(f"note: the lr of the first {state.epoch} epochs followed epochs={run.epochs} past the warm-up; "
+                    f"from here the cosine follows epochs={epochs}")
+    epochs = distributed.broadcast_int(run.info, epochs)
+    run.epochs = state.budget_epochs = epochs
+    run.budget_pending = False
+    if run.writer is not None:
+        run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -526,7 +576,7 @@ def _prepare(cfg, owned: contextlib.ExitStack) -> Run:
     base_lr = cfg.optim.lr or scaled_lr(cfg.optim.blr, eff_batch)
     optimizer = build_optimizer(model, cfg.optim, base_lr, info.device)
     return Run(cfg, info, model, optimizer, scaler, amp_ctx, amp_dtype, loader, steps_per_epoch, eff_batch,
-               base_lr, cpu_warning)
+               base_lr, cpu_warning, epochs=cfg.epochs)
 
 
 def _on_rank0(info, check: Callable[[], None], error: type[BaseException], elsewhere: Callable[[], BaseException]):
@@ -605,7 +655,9 @@ def _describe(run: Run, state: TrainState) -> str:
     return (f"run {cfg.run_dir}: {cfg.model.name}, {param_counts(run.raw_model)[1] / 1e6:.2f}M params, {W} "
             f"process(es) on {run.info.device.type}, precision {run.amp_dtype or torch.float32}, effective batch "
             f"{run.eff_batch} ({B} x {A} accum x {W}), lr {run.base_lr:.3g}, {run.steps_per_epoch} steps/epoch, "
-            f"epochs {state.epoch}->{cfg.epochs}")
+            f"epochs {state.epoch}->{run.epochs}"
+            + (f" (at most; budget_minutes={cfg.budget_minutes:g} fixes the number after the first epoch)"
+               if run.budget_pending else ""))
 
 
 def _redo_lost_evals(run: Run, state: TrainState) -> None:
@@ -615,7 +667,7 @@ def _redo_lost_evals(run: Run, state: TrainState) -> None:
     if state.resumed_from is None or state.batch_in_epoch != 0 or state.epoch == 0:
         return
     missing = False
-    if run.info.is_main and cfg.evals.every and state.epoch % cfg.evals.every == 0:
+    if run.info.is_main and evals_due(run, state.epoch):
         done = run.writer.reader().evals()
         missing = done.empty or not (done["epoch"] == state.epoch).any()
     (missing,) = distributed.any_flags(run.info, [missing])

@@ -13,9 +13,10 @@ Everything else that changes the weights' trajectory in a way a user might not m
 (exit 4) with the keys named, unless ``--allow-change KEY`` names every one of them:
 - the global batch (it sets the lr by the linear scaling rule and the steps per epoch; mid-epoch it
   also moves the position off a step boundary),
-- the schedule: ``epochs``, ``optim.warmup_epochs``, ``optim.blr``, ``optim.lr``, ``optim.min_lr``
-  (the lr is a function of the fractional epoch and of these, so the rest of the run would follow a
-  curve no fresh run has).
+- the schedule: ``epochs``, ``budget_minutes``, ``optim.warmup_epochs``, ``optim.blr``, ``optim.lr``,
+  ``optim.min_lr`` (the lr is a function of the fractional epoch and of these, so the rest of the run
+  would follow a curve no fresh run has). The epochs a ``budget_minutes`` fixed are in the checkpoint
+  and kept; an allowed change of ``epochs`` or ``budget_minutes`` drops them (``trainer.budget``).
 
 ``resume(run, request, allow)`` applies all of this: it finds the checkpoint (the newest good one in
 ``RUN/checkpoints``, or the file ``--resume CKPT`` names), refuses a changed model shape, loads
@@ -31,7 +32,7 @@ from .config import SHAPE_KEYS, ConfigError, diff_configs, flatten, with_default
 from .optim import scaled_lr
 from common.schedule import set_lr
 
-SCHEDULE_KEYS = ("epochs", "optim.warmup_epochs", "optim.blr", "optim.lr", "optim.min_lr")
+SCHEDULE_KEYS = ("epochs", "budget_minutes", "optim.warmup_epochs", "optim.blr", "optim.lr", "optim.min_lr")
 LAYOUT_KEYS = ("data.batch_size", "optim.accum_steps", "world_size")  # world_size: processes, not a config key
 ALLOWABLE = SCHEDULE_KEYS + LAYOUT_KEYS
 
@@ -48,6 +49,7 @@ class TrainState:
     batch_in_epoch: int = 0  # micro-batches of this rank done in ``epoch``
     nonfinite_skips: int = 0
     config_changes: list = field(default_factory=list)  # [{key, old, new, harmless, at_step}] of earlier resumes
+    budget_epochs: int | None = None  # the epochs budget_minutes fixed (None: not fixed, train cfg.epochs)
     resumed_from: Path | None = None  # the checkpoint it was loaded from; None for a fresh run
     start_step: int = 0  # the step this process started at
 
@@ -161,6 +163,23 @@ def find_checkpoint(ckpt_dir: Path, request: str | bool, say) -> tuple[dict, Pat
     return None
 
 
+def _kept_budget_epochs(saved: dict, new_config: dict, path, say) -> int | None:
+    """The epochs an earlier ``budget_minutes`` fixed, if the budget and ``epochs`` are unchanged."""
+    fixed = saved.get("budget_epochs")
+    if fixed is None:
+        return None
+    if isinstance(fixed, bool) or not isinstance(fixed, int) or fixed < 1:
+        raise ResumeError(f"cannot resume from {path}: its 'budget_epochs' is {fixed!r}, not a positive "
+                          f"number of epochs (a damaged or hand-edited checkpoint)")
+    old, new = flatten(with_defaults(saved.get("config") or {})), flatten(new_config)
+    if all(old.get(k) == new.get(k) for k in ("epochs", "budget_minutes")):
+        return int(fixed)
+    say(f"resume: the {int(fixed)} epochs budget_minutes={old.get('budget_minutes')} fixed are dropped: "
+        + ("a new budget counts from this resume" if new.get("budget_minutes") else
+           f"training epochs={new.get('epochs')}"))
+    return None
+
+
 def resume(run, request: str | bool = False, allow=frozenset()) -> TrainState:
     """The state to continue from: fresh, or loaded from a checkpoint into ``run``'s model,
     optimizer and scaler (and this rank's RNGs). ``request``: ``--resume`` (True, or a CKPT path).
@@ -181,7 +200,8 @@ def resume(run, request: str | bool = False, allow=frozenset()) -> TrainState:
     if saved.get("scaler"):
         run.scaler.load_state_dict(saved["scaler"])
     state = TrainState(epoch=saved["epoch"], step=saved["step"], batch_in_epoch=position.batch_in_epoch,
-                       nonfinite_skips=saved.get("nonfinite_skips", 0), resumed_from=path, start_step=saved["step"])
+                       nonfinite_skips=saved.get("nonfinite_skips", 0), resumed_from=path, start_step=saved["step"],
+                       budget_epochs=_kept_budget_epochs(saved, new_config, path, run.say))
     for note in position.notes:
         run.say(note)
     rngs = saved.get("rng", [])

@@ -1,0 +1,129 @@
+"""``budget_minutes``: the trainer fixes the epochs that fit a wall-clock budget after epoch 1.
+
+- the arithmetic (trainer.budget.plan_epochs) on hand-made timings;
+- a real run whose budget is too small for more than the minimum trains exactly what a plain run
+  with that many epochs trains (bit for bit: the decision comes after the warm-up epoch, whose lr
+  does not depend on the total), evaluates after its last epoch even when that is not a multiple of
+  evals.every, publishes final.pth and records the number in status.json;
+- the number survives a restart (the finished run is not trained further), an allowed change of
+  the budget drops it; a budget large enough trains the configured maximum;
+- under torchrun with two processes both ranks follow rank 0's decision;
+- a negative budget is one line, exit 2.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import runstore
+from trainer.budget import EpochClock, evals_between, plan_epochs
+from trainer.pretrain import main
+
+from .test_trainer_helpers import ROOT, env, final_weights, tiny_data, write_config  # noqa: F401  (fixture)
+
+
+def test_evals_between_counts_multiples_and_the_last_epoch():
+    assert evals_between(0, 21, 21) == 1
+    assert evals_between(0, 18, 21) == 1          # not a multiple: after the last epoch
+    assert evals_between(1, 96, 32) == 3          # 32, 64, 96
+    assert evals_between(1, 90, 32) == 3          # 32, 64, and 90 (the last)
+    assert evals_between(32, 64, 32) == 1
+    assert evals_between(5, 5, 32) == 0
+    assert evals_between(0, 10, 0) == 0           # evals off
+
+
+def test_plan_epochs_fits_the_budget_with_its_margin():
+    # 40 s spent (epoch 1), 30 s per epoch, one eval of 30 s after the last: 40 + 30(E-1) + 30 <= 0.97 x 600
+    plan = plan_epochs(budget_s=600, elapsed_s=40, done=1, max_epochs=50, min_epochs=2,
+                       epoch_s=30, eval_s=30, evals_every=50)
+    assert plan.epochs == 18 and plan.fits and plan.estimate_s == 40 + 17 * 30 + 30
+    # a cap below what fits: the cap
+    assert plan_epochs(budget_s=600, elapsed_s=40, done=1, max_epochs=12, min_epochs=2,
+                       epoch_s=30, eval_s=30, evals_every=12).epochs == 12
+    # evals every 5 epochs (and after the last) cost 30 s each: 40 + 14 x 30 + 3 x 30 = 550; 16 would be 610
+    assert plan_epochs(budget_s=600, elapsed_s=40, done=1, max_epochs=50, min_epochs=2,
+                       epoch_s=30, eval_s=30, evals_every=5).epochs == 15
+    # even the minimum overruns: the minimum, marked as not fitting
+    tight = plan_epochs(budget_s=60, elapsed_s=40, done=1, max_epochs=50, min_epochs=2,
+                        epoch_s=30, eval_s=30, evals_every=50)
+    assert tight.epochs == 2 and not tight.fits
+
+
+def test_epoch_clock_leaves_out_the_first_steps():
+    clock = EpochClock()
+    clock.times = [0.0, 5.0] + [5.0 + i for i in range(1, 20)]  # a 5 s first step, then 1 s steps
+    assert clock.seconds_per_step() == pytest.approx(1.0)
+    short = EpochClock()
+    short.times = [0.0, 2.0, 4.0]
+    assert short.seconds_per_step() == pytest.approx(2.0)
+    assert EpochClock().seconds_per_step() is None
+
+
+def _evals(run_dir):
+    ev = runstore.open(run_dir).evals()
+    return sorted(set(int(e) for e in ev["epoch"])) if len(ev) else []
+
+
+def test_tiny_budget_trains_the_minimum_exactly_like_a_plain_run(tmp_path, tiny_data, capsys):
+    evals = {"every": 3, "knn": True, "linprobe": True, "max_train": 40, "max_val": 20, "linprobe_epochs": 2}
+    budget_cfg = write_config(tmp_path / "b.yaml", tiny_data, tmp_path / "budget", epochs=5,
+                              budget_minutes=0.001, evals=evals)
+    assert main(["--config", str(budget_cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "budget 0.001 min" in err and "warning: even 2 epochs" in err, err
+    status = json.loads((tmp_path / "budget" / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == 2 and status["budget_epochs"] == 2
+    assert _evals(tmp_path / "budget") == [2]  # after the last epoch, though 2 is no multiple of 3
+
+    plain_cfg = write_config(tmp_path / "p.yaml", tiny_data, tmp_path / "plain", epochs=2, evals=evals)
+    assert main(["--config", str(plain_cfg)]) == 0
+    a, b = final_weights(tmp_path / "budget"), final_weights(tmp_path / "plain")
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+    # started again: the fixed 2 epochs come from the checkpoint, the run is done
+    capsys.readouterr()
+    assert main(["--config", str(budget_cfg)]) == 0
+    assert "done: 2 epochs" in capsys.readouterr().err
+    assert torch.equal(final_weights(tmp_path / "budget")["cls_token"], a["cls_token"])
+
+    # a changed budget is refused like any schedule change, and when allowed drops the fixed number
+    assert main(["--config", str(budget_cfg), "budget_minutes=0"]) == 4
+    assert "budget_minutes" in capsys.readouterr().err
+    assert main(["--config", str(budget_cfg), "budget_minutes=0", "--allow-change", "budget_minutes"]) == 0
+    err = capsys.readouterr().err
+    assert "the 2 epochs budget_minutes=0.001 fixed are dropped" in err and "done: 5 epochs" in err, err
+    assert _evals(tmp_path / "budget") == [2, 3, 5]
+
+
+def test_large_budget_trains_the_maximum(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=3, budget_minutes=600)
+    assert main(["--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert "training 3 of at most 3 epochs" in err and "done: 3 epochs" in err, err
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 3
+
+
+def test_negative_budget_is_one_line_exit_2(tmp_path, tiny_data, capsys):
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run")
+    assert main(["--config", str(cfg), "budget_minutes=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'budget_minutes' must be >= 0" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_processes_follow_rank_0s_decision(tmp_path, tiny_data):
+    """Only rank 0 times the evals and decides; under torchrun both ranks must train the same epochs
+    (a rank that went on alone would hang in the next all-reduce until the timeout)."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "ddp", epochs=4, budget_minutes=0.001,
+                       evals={"every": 4, "knn": True, "linprobe": False, "max_train": 40, "max_val": 20},
+                       dist_timeout_minutes=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "trainer.pretrain", "--config", str(cfg), "data.batch_size=4"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "2 process(es)" in out and "warning: even 2 epochs" in out and "done: 2 epochs" in out, out
+    assert json.loads((tmp_path / "ddp" / "status.json").read_text())["budget_epochs"] == 2
+    assert _evals(tmp_path / "ddp") == [2]

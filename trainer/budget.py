@@ -1,0 +1,97 @@
+"""A wall-clock budget for a run: ``budget_minutes`` fixes how many epochs it trains.
+
+A CPU preset promises "finishes in 12 minutes", but a fixed epoch count cannot keep that promise:
+the same 2-core VM ran the same recipe's epochs in 31 s on one day and 36-41 s on another. With
+``budget_minutes`` set, ``epochs`` is the most epochs the run may train, and the trainer fixes the
+number once, at the first epoch boundary where it has measured this machine:
+
+- the steady step time of the epoch just trained (its first steps, loader start-up and allocator
+  warm-up, are left out) times the steps per epoch, plus the epoch-end work it measured
+  (checkpoint, reconstructions; not the evals),
+- the online evals' feature pass, timed on one batch of the eval loader and scaled to
+  ``evals.max_train + evals.max_val`` images (plus ``EVAL_MARGIN`` for the probe and the loader),
+- the time already spent since the trainer started (model, loaders, the epoch itself),
+
+and picks the largest number of epochs whose estimate stays within ``SAFETY`` of the budget
+(evals every ``evals.every`` epochs and after the last). ``plan_epochs`` is that arithmetic, pure.
+
+Why it does not change the trajectory: the decision is taken after epoch 1, and with
+``optim.warmup_epochs >= 1`` the lr of epoch 1 does not depend on the total (the warm-up is linear
+in the fractional epoch), so a budgeted run that fixed E epochs trains exactly what a run with
+``epochs=E`` trains (bit for bit on CPU with ``deterministic: true``). With a shorter warm-up the
+first epoch's cosine was computed for the maximum and the rest follows E (a small kink; the
+trainer says so).
+
+The number is saved in every checkpoint; a resume keeps it (the interruption is not counted
+against the budget). A resume that changes ``budget_minutes`` or ``epochs`` (``--allow-change``)
+drops it: a new budget then counts from the resume and is applied at its first epoch boundary.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+SAFETY = 0.97  # plan to 97% of the budget: the epoch time drifts a few percent within a run
+EVAL_MARGIN = 1.15  # the feature pass is timed; the probe, kNN and the loader's own start add ~10%
+STEADY_SKIP = 5  # steps at the start of an epoch left out of the step-time measurement
+
+
+@dataclass
+class Plan:
+    epochs: int  # the epochs the run will train (total, counted from epoch 0)
+    estimate_s: float  # the run's estimated wall time with that many epochs
+    fits: bool  # the estimate is within the budget (False: even the minimum overruns)
+
+
+def evals_between(done: int, last: int, every: int) -> int:
+    """Online evals after the epochs ``done + 1 .. last``: every ``every`` epochs and after the last."""
+    if not every or last <= done:
+        return 0
+    multiples = last // every - done // every
+    return multiples + (0 if last % every == 0 else 1)
+
+
+def plan_epochs(*, budget_s: float, elapsed_s: float, done: int, max_epochs: int, min_epochs: int,
+                epoch_s: float, eval_s: float, evals_every: int) -> Plan:
+    """The most epochs (``min_epochs .. max_epochs``) whose estimated wall time fits ``SAFETY x budget_s``.
+
+    ``elapsed_s``: time spent so far (``done`` epochs trained, their evals included); ``epoch_s``: one
+    more epoch with its end-of-epoch work; ``eval_s``: one online eval."""
+    def estimate(epochs: int) -> float:
+        return elapsed_s + (epochs - done) * epoch_s + evals_between(done, epochs, evals_every) * eval_s
+
+    lo = max(min_epochs, done)
+    best = lo
+    for epochs in range(lo, max_epochs + 1):
+        if estimate(epochs) <= SAFETY * budget_s:
+            best = epochs
+    return Plan(best, estimate(best), estimate(best) <= budget_s)
+
+
+class EpochClock:
+    """The steady step time of one epoch: ``tick()`` after every step; ``seconds_per_step()``
+    over the steps after the first ``STEADY_SKIP`` (all of them when the epoch is shorter)."""
+
+    def __init__(self):
+        self.times: list[float] = [time.perf_counter()]
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+
+    def seconds_per_step(self) -> float | None:
+        t = self.times
+        if len(t) < 2:
+            return None
+        skip = STEADY_SKIP if len(t) - 1 > 2 * STEADY_SKIP else 0
+        return (t[-1] - t[skip]) / (len(t) - 1 - skip)
+
+
+def describe(plan: Plan, budget_min: float, max_epochs: int, epoch_s: float, eval_s: float,
+             n_evals: int, counted_from: str) -> str:
+    head = (f"budget {budget_min:g} min ({counted_from}): an epoch takes {epoch_s:.1f}s here, "
+            f"an online eval ~{eval_s:.0f}s (x{n_evals}); ")
+    if plan.fits:
+        return head + (f"training {plan.epochs} of at most {max_epochs} epochs "
+                       f"(estimated {plan.estimate_s / 60:.1f} min)")
+    return head + (f"warning: even {plan.epochs} epochs need about {plan.estimate_s / 60:.1f} min, over the "
+                   f"budget; training {plan.epochs} (raise budget_minutes, or lower epochs or evals.max_train)")
