@@ -39,26 +39,33 @@ def _loader(cfg_data: dict, path: str, batch_size: int, device):
     return loader
 
 
-def eval_seconds_estimate(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device) -> float:
-    """Seconds one ``epoch_evals`` call will spend extracting features: one batch of the eval train
-    loader is run through the encoder twice (the first builds the loader and warms up), the second
-    is timed and scaled to ``max_train + max_val`` images. The trainer's ``budget_minutes`` uses it;
-    0 when the evals are off."""
+def eval_seconds_estimate(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device,
+                          batches: int = 4) -> float:
+    """Seconds one ``epoch_evals`` call will spend extracting features (the trainer's
+    ``budget_minutes`` uses it; 0 when the evals are off).
+
+    The eval train loader is run through the encoder three times: once to build its pipeline and
+    warm up, then for 1 and for ``batches`` batches. Their difference is the steady time of a batch
+    (a loader prefetches several batches at its start, so a single batch's time is mostly start-up);
+    the rest of the 1-batch time is the start-up, paid once by each of the two loaders an eval reads."""
     if not (bool(cfg_evals.get("knn", True)) or bool(cfg_evals.get("linprobe", True))):
         return 0.0
     device = torch.device(device)
     bs = int(cfg_evals.get("batch_size", 256))
+    pool = cfg_evals.get("pool", "cls")
     va = _loader(cfg_data, cfg_data["val_path"], bs, device)
-    seconds, n = 0.0, 1
-    for _ in range(2):  # the first call builds the loader's pipeline and warms up; the second is timed
+    timed = []
+    for n in (1, 1, batches):
         tr = _loader(cfg_data, cfg_data["train_path"], bs, device)  # cached; back at the epoch's start
         t = Timer()
-        feats, _ = extract_features(model, tr, device, cfg_evals.get("pool", "cls"), bs, progress=False,
-                                    gather=False)
-        seconds, n = t(), max(int(feats.shape[0]), 1)
+        feats, _ = extract_features(model, tr, device, pool, n * bs, progress=False, gather=False)
+        timed.append((t(), int(feats.shape[0])))
+    (t1, n1), (tb, nb) = timed[1], timed[2]
+    per_image = (tb - t1) / (nb - n1) if nb > n1 and tb > t1 else t1 / max(n1, 1)
+    start_up = max(t1 - per_image * n1, 0.0)
     images = (min(int(cfg_evals.get("max_train", 2000)), len(tr) * bs)
               + min(int(cfg_evals.get("max_val", 500)), len(va) * bs))
-    return seconds * images / n
+    return 2 * start_up + per_image * images
 
 
 def epoch_evals(model: torch.nn.Module, cfg_evals: dict, cfg_data: dict, device) -> list[dict]:

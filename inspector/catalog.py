@@ -45,6 +45,7 @@ _ESSENTIAL = ("config", "status", "metrics", "evals", "checkpoints")
 _READERS = {
     "config": operator.attrgetter("config"),
     "status": operator.attrgetter("status"),
+    "status_info": runstore.Run.status_info,
     "metrics": runstore.Run.metrics,
     "evals": runstore.Run.evals,
     "checkpoints": runstore.Run.checkpoints,
@@ -298,7 +299,8 @@ class RunCatalog:
         """One row of the runs table, derived from config, status, metrics and evals as
         `Run.summary()` does, but from the catalog's cached reads, so each store is read once and a
         failed read is filed as the run's problem."""
-        s = summarize(name, self.config(name), self.status(name), self.metrics(name), self.evals(name))
+        s = summarize(name, self.config(name), self.status(name), self.metrics(name), self.evals(name),
+                      self._read(name, "status_info", default={}))
         broken, lines = self.problems(name)
         if broken:
             s["status"] = BROKEN
@@ -340,10 +342,12 @@ class RunCatalog:
 
 
 # ---------------------------------------------------------------------------------------------
-def summarize(name: str, cfg: dict, status: str, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict:
+def summarize(name: str, cfg: dict, status: str, metrics: pd.DataFrame, evals: pd.DataFrame,
+              status_doc: dict | None = None) -> dict:
     """One row of the runs table: runstore's summary of the tables, accuracies in percent (the
-    paper's unit), '?' for what is unknown."""
-    s = runstore.summarize(cfg, metrics, evals_in_percent(evals))
+    paper's unit), '?' for what is unknown. `status_doc` (status.json) gives the epochs a
+    `budget_minutes` fixed, which are the run's planned epochs."""
+    s = runstore.summarize(cfg, metrics, evals_in_percent(evals), status_doc)
     done, planned = s["epochs_done"], s["epochs_planned"]
     return {
         "name": name,

@@ -16,7 +16,7 @@ from common.locks import LockedError, exclusive_lock, sweep_stale_temps
 
 from .reader import Run, is_run_dir, list_runs, open
 from .status import STALE, STALE_AFTER_S, STATES
-from .summary import dataset_name, summarize
+from .summary import dataset_name, planned_epochs, summarize
 from .sweep import list_sweeps, log_sweep_point, points_done, sweep
 from .table import StoreFormatError
 from .layout import EVAL_COLUMNS, METRIC_COLUMNS
@@ -28,5 +28,5 @@ __all__ = [
     "create", "open", "list_runs", "is_run_dir", "Run", "RunWriter", "RunExistsError", "StoreFormatError",
     "append_eval", "log_eval", "METRIC_COLUMNS", "EVAL_COLUMNS", "STATES", "STALE", "STALE_AFTER_S",
     "log_sweep_point", "sweep", "points_done", "list_sweeps",
-    "LockedError", "exclusive_lock", "sweep_stale_temps", "write_atomic", "summarize", "dataset_name",
+    "LockedError", "exclusive_lock", "sweep_stale_temps", "write_atomic", "summarize", "planned_epochs", "dataset_name",
 ]

@@ -215,7 +215,7 @@ class Run:
         """One row for a runs table: name, path, status, model, dataset, epochs_done, epochs_planned,
         step, last_loss, best_linprobe, best_knn, images_per_s, params, updated."""
         info = self.status_info()
-        row = summarize(self.config, self.metrics(columns=["epoch", "loss", "images_per_s"]), self.evals())
+        row = summarize(self.config, self.metrics(columns=["epoch", "loss", "images_per_s"]), self.evals(), info)
         if info.get("epochs_done") is not None:  # the trainer's own count wins over the metrics' epochs
             row["epochs_done"] = info["epochs_done"]
         return {"name": self.name, "path": str(self.path), "status": info["status"], **row,

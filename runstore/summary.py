@@ -38,10 +38,19 @@ def _best(evals: pd.DataFrame, kinds: tuple[str, ...]) -> float | None:
     return float(top1.max()) if len(top1) else None
 
 
-def summarize(cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict[str, Any]:
+def planned_epochs(cfg: dict, status: dict | None = None) -> Any:
+    """The epochs the run trains: what the trainer's `budget_minutes` fixed (status.json
+    `budget_epochs`, a positive int) or else the config's `epochs` (with a budget: the maximum)."""
+    fixed = (status or {}).get("budget_epochs")
+    if isinstance(fixed, int) and not isinstance(fixed, bool) and fixed > 0:
+        return fixed
+    return cfg.get("epochs")
+
+
+def summarize(cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame, status: dict | None = None) -> dict[str, Any]:
     """model, dataset, epochs_done, epochs_planned, step, last_loss, best_linprobe, best_knn,
     images_per_s (None where unknown). `best_*` are in the evals' own unit (runstore stores what
-    evals logged: fractions)."""
+    evals logged: fractions). `status`: status.json's document, for the epochs a budget fixed."""
     model_cfg = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
     data_cfg = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     epoch, loss, ips, step = (_numbers(metrics, c) for c in ("epoch", "loss", "images_per_s", "step"))
@@ -50,7 +59,7 @@ def summarize(cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict[str
         "dataset": data_cfg.get("name") or data_cfg.get("dataset") or dataset_name(data_cfg.get("train_path")),
         # `epoch` is epochs elapsed (the trainer logs epoch + it / steps_per_epoch): 2.0 = two done
         "epochs_done": int(math.floor(epoch.max() + 1e-6)) if len(epoch) else None,
-        "epochs_planned": cfg.get("epochs"),
+        "epochs_planned": planned_epochs(cfg, status),
         "step": int(step.iloc[-1]) if len(step) else None,
         "last_loss": finite_or_none(loss.iloc[-1]) if len(loss) else None,
         "best_linprobe": _best(evals, ("linprobe", "linprobe_full")),

@@ -81,9 +81,9 @@ def final_evals(run: Path) -> dict[str, dict] | None:
 
     try:
         store = runstore.open(run)
-        final_epoch = int(store.config["epochs"])
+        final_epoch = int(runstore.planned_epochs(store.config, store.status_info()))
         evals = store.evals()
-    except (OSError, ValueError, KeyError):  # no readable store or config: the CLIs recompute
+    except (OSError, ValueError, KeyError, TypeError):  # no readable store or config: the CLIs recompute
         return None
     last = evals[evals["epoch"] == final_epoch]
     found = {}

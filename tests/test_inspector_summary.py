@@ -30,3 +30,18 @@ def test_catalog_row_of_a_run_with_nothing_logged(tmp_path):
     runstore.create(tmp_path / "runs" / "b", {"epochs": 3}).close()
     row = RunCatalog(tmp_path / "runs").summary("b")
     assert (row["model"], row["dataset"], row["epochs"], row["last_loss"], row["best_knn"]) == ("?", "?", "0/3", None, None)
+
+
+def test_a_budget_run_is_planned_at_the_epochs_its_budget_fixed(tmp_path):
+    """`budget_minutes` makes the config's `epochs` a maximum; the trainer records the epochs it fixed
+    in status.json (`budget_epochs`), and a finished budget run reads "18/18", not "18/24". A
+    status.json value that is no positive int is ignored (the config's epochs are shown)."""
+    cfg = dict(CFG, epochs=24, budget_minutes=12)
+    for name, fixed, planned in (("fixed", 18, 18), ("odd", "18", 24), ("zero", 0, 24), ("flag", True, 24)):
+        with runstore.create(tmp_path / "runs" / name, cfg) as w:
+            w.log_metrics([{"step": s, "epoch": s / 10, "loss": 1.0} for s in range(181)])
+            w.set_status("finished", budget_epochs=fixed)
+        run = runstore.open(tmp_path / "runs" / name).summary()
+        row = RunCatalog(tmp_path / "runs").summary(name)
+        assert run["epochs_planned"] == row["epochs_planned"] == planned, name
+        assert row["epochs"] == f"18/{planned}", name

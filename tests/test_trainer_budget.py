@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import runstore
-from trainer.budget import EpochClock, evals_between, plan_epochs
+from trainer.budget import EpochClock, due, evals_between, plan_epochs
 from trainer.pretrain import main
 
 from .test_trainer_helpers import ROOT, env, final_weights, tiny_data, write_config  # noqa: F401  (fixture)
@@ -49,6 +49,15 @@ def test_plan_epochs_fits_the_budget_with_its_margin():
     tight = plan_epochs(budget_s=60, elapsed_s=40, done=1, max_epochs=50, min_epochs=2,
                         epoch_s=30, eval_s=30, evals_every=50)
     assert tight.epochs == 2 and not tight.fits
+
+
+def test_decided_at_the_warm_ups_last_boundary_or_a_quarter_of_the_budget():
+    # warm-up 2 (the 12-minute preset): not after epoch 1 (its time is start-up heavy), after epoch 2
+    assert not due(done=1, warmup_epochs=2, spent_share=0.1) and due(done=2, warmup_epochs=2, spent_share=0.2)
+    assert due(done=1, warmup_epochs=1, spent_share=0.0)       # warm-up 1: after epoch 1
+    assert due(done=1, warmup_epochs=0.5, spent_share=0.0)     # shorter: after epoch 1 all the same
+    assert due(done=5, warmup_epochs=5, spent_share=0.1) and not due(done=4, warmup_epochs=5, spent_share=0.1)
+    assert due(done=3, warmup_epochs=40, spent_share=0.25)     # a long warm-up: a quarter of the budget
 
 
 def test_epoch_clock_leaves_out_the_first_steps():

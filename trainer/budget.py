@@ -3,24 +3,28 @@
 A CPU preset promises "finishes in 12 minutes", but a fixed epoch count cannot keep that promise:
 the same 2-core VM ran the same recipe's epochs in 31 s on one day and 36-41 s on another. With
 ``budget_minutes`` set, ``epochs`` is the most epochs the run may train, and the trainer fixes the
-number once, at the first epoch boundary where it has measured this machine:
+number once, at the last epoch boundary of the warm-up (``due``: after epoch
+``max(1, floor(optim.warmup_epochs))``, or earlier once a quarter of the budget is spent), from what
+it measured on this machine:
 
 - the steady step time of the epoch just trained (its first steps, loader start-up and allocator
   warm-up, are left out) times the steps per epoch, plus the epoch-end work it measured
   (checkpoint, reconstructions; not the evals),
-- the online evals' feature pass, timed on one batch of the eval loader and scaled to
-  ``evals.max_train + evals.max_val`` images (plus ``EVAL_MARGIN`` for the probe and the loader),
-- the time already spent since the trainer started (model, loaders, the epoch itself),
+- the online evals' feature pass, timed on a few batches of the eval loader (its start-up and its
+  steady batches apart) and scaled to ``evals.max_train + evals.max_val`` images, times
+  ``EVAL_MARGIN`` for the probe and kNN,
+- the time already spent since the trainer started (model, loaders, the epochs so far),
 
 and picks the largest number of epochs whose estimate stays within ``SAFETY`` of the budget
 (evals every ``evals.every`` epochs and after the last). ``plan_epochs`` is that arithmetic, pure.
 
-Why it does not change the trajectory: the decision is taken after epoch 1, and with
-``optim.warmup_epochs >= 1`` the lr of epoch 1 does not depend on the total (the warm-up is linear
-in the fractional epoch), so a budgeted run that fixed E epochs trains exactly what a run with
-``epochs=E`` trains (bit for bit on CPU with ``deterministic: true``). With a shorter warm-up the
-first epoch's cosine was computed for the maximum and the rest follows E (a small kink; the
-trainer says so).
+Why it does not change the trajectory: during the warm-up the lr is linear in the fractional epoch
+and does not depend on the total, and the decision comes no later than the warm-up's last epoch
+boundary; so a budgeted run that fixed E epochs trains exactly what a run with ``epochs=E`` trains
+(bit for bit on CPU with ``deterministic: true``). With ``optim.warmup_epochs < 1`` the first
+epoch's cosine was computed for the maximum and the rest follows E (a small kink; the trainer says
+so). The first epoch alone is a poor clock: on the 2-core VM it ran 10-15% slower than the next
+(loader start, allocator warm-up), which is why the decision waits for the warm-up's end.
 
 The number is saved in every checkpoint; a resume keeps it (the interruption is not counted
 against the budget). A resume that changes ``budget_minutes`` or ``epochs`` (``--allow-change``)
@@ -32,8 +36,16 @@ import time
 from dataclasses import dataclass
 
 SAFETY = 0.97  # plan to 97% of the budget: the epoch time drifts a few percent within a run
-EVAL_MARGIN = 1.15  # the feature pass is timed; the probe, kNN and the loader's own start add ~10%
+EVAL_MARGIN = 1.15  # on the 12-min preset: 35.4 s estimated for 38.9 s of features, then 2.0 s of probe
 STEADY_SKIP = 5  # steps at the start of an epoch left out of the step-time measurement
+DECIDE_SHARE = 0.25  # decide before the warm-up ends once this share of the budget is spent
+
+
+def due(*, done: int, warmup_epochs: float, spent_share: float) -> bool:
+    """Whether to fix the epochs now, after ``done`` epochs (at least one trained by this process):
+    at the last epoch boundary before the cosine begins (the next epoch would leave the warm-up),
+    or once ``DECIDE_SHARE`` of the budget is spent, whichever comes first."""
+    return done + 1 > warmup_epochs or spent_share >= DECIDE_SHARE
 
 
 @dataclass

@@ -484,7 +484,9 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
             stop_at_end, stats = train_one_epoch(run, state, saver, stop)
             t_end, run.last_eval_s = time.perf_counter(), 0.0
             end_epoch(run, state, saver, stats, stop_at_end)
-            if run.budget_pending and state.epoch < run.epochs:
+            if run.budget_pending and state.epoch < run.epochs and budget.due(
+                    done=state.epoch, warmup_epochs=run.cfg.optim.warmup_epochs,
+                    spent_share=(time.perf_counter() - run.t_start) / (60.0 * run.cfg.budget_minutes)):
                 per_step = stats.clock.seconds_per_step() or 0.0
                 end_work = time.perf_counter() - t_end - run.last_eval_s  # checkpoint, reconstructions
                 _apply_budget(run, state, per_step * run.steps_per_epoch + end_work)
@@ -519,8 +521,9 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
 
 
 def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
-    """Fix the epochs ``budget_minutes`` allows (trainer.budget), after the first epoch this process
-    trained: rank 0 times one batch of the online evals and decides; every rank follows."""
+    """Fix the epochs ``budget_minutes`` allows (trainer.budget), at the end of the warm-up (or once a
+    quarter of the budget is spent): rank 0 times a few batches of the online evals and decides;
+    every rank follows."""
     cfg, epochs = run.cfg, 0
     if run.info.is_main:
         d = cfg.to_dict()
@@ -656,7 +659,7 @@ def _describe(run: Run, state: TrainState) -> str:
             f"process(es) on {run.info.device.type}, precision {run.amp_dtype or torch.float32}, effective batch "
             f"{run.eff_batch} ({B} x {A} accum x {W}), lr {run.base_lr:.3g}, {run.steps_per_epoch} steps/epoch, "
             f"epochs {state.epoch}->{run.epochs}"
-            + (f" (at most; budget_minutes={cfg.budget_minutes:g} fixes the number after the first epoch)"
+            + (f" (at most; budget_minutes={cfg.budget_minutes:g} fixes the number at the end of the warm-up)"
                if run.budget_pending else ""))
 
 
