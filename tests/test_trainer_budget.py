@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import runstore
-from trainer.budget import EpochClock, due, evals_between, plan_epochs
+from trainer import budget
+from trainer.budget import EpochClock, Plan, Watch, due, evals_between, plan_epochs, replan
 from trainer.pretrain import main
 
 from .test_trainer_helpers import ROOT, env, final_weights, tiny_data, write_config  # noqa: F401  (fixture)
@@ -60,6 +61,40 @@ def test_decided_at_the_warm_ups_last_boundary_or_a_quarter_of_the_budget():
     assert due(done=3, warmup_epochs=40, spent_share=0.25)     # a long warm-up: a quarter of the budget
 
 
+def test_replan_only_when_the_projection_overruns_the_budget():
+    """The 60-minute preset's run in this session, in round numbers: decided after epoch 5 (230 s in,
+    42.1 s an epoch assumed, eval 35 s, 79 epochs); the epochs then ran 37 s, later 46 s."""
+    watch = Watch(budget_s=3600, t_start=0.0, t0=230.0, epoch0=5, epoch_s=42.1, eval_s=35.0)
+    assert replan(watch, now=230 + 37, done=6, planned=79, evals_every=32) is None  # one epoch: not trusted
+    assert replan(watch, now=230 + 2 * 37, done=7, planned=79, evals_every=32) is None  # faster: kept
+    watch.note_eval(41.0)  # the eval after epoch 32
+    now = 230 + 33 * 46 + 41
+    # 79 would end at 1789 + 41 x 46 + 2 x 41 = 3757 s > 3600: the most that fit 0.97 x 3600 = 3492 s
+    plan, epoch_s = replan(watch, now=now, done=38, planned=79, evals_every=32)
+    assert epoch_s == pytest.approx(46.0) and plan.epochs == 73 and plan.estimate_s <= 0.97 * 3600
+    assert replan(watch, now=now, done=38, planned=39, evals_every=32) is None  # nothing left to cut
+
+
+def test_the_trainer_applies_a_replan(tmp_path, tiny_data, capsys, monkeypatch):
+    """The wiring, with the clock's verdict forced: at epoch 3 the watch says 6 epochs overrun and 4
+    fit; the run stops after 4, the checkpoint of that boundary and status.json say 4."""
+    calls = []
+
+    def overrun(watch, *, now, done, planned, evals_every):
+        calls.append((done, planned))
+        return (Plan(4, 100.0, True), 9.9) if done == 3 else None
+    monkeypatch.setattr(budget, "replan", overrun)
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
+                       checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
+    assert main(["--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert calls == [(2, 6), (3, 6)]  # from the boundary after the decision (epoch 1) on
+    assert "so 6 epochs would overrun: re-planned to 4" in err and "done: 4 epochs" in err, err
+    third = torch.load(next((tmp_path / "run" / "checkpoints").glob("ckpt-e0003-*.pth")), weights_only=True)
+    assert third["budget_epochs"] == 4
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 4
+
+
 def test_epoch_clock_leaves_out_the_first_steps():
     clock = EpochClock()
     clock.times = [0.0, 5.0] + [5.0 + i for i in range(1, 20)]  # a 5 s first step, then 1 s steps
@@ -85,6 +120,9 @@ def test_tiny_budget_trains_the_minimum_exactly_like_a_plain_run(tmp_path, tiny_
     status = json.loads((tmp_path / "budget" / "status.json").read_text())
     assert status["state"] == "finished" and status["epoch"] == 2 and status["budget_epochs"] == 2
     assert _evals(tmp_path / "budget") == [2]  # after the last epoch, though 2 is no multiple of 3
+    # the checkpoint of the boundary where it decided already carries the number (a kill in epoch 2 keeps it)
+    first = torch.load(next((tmp_path / "budget" / "checkpoints").glob("ckpt-e0001-*.pth")), weights_only=True)
+    assert first["budget_epochs"] == 2
 
     plain_cfg = write_config(tmp_path / "p.yaml", tiny_data, tmp_path / "plain", epochs=2, evals=evals)
     assert main(["--config", str(plain_cfg)]) == 0

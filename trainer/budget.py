@@ -8,8 +8,8 @@ number once, at the last epoch boundary of the warm-up (``due``: after epoch
 it measured on this machine:
 
 - the steady step time of the epoch just trained (its first steps, loader start-up and allocator
-  warm-up, are left out) times the steps per epoch, plus the epoch-end work it measured
-  (checkpoint, reconstructions; not the evals),
+  warm-up, are left out) times the steps per epoch, plus the epoch-end work measured at the
+  previous boundary (checkpoint, reconstructions; not the evals),
 - the online evals' feature pass, timed on a few batches of the eval loader (its start-up and its
   steady batches apart) and scaled to ``evals.max_train + evals.max_val`` images, times
   ``EVAL_MARGIN`` for the probe and kNN,
@@ -26,8 +26,16 @@ epoch's cosine was computed for the maximum and the rest follows E (a small kink
 so). The first epoch alone is a poor clock: on the 2-core VM it ran 10-15% slower than the next
 (loader start, allocator warm-up), which is why the decision waits for the warm-up's end.
 
+The machine's speed can drift after the decision (the 2-core VM's epochs went from 37-42 s to
+44-54 s within one hour), so the trainer keeps watching (``Watch``, ``replan``): at every epoch
+boundary from the second after the decision it projects the end from the epochs' average time since
+the decision and the latest eval's time; only when that projection overruns the budget itself (not
+the ``SAFETY`` share) it plans again, downwards only, to the most epochs that fit ``SAFETY``. A
+re-plan shortens the cosine from that point (the lr steps down a little; the trainer says so), so
+only a run that was never re-planned equals ``epochs=E`` exactly.
+
 The number is saved in every checkpoint; a resume keeps it (the interruption is not counted
-against the budget). A resume that changes ``budget_minutes`` or ``epochs`` (``--allow-change``)
+against the budget, and the resumed process does not watch: its clock did not see the start). A resume that changes ``budget_minutes`` or ``epochs`` (``--allow-change``)
 drops it: a new budget then counts from the resume and is applied at its first epoch boundary.
 """
 from __future__ import annotations
@@ -39,6 +47,7 @@ SAFETY = 0.97  # plan to 97% of the budget: the epoch time drifts a few percent 
 EVAL_MARGIN = 1.15  # on the 12-min preset: 35.4 s estimated for 38.9 s of features, then 2.0 s of probe
 STEADY_SKIP = 5  # steps at the start of an epoch left out of the step-time measurement
 DECIDE_SHARE = 0.25  # decide before the warm-up ends once this share of the budget is spent
+REPLAN_AFTER = 2  # epochs after the decision before the projection is trusted
 
 
 def due(*, done: int, warmup_epochs: float, spent_share: float) -> bool:
@@ -78,6 +87,39 @@ def plan_epochs(*, budget_s: float, elapsed_s: float, done: int, max_epochs: int
         if estimate(epochs) <= SAFETY * budget_s:
             best = epochs
     return Plan(best, estimate(best), estimate(best) <= budget_s)
+
+
+@dataclass
+class Watch:
+    """What the trainer keeps after the decision to check that the plan still fits (``replan``)."""
+    budget_s: float
+    t_start: float  # the trainer's start (perf_counter)
+    t0: float  # the decision (perf_counter)
+    epoch0: int  # epochs done at the decision
+    epoch_s: float  # the epoch time the plan assumed
+    eval_s: float  # one online eval: the estimate, then the latest measured
+    evals_s: float = 0.0  # seconds spent in online evals since the decision
+
+    def note_eval(self, seconds: float) -> None:
+        if seconds > 0:
+            self.evals_s += seconds
+            self.eval_s = seconds
+
+
+def replan(watch: Watch, *, now: float, done: int, planned: int, evals_every: int) -> tuple[Plan, float] | None:
+    """(a shorter plan, the measured epoch time) when finishing ``planned`` epochs at the average
+    epoch time since the decision would overrun the budget; None while it fits (or cannot shrink)."""
+    n = done - watch.epoch0
+    if n < REPLAN_AFTER or planned <= done + 1:
+        return None
+    epoch_s = (now - watch.t0 - watch.evals_s) / n
+    elapsed = now - watch.t_start
+    projected = elapsed + (planned - done) * epoch_s + evals_between(done, planned, evals_every) * watch.eval_s
+    if projected <= watch.budget_s:
+        return None
+    plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=planned - 1,
+                       min_epochs=done + 1, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
+    return plan, epoch_s
 
 
 class EpochClock:

@@ -258,6 +258,8 @@ class Run:
     budget_pending: bool = False  # budget_minutes is set and has not fixed the epochs yet
     t_start: float = field(default_factory=time.perf_counter)  # what budget_minutes counts from (_train's start)
     last_eval_s: float = 0.0  # seconds the latest online evals took
+    end_work_s: float = 0.0  # seconds the latest epoch end took besides evals (checkpoint, reconstructions)
+    budget_watch: budget.Watch | None = None  # after the budget's decision, in the process that took it
     model: torch.nn.Module | None = None  # raw_model compiled and/or in DDP: what the step runs
     writer: runstore.RunWriter | None = None  # rank 0's run store
     recon_sets: list = field(default_factory=list)
@@ -372,8 +374,9 @@ def _log_step(run: Run, state: TrainState, stats: EpochStats, bar, loss_value: f
 
 
 def end_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stats: EpochStats, stop_requested: bool) -> None:
-    """After an epoch's last step: the epoch line, its checkpoint (when due, or on a stop signal:
-    then Preempted), then reconstructions and online evals."""
+    """After an epoch's last step: the epoch line, the budget's decision when due (before the
+    checkpoint, which then carries it), the checkpoint (when due, or on a stop signal: then
+    Preempted), then reconstructions and online evals."""
     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     elapsed, skips = time.perf_counter() - stats.t0, state.nonfinite_skips
     mean = f"{stats.loss_sum / stats.taken:.4f}" if stats.taken else "n/a (every step skipped)"
@@ -381,12 +384,18 @@ def end_epoch(run: Run, state: TrainState, saver: ckpt.Checkpointer, stats: Epoc
             f"{stats.steps * run.eff_batch / elapsed:.0f} img/s, data wait {100 * stats.wait / elapsed:.1f}%, "
             f"{elapsed:.1f}s" + (f", {skips} non-finite steps skipped" if skips else ""))
     _flush(run)
+    if state.epoch < run.epochs:
+        _budget_boundary(run, state, stats)
+    t0, run.last_eval_s = time.perf_counter(), 0.0
     due, tags = saver.epoch_end(state.epoch)
     if due or stop_requested:
         saver.save(state, tags)
     if stop_requested:
         raise Preempted()
     epoch_end_work(run, state.epoch)
+    run.end_work_s = time.perf_counter() - t0 - run.last_eval_s
+    if run.budget_watch is not None:
+        run.budget_watch.note_eval(run.last_eval_s)
 
 
 def _flush(run: Run) -> None:
@@ -482,14 +491,7 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
                     saver.save(state)
                 raise Preempted()
             stop_at_end, stats = train_one_epoch(run, state, saver, stop)
-            t_end, run.last_eval_s = time.perf_counter(), 0.0
             end_epoch(run, state, saver, stats, stop_at_end)
-            if run.budget_pending and state.epoch < run.epochs and budget.due(
-                    done=state.epoch, warmup_epochs=run.cfg.optim.warmup_epochs,
-                    spent_share=(time.perf_counter() - run.t_start) / (60.0 * run.cfg.budget_minutes)):
-                per_step = stats.clock.seconds_per_step() or 0.0
-                end_work = time.perf_counter() - t_end - run.last_eval_s  # checkpoint, reconstructions
-                _apply_budget(run, state, per_step * run.steps_per_epoch + end_work)
         if saver.unsaved(state.step):
             saver.save(state, {"final"})
         if writer is not None:
@@ -520,14 +522,46 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
         distributed.cleanup(run.info)
 
 
+def _budget_boundary(run: Run, state: TrainState, stats: EpochStats) -> None:
+    """At an epoch boundary (before its checkpoint, which then carries the number): fix the epochs
+    when the budget's decision is due, or after it check that they still fit (trainer.budget)."""
+    if run.budget_pending and budget.due(
+            done=state.epoch, warmup_epochs=run.cfg.optim.warmup_epochs,
+            spent_share=(time.perf_counter() - run.t_start) / (60.0 * run.cfg.budget_minutes)):
+        # one more epoch: its steady steps, plus the end work of the previous boundary (0 if none here)
+        _apply_budget(run, state, (stats.clock.seconds_per_step() or 0.0) * run.steps_per_epoch + run.end_work_s)
+    elif run.budget_watch is not None:
+        _check_budget(run, state)
+
+
+def _check_budget(run: Run, state: TrainState) -> None:
+    """Re-plan downwards when the epochs since the decision ran slower than it assumed and the run
+    would overrun the budget: rank 0 decides (0 = no change), every rank follows."""
+    watch, cfg, epochs = run.budget_watch, run.cfg, 0
+    if run.info.is_main:
+        found = budget.replan(watch, now=time.perf_counter(), done=state.epoch, planned=run.epochs,
+                              evals_every=cfg.evals.every)
+        if found is not None:
+            plan, epoch_s = found
+            epochs = plan.epochs
+            run.say(f"budget {cfg.budget_minutes:g} min: the {state.epoch - watch.epoch0} epochs since the decision "
+                    f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s), so {run.epochs} epochs would overrun: "
+                    f"re-planned to {epochs} (estimated {plan.estimate_s / 60:.1f} min); the lr's cosine follows "
+                    f"epochs={epochs} from here")
+    epochs = distributed.broadcast_int(run.info, epochs)
+    if epochs:
+        run.epochs = state.budget_epochs = epochs
+        if run.writer is not None:
+            run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
+
+
 def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
     """Fix the epochs ``budget_minutes`` allows (trainer.budget), at the end of the warm-up (or once a
     quarter of the budget is spent): rank 0 times a few batches of the online evals and decides;
     every rank follows."""
-    cfg, epochs = run.cfg, 0
+    cfg, epochs, eval_s = run.cfg, 0, 0.0
     if run.info.is_main:
         d = cfg.to_dict()
-        eval_s = 0.0
         if cfg.evals.every:
             eval_s = budget.EVAL_MARGIN * eval_seconds_estimate(run.raw_model, d["evals"], d["data"], run.info.device)
         plan = budget.plan_epochs(
@@ -544,6 +578,9 @@ def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
     epochs = distributed.broadcast_int(run.info, epochs)
     run.epochs = state.budget_epochs = epochs
     run.budget_pending = False
+    now = time.perf_counter()
+    run.budget_watch = budget.Watch(budget_s=60.0 * cfg.budget_minutes, t_start=run.t_start, t0=now,
+                                    epoch0=state.epoch, epoch_s=epoch_s, eval_s=eval_s)
     if run.writer is not None:
         run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
 
