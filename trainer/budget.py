@@ -26,8 +26,8 @@ epoch's cosine was computed for the maximum and the rest follows E (a small kink
 so). The first epoch alone is a poor clock: on the 2-core VM it ran 10-15% slower than the next
 (loader start, allocator warm-up), which is why the decision waits for the warm-up's end.
 
-The machine's speed can drift after the decision (the 2-core VM's epochs went from 37-42 s to
-44-54 s within one hour), so the trainer keeps watching (``Watch``, ``replan``): at every epoch
+The machine's speed can drift after the decision (in one hour the 2-core VM's epochs ranged from
+36 to 54 s, in stretches of several epochs), so the trainer keeps watching (``Watch``, ``replan``): at every epoch
 boundary from the second after the decision it projects the end from the epochs' average time since
 the decision and the latest eval's time; only when that projection overruns the budget itself (not
 the ``SAFETY`` share) it plans again, downwards only, to the most epochs that fit ``SAFETY``. A
