@@ -256,7 +256,7 @@ class Run:
     cpu_warning: str | None = None
     epochs: int = 0  # the epochs this run trains: cfg.epochs, or what budget_minutes fixed (trainer.budget)
     budget_pending: bool = False  # budget_minutes is set and has not fixed the epochs yet
-    t_start: float = field(default_factory=time.perf_counter)  # what budget_minutes counts from (_train's start)
+    t_start: float = 0.0  # _train's start (perf_counter): what budget_minutes counts from
     last_eval_s: float = 0.0  # seconds the latest online evals took
     end_work_s: float = 0.0  # seconds the latest epoch end took besides evals (checkpoint, reconstructions)
     budget_watch: budget.Watch | None = None  # after the budget's decision, in the process that took it
