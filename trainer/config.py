@@ -119,8 +119,8 @@ class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
     epochs: int = 10  # with budget_minutes: the most epochs the run may train
-    # wall-clock budget of the whole run in minutes (training and online evals); the trainer measures
-    # epoch 1 and fixes the epochs that fit (trainer.budget); 0 = off: train `epochs`
+    # wall-clock budget of the whole run in minutes (training and online evals); the trainer measures the
+    # warm-up and fixes the epochs that fit (trainer.budget); 0 = off: train `epochs`
     budget_minutes: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
