@@ -255,7 +255,6 @@ class Run:
     base_lr: float
     cpu_warning: str | None = None
     epochs: int = 0  # the epochs this run trains: cfg.epochs, or what budget_minutes fixed (trainer.budget)
-    budget_pending: bool = False  # budget_minutes is set and has not fixed the epochs yet
     t_start: float = 0.0  # _train's start (perf_counter): what budget_minutes counts from
     last_eval_s: float = 0.0  # seconds the latest online evals took
     end_work_s: float = 0.0  # seconds the latest epoch end took besides evals (checkpoint, reconstructions)
@@ -460,7 +459,6 @@ def _train(cfg, request: str | bool, allow_change: frozenset, owned: contextlib.
     run.t_start = t_start
     state = resume_rules.resume(run, request, allow_change)
     run.epochs = state.budget_epochs or cfg.epochs
-    run.budget_pending = bool(cfg.budget_minutes) and state.budget_epochs is None and state.epoch < cfg.epochs
     fresh = state.resumed_from is None
     if fresh and getattr(run.raw_model, "target", None) == "pca" and not bool(run.raw_model.pca_fitted):
         fit_pca_target(run.raw_model, cfg, run.info)
@@ -525,13 +523,29 @@ def _run_epochs(run: Run, state: TrainState, saver: ckpt.Checkpointer, stop: Sto
 def _budget_boundary(run: Run, state: TrainState, stats: EpochStats) -> None:
     """At an epoch boundary (before its checkpoint, which then carries the number): fix the epochs
     when the budget's decision is due, or after it check that they still fit (trainer.budget)."""
-    if run.budget_pending and budget.due(
+    if _budget_pending(run, state) and budget.due(
             done=state.epoch, warmup_epochs=run.cfg.optim.warmup_epochs,
             spent_share=(time.perf_counter() - run.t_start) / (60.0 * run.cfg.budget_minutes)):
         # one more epoch: its steady steps, plus the end work of the previous boundary (0 if none here)
         _apply_budget(run, state, (stats.clock.seconds_per_step() or 0.0) * run.steps_per_epoch + run.end_work_s)
     elif run.budget_watch is not None:
         _check_budget(run, state)
+
+
+def _budget_pending(run: Run, state: TrainState) -> bool:
+    """``budget_minutes`` is set and has not fixed the epochs yet (in this run or before a resume)."""
+    return bool(run.cfg.budget_minutes) and state.budget_epochs is None
+
+
+def _fix_epochs(run: Run, state: TrainState, epochs: int) -> int:
+    """Rank 0's ``epochs`` on every rank, as the run's epochs (0 = no change), recorded in the state
+    (the next checkpoint) and status.json; returns it."""
+    epochs = distributed.broadcast_int(run.info, epochs)
+    if epochs:
+        run.epochs = state.budget_epochs = epochs
+        if run.writer is not None:
+            run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
+    return epochs
 
 
 def _check_budget(run: Run, state: TrainState) -> None:
@@ -548,11 +562,7 @@ def _check_budget(run: Run, state: TrainState) -> None:
                     f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s), so {run.epochs} epochs would overrun: "
                     f"re-planned to {epochs} (estimated {plan.estimate_s / 60:.1f} min); the lr's cosine follows "
                     f"epochs={epochs} from here")
-    epochs = distributed.broadcast_int(run.info, epochs)
-    if epochs:
-        run.epochs = state.budget_epochs = epochs
-        if run.writer is not None:
-            run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
+    _fix_epochs(run, state, epochs)
 
 
 def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
@@ -575,14 +585,9 @@ def _apply_budget(run: Run, state: TrainState, epoch_s: float) -> None:
         if cfg.optim.warmup_epochs < state.epoch and epochs != run.epochs:
             run.say(f"note: the lr of the first {state.epoch} epochs followed epochs={run.epochs} past the warm-up; "
                     f"from here the cosine follows epochs={epochs}")
-    epochs = distributed.broadcast_int(run.info, epochs)
-    run.epochs = state.budget_epochs = epochs
-    run.budget_pending = False
-    now = time.perf_counter()
-    run.budget_watch = budget.Watch(budget_s=60.0 * cfg.budget_minutes, t_start=run.t_start, t0=now,
-                                    epoch0=state.epoch, epoch_s=epoch_s, eval_s=eval_s)
-    if run.writer is not None:
-        run.writer.set_status("running", epoch=state.epoch, step=state.step, budget_epochs=epochs)
+    _fix_epochs(run, state, epochs)  # at least state.epoch + 1: never 0
+    run.budget_watch = budget.Watch(budget_s=60.0 * cfg.budget_minutes, t_start=run.t_start,
+                                    t0=time.perf_counter(), epoch0=state.epoch, epoch_s=epoch_s, eval_s=eval_s)
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -697,7 +702,7 @@ def _describe(run: Run, state: TrainState) -> str:
             f"{run.eff_batch} ({B} x {A} accum x {W}), lr {run.base_lr:.3g}, {run.steps_per_epoch} steps/epoch, "
             f"epochs {state.epoch}->{run.epochs}"
             + (f" (at most; budget_minutes={cfg.budget_minutes:g} fixes the number at the end of the warm-up)"
-               if run.budget_pending else ""))
+               if _budget_pending(run, state) and state.epoch < cfg.epochs else ""))
 
 
 def _redo_lost_evals(run: Run, state: TrainState) -> None:
