@@ -210,3 +210,22 @@ def test_ffcv_epoch_left_after_its_last_batch_was_decoded_does_not_hang(data):
     t.start()
     t.join(timeout=60)
     assert done == [20], "the loader hung after an epoch was left early"
+
+
+def test_ffcv_epoch_left_early_stops_decoding(data):
+    """Leaving an epoch after one batch (reconstruction samples, a capped feature pass) must stop
+    FFCV's thread, not let it decode the rest of the epoch first: the stop used to drain FFCV's
+    queue while waiting, so every put succeeded and the thread ran the whole order (the trainer's
+    two reconstruction loaders cost 11 s of a demo run's start-up that way)."""
+    import operator
+    loader = make_loader("ffcv", path_for("ffcv", data), batch_size=1, image_size=64, train=False,
+                         num_workers=1, dtype=torch.uint8, shuffle=False)
+    it = iter(loader)
+    next(it)
+    running = loader._running   # FFCV's EpochIterator for this epoch
+    it.close()
+    assert not running.is_alive()
+    left = operator.length_hint(running.iter_ixes)
+    # 20 batches: one drawn, at most batches_ahead (3) queued and one in flight when it stopped
+    assert left >= 20 - 1 - 3 - 2, f"FFCV decoded {20 - left} of 20 batches for an epoch left after one"
+    assert sum(x.shape[0] for x, _ in loader) == 20   # the next epoch runs in full
