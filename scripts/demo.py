@@ -5,8 +5,8 @@
 1. generate the sample dataset            (python -m pipeline.sample)
 2. convert it to FFCV .beton files        (python -m pipeline.build_ffcv)
 3. pretrain the CPU-scale demo MAE        (python -m trainer.pretrain --config configs/demo.yaml)
-   -- kNN and cached linear-probe evals (epochs 8 and 16) and sampled reconstructions go into the
-      run store
+   -- up to 16 epochs, as many as fit its 4.4-minute budget; kNN and cached linear-probe evals (epoch
+      8 and the last) and sampled reconstructions go into the run store
 4. print the final checkpoint's kNN and linear probe from the run store (recorded by stage 3 on
    the same frozen features the standalone CLIs use; when a record is missing, the CLIs run:
    python -m evals.knn, python -m evals.linprobe --cached)
