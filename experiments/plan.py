@@ -91,11 +91,20 @@ def experiment_key(config: dict) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets) -> dict:
-    """The preset's base config with the preset's ``set``, ``--epochs`` and ``--set`` applied."""
+def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets, echo=None) -> dict:
+    """The preset's base config with the preset's ``set``, ``--epochs`` and ``--set`` applied.
+
+    A base's wall-clock budget (``budget_minutes``, the CPU presets') is dropped: it lets the trainer
+    choose the epoch count from the machine's speed, so a slower point would train fewer epochs than
+    the others and the sweep would not compare at one schedule. ``--set budget_minutes=M`` (or the
+    preset's ``set``) puts one back: the points then compare at a fixed wall-clock."""
     pre = spec["presets"][preset] or {}
     base_path = Path(base_config) if base_config else Path(spec["_path"]).parent / pre.get("base", f"_base_{preset}.yaml")
     base = read_base(base_path)
+    budget = base.pop("budget_minutes", None)
+    if budget and echo is not None and not any(parse_set(t)[0] == "budget_minutes" for t in sets):
+        echo(f"{base_path}: budget_minutes={budget} is off in this sweep: every point trains its planned "
+             f"epochs (--set budget_minutes={budget} compares the points at a fixed wall-clock instead)")
     for key, value in (pre.get("set") or {}).items():
         set_key(base, key, value)
     if pre.get("epochs") is not None:
@@ -110,13 +119,14 @@ def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets)
 
 def plan(spec: dict, preset: str = "cpu", base_config: str | Path | None = None, epochs: int | None = None,
          sets: list[str] | tuple = (), sweep_dir: Path | None = None, values: list | None = None,
-         seeds: list[int] | None = None) -> list[Point]:
+         seeds: list[int] | None = None, echo=None) -> list[Point]:
     """Resolve every point of ``spec`` under ``preset`` into a full trainer config (see module doc):
     one run per point and seed (``seeds``; None: one run at the config's own seed), the points from
-    ``values`` of the varied key when given, else the spec's."""
+    ``values`` of the varied key when given, else the spec's. ``echo`` hears about a base config's
+    wall-clock budget being dropped (see ``_base_config``)."""
     if preset not in spec["presets"]:
         raise SweepError(f"sweep {spec['name']!r} has no preset {preset!r}; presets: {', '.join(spec['presets'])}")
-    base = _base_config(spec, preset, base_config, epochs, sets)
+    base = _base_config(spec, preset, base_config, epochs, sets, echo)
     points = []
     for p in spec_points(spec, spec["presets"][preset] or {}, values):
         cfg = copy.deepcopy(base)

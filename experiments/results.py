@@ -208,6 +208,7 @@ def point_row(point: Point, sweep_dir: Path, records: pd.DataFrame | None = None
     if run is None:
         return row
     row["status"] = run.status
+    row["epochs"] = final_epoch(point, run)
     row["epochs_done"] = epochs_done(run)
     row.update(_training_numbers(run))
     evals = read_evals(run)
@@ -275,6 +276,17 @@ def eval_seconds(run: runstore.Run, since_epoch: int) -> float:
     return float(secs.groupby(ev["epoch"]).max().sum()) if len(ev) else 0.0
 
 
+def final_epoch(point: Point, run: runstore.Run) -> int:
+    """The run's last epoch: the point's epochs, or fewer where a wall-clock budget the sweep was
+    asked for (``--set budget_minutes=M``) fixed them (status.json's ``budget_epochs``)."""
+    try:
+        status = run.status_info()
+    except UNREADABLE:
+        status = None
+    planned = runstore.planned_epochs(point.config, status)
+    return int(planned) if isinstance(planned, int) and 0 < planned <= point.epochs else point.epochs
+
+
 def missing_final_evals(point: Point, run: runstore.Run) -> list[str]:
     """Eval kinds planned after the last epoch but absent from the run store."""
     ev_cfg = point.config.get("evals", {})
@@ -282,6 +294,6 @@ def missing_final_evals(point: Point, run: runstore.Run) -> list[str]:
         return []
     wanted = [k for k in ("knn", "linprobe") if ev_cfg.get(k, True)]
     ev = read_evals(run)
-    have = set(ev.loc[pd.to_numeric(ev["epoch"], errors="coerce") == point.epochs, "kind"]) \
+    have = set(ev.loc[pd.to_numeric(ev["epoch"], errors="coerce") == final_epoch(point, run), "kind"]) \
         if {"epoch", "kind"} <= set(ev.columns) else set()
     return [k for k in wanted if k not in have]

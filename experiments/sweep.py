@@ -31,7 +31,8 @@ sweep record carries the donor's wall-clock and ``reused_from``. ``--no-reuse`` 
 
 Config precedence, lowest first: base config (the preset's, or ``--base-config``) < the preset's
 ``set`` < ``--epochs`` < ``--set key=value`` < the point's own keys (a sweep's varied key always
-wins, e.g. ``epochs`` in the ``epochs`` sweep) < ``--seeds``.
+wins, e.g. ``epochs`` in the ``epochs`` sweep) < ``--seeds``. A base's ``budget_minutes`` is dropped
+(every point trains its planned epochs); ``--set budget_minutes=M`` compares at a fixed wall-clock.
 
 Values and seeds: ``--values 10,25,50,100`` replaces the preset's values of the varied key (each
 typed as a YAML value, as ``--set``'s; points named as the YAML's would be, e.g. ``epochs_10``).
@@ -72,7 +73,7 @@ from evals.inputs import RawHelpFormatter
 from evals.online import epoch_evals
 from experiments import store
 from experiments.plan import Point, data_problem, default_out, plan, plan_seeds, validate
-from experiments.results import (TABLE_COLUMNS, epochs_done, eval_seconds, find_sweeps, has_checkpoint, is_done,
+from experiments.results import (TABLE_COLUMNS, epochs_done, eval_seconds, final_epoch, find_sweeps, has_checkpoint, is_done,
                                  missing_final_evals, open_run, point_row, record_numbers, sweep_table)
 from experiments.reuse import find_donor, reuse_point
 from experiments.spec import SweepError, list_sweeps, load_spec, parse_seeds, parse_values
@@ -242,7 +243,7 @@ def ensure_final_evals(point: Point, run_dir: Path, echo=print) -> bool:
     for rec in epoch_evals(model, ev_cfg, point.config["data"], device):
         rec = dict(rec)
         rec.pop("epoch", None)
-        runstore.append_eval(run_dir, epoch=point.epochs, **rec)
+        runstore.append_eval(run_dir, epoch=final_epoch(point, run), **rec)
     return True
 
 
@@ -349,7 +350,7 @@ def run_sweep(name: str, preset: str = "cpu", out: str | Path | None = None, bas
     """
     spec = load_spec(name)
     sweep_dir = Path(out) if out else default_out(spec["name"], preset)
-    planned = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir, values=values, seeds=seeds)
+    planned = plan(spec, preset, base_config, epochs, sets, sweep_dir=sweep_dir, values=values, seeds=seeds, echo=echo)
     points = _select(planned, only)
     validate(planned)
     missing = data_problem(points)

@@ -324,3 +324,26 @@ def test_two_seeds_are_two_runs_of_one_point_and_reuse_keeps_seeds_apart(sample,
     sib = sweep.run_sweep(str(spec), out=tmp_path / "out_seed1", seeds=[1, 2], echo=lambda *a: None)
     assert trained == ["ratio_75_seed2"]                      # seed 2 is a new experiment: trained
     assert sib.set_index("seed").loc[1, "reused_from"] == str(out / "ratio_75_seed1")   # not seed 0's run
+
+
+def test_a_sweep_at_a_fixed_wall_clock_reads_the_epochs_its_budget_fixed(sample, tmp_path):
+    """--set budget_minutes=M keeps the trainer's budget (a base's own is dropped, see
+    test_sweep_specs): a point may then end before its planned epochs. Its final evals are the ones
+    after the epoch the budget fixed: the table reads them and the sweep does not run them again."""
+    spec = _write_sweep(tmp_path, sample, [{"name": "ratio_75", "value": 0.75, "set": {"model.mask_ratio": 0.75}}])
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["budget_minutes"] = 0.001   # dropped by the sweep: the point trains its 3 epochs
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    table = sweep.run_sweep(str(spec), out=tmp_path / "planned", epochs=3, echo=lambda *a: None)
+    assert list(table["epochs"]) == [3] and list(table["epochs_done"]) == [3]
+
+    out = tmp_path / "budget"
+    table = sweep.run_sweep(str(spec), out=out, epochs=3, sets=["budget_minutes=0.001"], echo=lambda *a: None)
+    run = runstore.open(out / "ratio_75")
+    assert run.status_info()["budget_epochs"] == 2            # the trainer's minimum under a tiny budget
+    assert list(table["epochs"]) == [2] and list(table["epochs_done"]) == [2]
+    assert table["knn_top1"].notna().all() and table["linprobe_top1"].notna().all()
+    point = sweep.plan(sweep.load_spec(str(spec)), "cpu", epochs=3, sets=["budget_minutes=0.001"], sweep_dir=out)[0]
+    assert results.missing_final_evals(point, run) == []
+    assert sweep.ensure_final_evals(point, out / "ratio_75", echo=lambda *a: None) is False
+    assert set(run.evals()["epoch"]) == {2}

@@ -186,3 +186,23 @@ def test_a_resumed_sweep_with_other_seeds_or_values_is_refused(tmp_path, capsys)
     sweep.run_sweep("epochs", out=old, dry_run=True, echo=lambda *a: None)
     with pytest.raises(sweep.SweepError, match="seeds 0, now 0,1"):
         sweep.run_sweep("epochs", out=old, seeds=[0, 1], dry_run=True, echo=lambda *a: None)
+
+
+def test_a_base_configs_wall_clock_budget_is_off_unless_the_sweep_sets_it(capsys):
+    """The CPU presets set budget_minutes, which lets the trainer pick the epoch count from the
+    machine's speed: a sweep on such a base must train every point its planned epochs (a slower
+    point, e.g. mask ratio 0.25 or mask tokens in the encoder, would otherwise train fewer epochs
+    than the others and the comparison would not be at one schedule). --set budget_minutes=M
+    asks for the comparison at a fixed wall-clock instead."""
+    from trainer.config import from_dict
+    spec = sweep.load_spec("mask_token")
+    points = sweep.plan(spec, "cpu", base_config="configs/imagenette_cpu_12min.yaml", epochs=10,
+                        echo=print)
+    assert all(from_dict(p.config).budget_minutes == 0 for p in points)
+    assert all(p.epochs == 10 for p in points)
+    out = capsys.readouterr().out
+    assert "budget_minutes=12" in out and "--set budget_minutes=" in out
+    kept = sweep.plan(spec, "cpu", base_config="configs/imagenette_cpu_12min.yaml", epochs=10,
+                      sets=["budget_minutes=12"], echo=print)
+    assert all(from_dict(p.config).budget_minutes == 12 for p in kept)
+    assert "budget" not in capsys.readouterr().out
