@@ -73,8 +73,8 @@ from evals.inputs import RawHelpFormatter
 from evals.online import epoch_evals
 from experiments import store
 from experiments.plan import Point, data_problem, default_out, plan, plan_seeds, validate
-from experiments.results import (TABLE_COLUMNS, epochs_done, eval_seconds, final_epoch, find_sweeps, has_checkpoint, is_done,
-                                 missing_final_evals, open_run, point_row, record_numbers, sweep_table)
+from experiments.results import (TABLE_COLUMNS, epochs_done, eval_seconds, final_epoch, find_sweeps, has_checkpoint,
+                                 is_done, missing_final_evals, open_run, point_row, record_numbers, sweep_table)
 from experiments.reuse import find_donor, reuse_point
 from experiments.spec import SweepError, list_sweeps, load_spec, parse_seeds, parse_values
 from model import load_checkpoint
