@@ -102,9 +102,6 @@ def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets,
     base_path = Path(base_config) if base_config else Path(spec["_path"]).parent / pre.get("base", f"_base_{preset}.yaml")
     base = read_base(base_path)
     budget = base.pop("budget_minutes", None)
-    if budget and echo is not None and not any(parse_set(t)[0] == "budget_minutes" for t in sets):
-        echo(f"{base_path}: budget_minutes={budget} is off in this sweep: every point trains its planned "
-             f"epochs (--set budget_minutes={budget} compares the points at a fixed wall-clock instead)")
     for key, value in (pre.get("set") or {}).items():
         set_key(base, key, value)
     if pre.get("epochs") is not None:
@@ -114,6 +111,9 @@ def _base_config(spec: dict, preset: str, base_config, epochs: int | None, sets,
     for text in sets:
         key, value = parse_set(text)
         set_key(base, key, value)
+    if budget and echo is not None and "budget_minutes" not in base:
+        echo(f"{base_path}: budget_minutes={budget} is off in this sweep: every point trains its planned "
+             f"epochs (--set budget_minutes={budget} compares the points at a fixed wall-clock instead)")
     return base
 
 

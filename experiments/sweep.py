@@ -240,10 +240,11 @@ def ensure_final_evals(point: Point, run_dir: Path, echo=print) -> bool:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_checkpoint(ckpt).to(device).eval()
     ev_cfg = dict(point.config["evals"], knn="knn" in missing, linprobe="linprobe" in missing)
+    epoch = final_epoch(point, run)
     for rec in epoch_evals(model, ev_cfg, point.config["data"], device):
         rec = dict(rec)
         rec.pop("epoch", None)
-        runstore.append_eval(run_dir, epoch=final_epoch(point, run), **rec)
+        runstore.append_eval(run_dir, epoch=epoch, **rec)
     return True
 
 

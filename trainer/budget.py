@@ -26,17 +26,18 @@ epoch's cosine was computed for the maximum and the rest follows E (a small kink
 so). The first epoch alone is a poor clock: on the 2-core VM it ran 10-15% slower than the next
 (loader start, allocator warm-up), which is why the decision waits for the warm-up's end.
 
-The machine's speed can drift after the decision (in one hour the 2-core VM's epochs ranged from
-36 to 54 s, in stretches of several epochs), so the trainer keeps watching (``Watch``, ``replan``): at every epoch
-boundary from the second after the decision it projects the end from the epochs' average time since
-the decision and the latest eval's time; only when that projection overruns the budget itself (not
-the ``SAFETY`` share) it plans again, downwards only, to the most epochs that fit ``SAFETY``. A
-re-plan shortens the cosine from that point (the lr steps down a little; the trainer says so), so
-only a run that was never re-planned equals ``epochs=E`` exactly.
+The machine's speed can drift after the decision (in one hour the 2-core VM's epochs ranged from 36
+to 54 s, in stretches of several epochs), so the trainer keeps watching (``Watch``, ``replan``): at
+every epoch boundary from the second after the decision it projects the end from the epochs' average
+time since the decision and the latest eval's time; only when that projection overruns the budget
+itself (not the ``SAFETY`` share) it plans again, downwards only, to the most epochs that fit
+``SAFETY``. A re-plan shortens the cosine from that point (the lr steps down a little; the trainer
+says so), so only a run that was never re-planned equals ``epochs=E`` exactly.
 
-The number is saved in every checkpoint; a resume keeps it (the interruption is not counted
-against the budget, and the resumed process does not watch: its clock did not see the start). A resume that changes ``budget_minutes`` or ``epochs`` (``--allow-change``)
-drops it: a new budget then counts from the resume and is applied at its first epoch boundary.
+The number is saved in every checkpoint; a resume keeps it (the interruption is not counted against
+the budget, and the resumed process does not watch: its clock did not see the start). A resume that
+changes ``budget_minutes`` or ``epochs`` (``--allow-change``) drops it: a new budget then counts
+from the resume and is applied at its first epoch boundary.
 """
 from __future__ import annotations
 
