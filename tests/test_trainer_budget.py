@@ -7,6 +7,8 @@
   evals.every, publishes final.pth and records the number in status.json;
 - the number survives a restart (the finished run is not trained further), an allowed change of
   the budget drops it; a budget large enough trains the configured maximum;
+- after the decision the watch re-plans: shorter when the epochs slow down past the budget, longer
+  when they speed up (replayed on a real 60-minute run's epoch times), and the trainer follows;
 - under torchrun with two processes both ranks follow rank 0's decision;
 - a negative budget is one line, exit 2.
 """
@@ -66,14 +68,87 @@ def test_replan_only_when_the_projection_overruns_the_budget():
     eval 35 s: 79 epochs), then a slowdown worse than that run saw: 37 s epochs, later 46 s on
     average. (That run's own epochs, 35.8-53.7 s, never projected past 3,469 s: no re-plan.)"""
     watch = Watch(budget_s=3600, t_start=0.0, t0=230.0, epoch0=5, epoch_s=42.1, eval_s=35.0)
-    assert replan(watch, now=230 + 37, done=6, planned=79, evals_every=32) is None  # one epoch: not trusted
-    assert replan(watch, now=230 + 2 * 37, done=7, planned=79, evals_every=32) is None  # faster: kept
+    kw = {"planned": 79, "max_epochs": 79, "evals_every": 32}
+    assert replan(watch, now=230 + 37, done=6, **kw) is None  # one epoch: not trusted
+    assert replan(watch, now=230 + 2 * 37, done=7, **kw) is None  # faster, but planned at the maximum
     watch.note_eval(41.0)  # the eval after epoch 32
     now = 230 + 33 * 46 + 41
     # 79 would end at 1789 + 41 x 46 + 2 x 41 = 3757 s > 3600: the most that fit 0.97 x 3600 = 3492 s
-    plan, epoch_s = replan(watch, now=now, done=38, planned=79, evals_every=32)
-    assert epoch_s == pytest.approx(46.0) and plan.epochs == 73 and plan.estimate_s <= 0.97 * 3600
-    assert replan(watch, now=now, done=38, planned=39, evals_every=32) is None  # nothing left to cut
+    plan, epoch_s, projected = replan(watch, now=now, done=38, planned=79, max_epochs=110, evals_every=32)
+    assert projected == pytest.approx(3757) and epoch_s == pytest.approx(46.0)
+    assert plan.epochs == 73 and plan.estimate_s <= 0.97 * 3600
+    assert replan(watch, now=now, done=38, planned=39, max_epochs=110, evals_every=32) is None  # nothing left to cut
+
+
+# The 60-minute preset's run in `make imagenette-table` on 2026-12-07 (alone on the 2-core VM): it
+# decided after epoch 5, 233 s in, on 41.3 s an epoch and ~41 s an eval, for 81 of at most 110
+# epochs; epochs 6-81 then took these seconds (the trainer's epoch lines), evals 35 / 30 / 33 s, and
+# the run ended after 52 of its 60 minutes.
+EPOCHS_6_TO_81 = [
+    36.4, 38.6, 40.0, 37.2, 35.1, 37.7, 37.4, 39.4, 39.1, 40.8, 39.1, 39.8, 38.7, 36.4, 39.5, 41.3, 38.4,
+    39.0, 40.1, 41.4, 39.9, 37.3, 38.4, 36.9, 38.0, 41.2, 37.3, 35.6, 37.1, 33.5, 32.1, 32.1, 33.3, 37.1,
+    36.9, 37.1, 36.7, 36.3, 37.2, 35.0, 33.6, 36.3, 36.9, 35.9, 34.5, 36.5, 36.4, 35.5, 36.6, 36.5, 36.6,
+    36.9, 37.0, 36.4, 33.6, 32.7, 35.1, 37.7, 37.7, 33.8, 32.8, 32.9, 36.1, 36.1, 36.4, 32.5, 32.8, 33.2,
+    36.9, 34.0, 36.0, 37.1, 36.0, 32.4, 33.5, 37.1]
+
+
+def _replay(epoch_times, *, budget_s=3600.0, decided_at=233.0, epoch0=5, planned=81, max_epochs=110):
+    """Drive ``replan`` through a run's epochs (past the recorded ones at the mean of the last 15);
+    returns (epochs trained, wall at the end, the re-plans as (after epoch, new epochs))."""
+    watch = Watch(budget_s=budget_s, t_start=0.0, t0=decided_at, epoch0=epoch0, epoch_s=41.3, eval_s=41.0)
+    now, done, changes = decided_at, epoch0, []
+    tail = sum(epoch_times[-15:]) / 15
+    while done < planned:
+        done += 1
+        now += epoch_times[done - epoch0 - 1] if done - epoch0 - 1 < len(epoch_times) else tail
+        if done % 32 == 0 or done == planned:
+            now += 33.0
+            watch.note_eval(33.0)
+        found = replan(watch, now=now, done=done, planned=planned, max_epochs=max_epochs, evals_every=32)
+        if found is not None:
+            planned = found[0].epochs
+            changes.append((done, planned))
+    return done, now, changes
+
+
+def test_replan_grows_a_run_whose_epochs_ran_faster_than_planned():
+    """Replayed on the run above, the watch grows the plan (it used 87% of its budget): more epochs,
+    still inside the budget, and no swing back down."""
+    epochs, wall, changes = _replay(EPOCHS_6_TO_81)
+    assert epochs > 81 and 0.93 * 3600 <= wall <= 3600, (epochs, wall, changes)
+    assert changes and all(b > a for (_, a), (_, b) in zip([(0, 81)] + changes, changes)), changes
+    assert all(new - old >= 2 for (_, old), (_, new) in zip([(0, 81)] + changes, changes))  # GROW_SHARE of 81
+    # at its maximum the run keeps its plan; a tiny surplus and a single epoch's timing change nothing
+    assert _replay(EPOCHS_6_TO_81, max_epochs=81)[:1] == (81,)
+    watch = Watch(budget_s=3600, t_start=0.0, t0=233.0, epoch0=5, epoch_s=41.3, eval_s=41.0)
+    assert replan(watch, now=233 + 30.0, done=6, planned=81, max_epochs=110, evals_every=32) is None
+    assert replan(watch, now=233 + 2 * 41.0, done=7, planned=81, max_epochs=110, evals_every=32) is None
+    plan, epoch_s, projected = replan(watch, now=233 + 2 * 36.5, done=7, planned=81, max_epochs=110,
+                                      evals_every=32)
+    assert projected < 0.97 * 3600 and epoch_s == pytest.approx(36.5)
+    assert 83 <= plan.epochs <= 110 and plan.estimate_s <= 0.97 * 3600
+
+
+def test_the_trainer_applies_a_longer_plan(tmp_path, tiny_data, capsys, monkeypatch):
+    """The wiring of an upward re-plan, the verdict forced: decided 3 of at most 6 (a plan shorter
+    than the maximum), then at epoch 2 the watch says 5 fit; the run trains 5 and says so."""
+    monkeypatch.setattr(budget, "plan_epochs", lambda **kw: Plan(3, 10.0, True))
+    calls = []
+
+    def faster(watch, *, now, done, planned, max_epochs, evals_every):
+        calls.append((done, planned, max_epochs))
+        return (Plan(5, 100.0, True), 1.0, 60.0) if done == 2 else None
+    monkeypatch.setattr(budget, "replan", faster)
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
+                       checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
+    assert main(["--config", str(cfg)]) == 0
+    err = capsys.readouterr().err
+    assert calls == [(2, 3, 6), (3, 5, 6), (4, 5, 6)], calls
+    assert "so 3 epochs would end at 1.0 min: re-planned to 5 (estimated 1.7 min, at most 6)" in err, err
+    assert "done: 5 epochs" in err, err
+    second = torch.load(next((tmp_path / "run" / "checkpoints").glob("ckpt-e0002-*.pth")), weights_only=True)
+    assert second["budget_epochs"] == 5
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 5
 
 
 def test_the_trainer_applies_a_replan(tmp_path, tiny_data, capsys, monkeypatch):
@@ -81,16 +156,17 @@ def test_the_trainer_applies_a_replan(tmp_path, tiny_data, capsys, monkeypatch):
     fit; the run stops after 4, the checkpoint of that boundary and status.json say 4."""
     calls = []
 
-    def overrun(watch, *, now, done, planned, evals_every):
+    def overrun(watch, *, now, done, planned, max_epochs, evals_every):
         calls.append((done, planned))
-        return (Plan(4, 100.0, True), 9.9) if done == 3 else None
+        return (Plan(4, 100.0, True), 9.9, 130.0) if done == 3 else None
     monkeypatch.setattr(budget, "replan", overrun)
     cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
                        checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
     assert main(["--config", str(cfg)]) == 0
     err = capsys.readouterr().err
     assert calls == [(2, 6), (3, 6)]  # from the boundary after the decision (epoch 1) on
-    assert "so 6 epochs would overrun: re-planned to 4" in err and "done: 4 epochs" in err, err
+    assert "so 6 epochs would end at 2.2 min: re-planned to 4 (estimated 1.7 min)" in err, err
+    assert "done: 4 epochs" in err, err
     third = torch.load(next((tmp_path / "run" / "checkpoints").glob("ckpt-e0003-*.pth")), weights_only=True)
     assert third["budget_epochs"] == 4
     assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 4

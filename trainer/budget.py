@@ -29,10 +29,16 @@ so). The first epoch alone is a poor clock: on the 2-core VM it ran 10-15% slowe
 The machine's speed can drift after the decision (in one hour the 2-core VM's epochs ranged from 36
 to 54 s, in stretches of several epochs), so the trainer keeps watching (``Watch``, ``replan``): at
 every epoch boundary from the second after the decision it projects the end from the epochs' average
-time since the decision and the latest eval's time; only when that projection overruns the budget
-itself (not the ``SAFETY`` share) it plans again, downwards only, to the most epochs that fit
-``SAFETY``. A re-plan shortens the cosine from that point (the lr steps down a little; the trainer
-says so), so only a run that was never re-planned equals ``epochs=E`` exactly.
+time since the decision and the latest eval's time. When that projection overruns the budget itself
+(not the ``SAFETY`` share) it plans again, downwards, to the most epochs that fit ``SAFETY``. When
+the epochs run faster than assumed, so that at least ``GROW_SHARE`` of the planned epochs more fit
+``SAFETY`` (and ``epochs``, the maximum, allows), it plans again, upwards: a 60-minute run that
+decided on 41.3 s epochs and then ran them in 36.5 s on average ended at 52 minutes with 81 epochs;
+replayed with its own epoch times, the upward re-plans (after epochs 7 and 60) take it to 90 epochs
+and 57.0 minutes. The band between the two thresholds (``SAFETY`` up, the whole budget down) keeps
+a run from swinging back and forth. A re-plan moves the cosine from that point (the lr steps down a
+little when the run shortens, up a little when it grows; the trainer says so), so only a run that
+was never re-planned equals ``epochs=E`` exactly.
 
 The number is saved in every checkpoint; a resume keeps it (the interruption is not counted against
 the budget, and the resumed process does not watch: its clock did not see the start). A resume that
@@ -41,6 +47,7 @@ from the resume and is applied at its first epoch boundary.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -49,6 +56,7 @@ EVAL_MARGIN = 1.15  # on the 12-min preset: 35.4 s estimated for 38.9 s of featu
 STEADY_SKIP = 5  # steps at the start of an epoch left out of the step-time measurement
 DECIDE_SHARE = 0.25  # decide before the warm-up ends once this share of the budget is spent
 REPLAN_AFTER = 2  # epochs after the decision before the projection is trusted
+GROW_SHARE = 0.02  # an upward re-plan adds at least this share of the planned epochs (and at least one)
 
 
 def due(*, done: int, warmup_epochs: float, spent_share: float) -> bool:
@@ -107,20 +115,30 @@ class Watch:
             self.eval_s = seconds
 
 
-def replan(watch: Watch, *, now: float, done: int, planned: int, evals_every: int) -> tuple[Plan, float] | None:
-    """(a shorter plan, the measured epoch time) when finishing ``planned`` epochs at the average
-    epoch time since the decision would overrun the budget; None while it fits (or cannot shrink)."""
+def replan(watch: Watch, *, now: float, done: int, planned: int, max_epochs: int,
+           evals_every: int) -> tuple[Plan, float, float] | None:
+    """(a new plan, the measured epoch time, the projected end of ``planned``) when finishing
+    ``planned`` epochs at the average epoch time since the decision (and the latest eval's time)
+    would overrun the budget (a shorter plan), or when at least ``GROW_SHARE`` of ``planned`` more
+    epochs (at most ``max_epochs`` in all) fit ``SAFETY`` of it (a longer plan); None while the plan
+    stands."""
     n = done - watch.epoch0
     if n < REPLAN_AFTER or planned <= done + 1:
         return None
     epoch_s = (now - watch.t0 - watch.evals_s) / n
     elapsed = now - watch.t_start
     projected = elapsed + (planned - done) * epoch_s + evals_between(done, planned, evals_every) * watch.eval_s
-    if projected <= watch.budget_s:
+    if projected > watch.budget_s:
+        plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=planned - 1,
+                           min_epochs=done + 1, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
+        return plan, epoch_s, projected
+    if max_epochs <= planned:
         return None
-    plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=planned - 1,
-                       min_epochs=done + 1, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
-    return plan, epoch_s
+    plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=max_epochs,
+                       min_epochs=planned, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
+    if plan.epochs >= planned + max(1, math.ceil(GROW_SHARE * planned)):
+        return plan, epoch_s, projected
+    return None
 
 
 class EpochClock:

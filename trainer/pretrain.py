@@ -549,19 +549,22 @@ def _fix_epochs(run: Run, state: TrainState, epochs: int) -> int:
 
 
 def _check_budget(run: Run, state: TrainState) -> None:
-    """Re-plan downwards when the epochs since the decision ran slower than it assumed and the run
-    would overrun the budget: rank 0 decides (0 = no change), every rank follows."""
+    """Re-plan when the epochs since the decision ran at another speed than it assumed: shorter when
+    the run would overrun the budget, longer when more epochs fit it (trainer.budget.replan); rank 0
+    decides (0 = no change), every rank follows."""
     watch, cfg, epochs = run.budget_watch, run.cfg, 0
     if run.info.is_main:
         found = budget.replan(watch, now=time.perf_counter(), done=state.epoch, planned=run.epochs,
-                              evals_every=cfg.evals.every)
+                              max_epochs=cfg.epochs, evals_every=cfg.evals.every)
         if found is not None:
-            plan, epoch_s = found
+            plan, epoch_s, projected = found
             epochs = plan.epochs
+            cap = "" if epochs < run.epochs else f", at most {cfg.epochs}"
             run.say(f"budget {cfg.budget_minutes:g} min: the {state.epoch - watch.epoch0} epochs since the decision "
-                    f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s), so {run.epochs} epochs would overrun: "
-                    f"re-planned to {epochs} (estimated {plan.estimate_s / 60:.1f} min); the lr's cosine follows "
-                    f"epochs={epochs} from here")
+                    f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s), an eval ~{watch.eval_s:.0f}s, so "
+                    f"{run.epochs} epochs would end at {projected / 60:.1f} min: re-planned to {epochs} "
+                    f"(estimated {plan.estimate_s / 60:.1f} min{cap}); "
+                    f"the lr's cosine follows epochs={epochs} from here")
     _fix_epochs(run, state, epochs)
 
 
