@@ -560,8 +560,9 @@ def _check_budget(run: Run, state: TrainState) -> None:
             plan, epoch_s, projected = found
             epochs = plan.epochs
             cap = "" if epochs < run.epochs else f", at most {cfg.epochs}"
+            evals = f", an eval ~{watch.eval_s:.0f}s" if cfg.evals.every else ""
             run.say(f"budget {cfg.budget_minutes:g} min: the {state.epoch - watch.epoch0} epochs since the decision "
-                    f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s), an eval ~{watch.eval_s:.0f}s, so "
+                    f"took {epoch_s:.1f}s each (planned {watch.epoch_s:.1f}s){evals}, so "
                     f"{run.epochs} epochs would end at {projected / 60:.1f} min: re-planned to {epochs} "
                     f"(estimated {plan.estimate_s / 60:.1f} min{cap}); "
                     f"the lr's cosine follows epochs={epochs} from here")
