@@ -92,23 +92,31 @@ EPOCHS_6_TO_81 = [
     36.9, 34.0, 36.0, 37.1, 36.0, 32.4, 33.5, 37.1]
 
 
-def _replay(epoch_times, *, budget_s=3600.0, decided_at=233.0, epoch0=5, planned=81, max_epochs=110):
-    """Drive ``replan`` through a run's epochs (past the recorded ones at the mean of the last 15);
-    returns (epochs trained, wall at the end, the re-plans as (after epoch, new epochs))."""
-    watch = Watch(budget_s=budget_s, t_start=0.0, t0=decided_at, epoch0=epoch0, epoch_s=41.3, eval_s=41.0)
+def _replay(epoch_times, *, budget_s=3600.0, decided_at=233.0, epoch0=5, planned=81, max_epochs=110,
+            every=32, plan_epoch_s=41.3, plan_eval_s=41.0, eval_s=33.0, end_s=0.0):
+    """Drive ``replan`` through a run's epochs as the trainer does (at each boundary before the last:
+    the check, then the eval due there); epochs past the recorded ones take the mean of the last few.
+    Returns (epochs trained, wall at the end, the re-plans as (after epoch, new epochs))."""
+    watch = Watch(budget_s=budget_s, t_start=0.0, t0=decided_at, epoch0=epoch0, epoch_s=plan_epoch_s,
+                  eval_s=plan_eval_s)
     now, done, changes = decided_at, epoch0, []
-    tail = sum(epoch_times[-15:]) / 15
+    tail = sum(epoch_times[-5:]) / 5
     while done < planned:
         done += 1
-        now += epoch_times[done - epoch0 - 1] if done - epoch0 - 1 < len(epoch_times) else tail
-        if done % 32 == 0 or done == planned:
-            now += 33.0
-            watch.note_eval(33.0)
-        found = replan(watch, now=now, done=done, planned=planned, max_epochs=max_epochs, evals_every=32)
-        if found is not None:
+        now += (epoch_times[done - epoch0 - 1] if done - epoch0 - 1 < len(epoch_times) else tail) + end_s
+        found = replan(watch, now=now, done=done, planned=planned, max_epochs=max_epochs, evals_every=every)
+        if found is not None and done < planned:
             planned = found[0].epochs
             changes.append((done, planned))
+        if done % every == 0 or done == planned:
+            now += eval_s
+            watch.note_eval(eval_s)
     return done, now, changes
+
+
+def _monotonic(changes, start):
+    steps = list(zip([(0, start)] + changes, changes))
+    return all(b > a for (_, a), (_, b) in steps) or all(b < a for (_, a), (_, b) in steps)
 
 
 def test_replan_grows_a_run_whose_epochs_ran_faster_than_planned():
@@ -116,7 +124,7 @@ def test_replan_grows_a_run_whose_epochs_ran_faster_than_planned():
     still inside the budget, and no swing back down."""
     epochs, wall, changes = _replay(EPOCHS_6_TO_81)
     assert epochs > 81 and 0.93 * 3600 <= wall <= 3600, (epochs, wall, changes)
-    assert changes and all(b > a for (_, a), (_, b) in zip([(0, 81)] + changes, changes)), changes
+    assert changes and _monotonic(changes, 81) and changes[-1][1] > 81, changes
     assert all(new - old >= 2 for (_, old), (_, new) in zip([(0, 81)] + changes, changes))  # GROW_SHARE of 81
     # at its maximum the run keeps its plan; a tiny surplus and a single epoch's timing change nothing
     assert _replay(EPOCHS_6_TO_81, max_epochs=81)[:1] == (81,)
@@ -127,6 +135,33 @@ def test_replan_grows_a_run_whose_epochs_ran_faster_than_planned():
                                       evals_every=32)
     assert projected < 0.97 * 3600 and epoch_s == pytest.approx(36.5)
     assert 83 <= plan.epochs <= 110 and plan.estimate_s <= 0.97 * 3600
+
+
+# A fresh-clone `make demo` (4.4-minute budget, evals every 8, at most 16 epochs) on 2026-12-07: it
+# decided after epoch 1, 35.3 s in, 12 epochs on 16.1 s an epoch and ~15 s an eval; epochs 2-14 then
+# took these seconds (plus ~0.3 s of epoch-end work each), the eval after epoch 8 13.9 s.
+DEMO_EPOCHS_2_TO_14 = [13.5, 14.4, 13.0, 13.6, 14.4, 16.4, 14.7, 12.8, 14.1, 13.4, 11.7, 12.7, 13.9]
+
+
+def test_replan_counts_the_eval_due_at_the_boundary():
+    """The check runs at the boundary before that epoch's eval. That run (on a first version of the
+    upward re-plan) grew 12 -> 14 after epoch 3, then 14 -> 15 at epoch 8 not counting the eval about
+    to run there, and back to 14 after epoch 9: the cosine moved twice for nothing. Counted, the
+    plan only grows, and ends inside the budget."""
+    kw = dict(budget_s=264.0, decided_at=35.3, epoch0=1, planned=12, max_epochs=16, every=8,
+              plan_epoch_s=16.1, plan_eval_s=15.0, eval_s=13.9, end_s=0.3)
+    epochs, wall, changes = _replay(DEMO_EPOCHS_2_TO_14, **kw)
+    assert changes and _monotonic(changes, 12) and changes[-1][1] > 12, changes
+    assert wall <= 264.0, (epochs, wall, changes)
+    # the eval due after epoch 8 is in the projection made at that boundary
+    watch = Watch(budget_s=264.0, t_start=0.0, t0=35.3, epoch0=1, epoch_s=16.1, eval_s=15.0)
+    at_8 = replan(watch, now=35.3 + 7 * 20.0, done=8, planned=14, max_epochs=16, evals_every=8)
+    at_7 = replan(watch, now=35.3 + 6 * 20.0, done=7, planned=14, max_epochs=16, evals_every=8)
+    assert at_8[2] == pytest.approx(35.3 + 7 * 20.0 + 15.0 + 6 * 20.0 + 15.0)  # pending eval + the last one
+    assert at_7[2] == pytest.approx(35.3 + 6 * 20.0 + 7 * 20.0 + 2 * 15.0)     # after 8 and after 14
+    # and in the decision's estimate: 40 s spent, the eval after epoch 8 (30 s), epochs 9-10, the eval after 10
+    assert plan_epochs(budget_s=600, elapsed_s=40, done=8, max_epochs=10, min_epochs=10, epoch_s=30, eval_s=30,
+                       evals_every=8).estimate_s == 40 + 30 + 2 * 30 + 30
 
 
 def test_the_trainer_applies_a_longer_plan(tmp_path, tiny_data, capsys, monkeypatch):

@@ -35,7 +35,7 @@ the epochs run faster than assumed, so that at least ``GROW_SHARE`` of the plann
 ``SAFETY`` (and ``epochs``, the maximum, allows), it plans again, upwards: a 60-minute run that
 decided on 41.3 s epochs and then ran them in 36.5 s on average ended at 52 minutes with 81 epochs;
 replayed with its own epoch times, the upward re-plans (after epochs 7 and 60) take it to 90 epochs
-and 57.0 minutes. The band between the two thresholds (``SAFETY`` up, the whole budget down) keeps
+and 57.1 minutes. The band between the two thresholds (``SAFETY`` up, the whole budget down) keeps
 a run from swinging back and forth. A re-plan moves the cosine from that point (the lr steps down a
 little when the run shortens, up a little when it grows; the trainer says so), so only a run that
 was never re-planned equals ``epochs=E`` exactly.
@@ -81,14 +81,24 @@ def evals_between(done: int, last: int, every: int) -> int:
     return multiples + (0 if last % every == 0 else 1)
 
 
+def pending_eval_s(done: int, evals_every: int, eval_s: float) -> float:
+    """The online eval due after epoch ``done`` (a multiple of ``evals_every``) that has not run yet
+    when the trainer plans at that boundary: ``eval_s``, else 0."""
+    return eval_s if evals_every and done % evals_every == 0 else 0.0
+
+
 def plan_epochs(*, budget_s: float, elapsed_s: float, done: int, max_epochs: int, min_epochs: int,
                 epoch_s: float, eval_s: float, evals_every: int) -> Plan:
     """The most epochs (``min_epochs .. max_epochs``) whose estimated wall time fits ``SAFETY x budget_s``.
 
-    ``elapsed_s``: time spent so far (``done`` epochs trained, their evals included); ``epoch_s``: one
-    more epoch with its end-of-epoch work; ``eval_s``: one online eval."""
+    ``elapsed_s``: time spent so far (``done`` epochs trained, their evals included except the one due
+    after epoch ``done``: the trainer decides at the boundary, before that eval runs, so it is added
+    here); ``epoch_s``: one more epoch with its end-of-epoch work; ``eval_s``: one online eval."""
+    pending = pending_eval_s(done, evals_every, eval_s)
+
     def estimate(epochs: int) -> float:
-        return elapsed_s + (epochs - done) * epoch_s + evals_between(done, epochs, evals_every) * eval_s
+        return (elapsed_s + pending + (epochs - done) * epoch_s
+                + evals_between(done, epochs, evals_every) * eval_s)
 
     lo = max(min_epochs, done)
     best = lo
@@ -127,7 +137,8 @@ def replan(watch: Watch, *, now: float, done: int, planned: int, max_epochs: int
         return None
     epoch_s = (now - watch.t0 - watch.evals_s) / n
     elapsed = now - watch.t_start
-    projected = elapsed + (planned - done) * epoch_s + evals_between(done, planned, evals_every) * watch.eval_s
+    projected = (elapsed + pending_eval_s(done, evals_every, watch.eval_s) + (planned - done) * epoch_s
+                 + evals_between(done, planned, evals_every) * watch.eval_s)
     if projected > watch.budget_s:
         plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=planned - 1,
                            min_epochs=done + 1, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
