@@ -164,47 +164,43 @@ def test_replan_counts_the_eval_due_at_the_boundary():
                        evals_every=8).estimate_s == 40 + 30 + 2 * 30 + 30
 
 
+def _run_with_verdict(tmp_path, tiny_data, capsys, monkeypatch, at_epoch, verdict):
+    """A 6-epoch budgeted run whose watch returns ``verdict`` at ``at_epoch`` (None elsewhere);
+    returns (stderr, the watch's calls as (done, planned, max_epochs)); checks that the checkpoint
+    of that boundary and status.json carry the new number."""
+    calls = []
+
+    def forced(watch, *, now, done, planned, max_epochs, evals_every):
+        calls.append((done, planned, max_epochs))
+        return verdict if done == at_epoch else None
+    monkeypatch.setattr(budget, "replan", forced)
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
+                       checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
+    assert main(["--config", str(cfg)]) == 0
+    epochs = verdict[0].epochs
+    ckpt = next((tmp_path / "run" / "checkpoints").glob(f"ckpt-e{at_epoch:04d}-*.pth"))
+    assert torch.load(ckpt, weights_only=True)["budget_epochs"] == epochs
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == epochs
+    return capsys.readouterr().err, calls
+
+
 def test_the_trainer_applies_a_longer_plan(tmp_path, tiny_data, capsys, monkeypatch):
     """The wiring of an upward re-plan, the verdict forced: decided 3 of at most 6 (a plan shorter
     than the maximum), then at epoch 2 the watch says 5 fit; the run trains 5 and says so."""
     monkeypatch.setattr(budget, "plan_epochs", lambda **kw: Plan(3, 10.0, True))
-    calls = []
-
-    def faster(watch, *, now, done, planned, max_epochs, evals_every):
-        calls.append((done, planned, max_epochs))
-        return (Plan(5, 100.0, True), 1.0, 60.0) if done == 2 else None
-    monkeypatch.setattr(budget, "replan", faster)
-    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
-                       checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
-    assert main(["--config", str(cfg)]) == 0
-    err = capsys.readouterr().err
+    err, calls = _run_with_verdict(tmp_path, tiny_data, capsys, monkeypatch, 2, (Plan(5, 100.0, True), 1.0, 60.0))
     assert calls == [(2, 3, 6), (3, 5, 6), (4, 5, 6)], calls
     assert "so 3 epochs would end at 1.0 min: re-planned to 5 (estimated 1.7 min, at most 6)" in err, err
     assert "done: 5 epochs" in err, err
-    second = torch.load(next((tmp_path / "run" / "checkpoints").glob("ckpt-e0002-*.pth")), weights_only=True)
-    assert second["budget_epochs"] == 5
-    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 5
 
 
 def test_the_trainer_applies_a_replan(tmp_path, tiny_data, capsys, monkeypatch):
     """The wiring, with the clock's verdict forced: at epoch 3 the watch says 6 epochs overrun and 4
     fit; the run stops after 4, the checkpoint of that boundary and status.json say 4."""
-    calls = []
-
-    def overrun(watch, *, now, done, planned, max_epochs, evals_every):
-        calls.append((done, planned))
-        return (Plan(4, 100.0, True), 9.9, 130.0) if done == 3 else None
-    monkeypatch.setattr(budget, "replan", overrun)
-    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "run", epochs=6, budget_minutes=600,
-                       checkpoint={"every": 1, "keep_last": 10, "every_minutes": 0})
-    assert main(["--config", str(cfg)]) == 0
-    err = capsys.readouterr().err
-    assert calls == [(2, 6), (3, 6)]  # from the boundary after the decision (epoch 1) on
+    err, calls = _run_with_verdict(tmp_path, tiny_data, capsys, monkeypatch, 3, (Plan(4, 100.0, True), 9.9, 130.0))
+    assert calls == [(2, 6, 6), (3, 6, 6)]  # from the boundary after the decision (epoch 1) on
     assert "so 6 epochs would end at 2.2 min: re-planned to 4 (estimated 1.7 min)" in err, err
     assert "done: 4 epochs" in err, err
-    third = torch.load(next((tmp_path / "run" / "checkpoints").glob("ckpt-e0003-*.pth")), weights_only=True)
-    assert third["budget_epochs"] == 4
-    assert json.loads((tmp_path / "run" / "status.json").read_text())["budget_epochs"] == 4
 
 
 def test_epoch_clock_leaves_out_the_first_steps():
