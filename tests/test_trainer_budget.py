@@ -105,7 +105,7 @@ def _replay(epoch_times, *, budget_s=3600.0, decided_at=233.0, epoch0=5, planned
         done += 1
         now += (epoch_times[done - epoch0 - 1] if done - epoch0 - 1 < len(epoch_times) else tail) + end_s
         found = replan(watch, now=now, done=done, planned=planned, max_epochs=max_epochs, evals_every=every)
-        if found is not None and done < planned:
+        if found is not None:
             planned = found[0].epochs
             changes.append((done, planned))
         if done % every == 0 or done == planned:

@@ -81,24 +81,23 @@ def evals_between(done: int, last: int, every: int) -> int:
     return multiples + (0 if last % every == 0 else 1)
 
 
-def pending_eval_s(done: int, evals_every: int, eval_s: float) -> float:
-    """The online eval due after epoch ``done`` (a multiple of ``evals_every``) that has not run yet
-    when the trainer plans at that boundary: ``eval_s``, else 0."""
-    return eval_s if evals_every and done % evals_every == 0 else 0.0
+def estimate_s(*, elapsed_s: float, done: int, epochs: int, epoch_s: float, eval_s: float,
+               evals_every: int) -> float:
+    """The run's wall time if it trains ``epochs`` in all, estimated at the boundary after epoch
+    ``done``: ``elapsed_s`` (the epochs so far and their evals, except the one due after epoch
+    ``done``: the trainer plans at the boundary, before that eval runs, so it is added here), then
+    ``epoch_s`` per epoch (with its end-of-epoch work) and ``eval_s`` per online eval."""
+    pending = eval_s if evals_every and done % evals_every == 0 else 0.0
+    return (elapsed_s + pending + (epochs - done) * epoch_s
+            + evals_between(done, epochs, evals_every) * eval_s)
 
 
 def plan_epochs(*, budget_s: float, elapsed_s: float, done: int, max_epochs: int, min_epochs: int,
                 epoch_s: float, eval_s: float, evals_every: int) -> Plan:
-    """The most epochs (``min_epochs .. max_epochs``) whose estimated wall time fits ``SAFETY x budget_s``.
-
-    ``elapsed_s``: time spent so far (``done`` epochs trained, their evals included except the one due
-    after epoch ``done``: the trainer decides at the boundary, before that eval runs, so it is added
-    here); ``epoch_s``: one more epoch with its end-of-epoch work; ``eval_s``: one online eval."""
-    pending = pending_eval_s(done, evals_every, eval_s)
-
+    """The most epochs (``min_epochs .. max_epochs``) whose ``estimate_s`` fits ``SAFETY x budget_s``."""
     def estimate(epochs: int) -> float:
-        return (elapsed_s + pending + (epochs - done) * epoch_s
-                + evals_between(done, epochs, evals_every) * eval_s)
+        return estimate_s(elapsed_s=elapsed_s, done=done, epochs=epochs, epoch_s=epoch_s, eval_s=eval_s,
+                          evals_every=evals_every)
 
     lo = max(min_epochs, done)
     best = lo
@@ -137,8 +136,8 @@ def replan(watch: Watch, *, now: float, done: int, planned: int, max_epochs: int
         return None
     epoch_s = (now - watch.t0 - watch.evals_s) / n
     elapsed = now - watch.t_start
-    projected = (elapsed + pending_eval_s(done, evals_every, watch.eval_s) + (planned - done) * epoch_s
-                 + evals_between(done, planned, evals_every) * watch.eval_s)
+    projected = estimate_s(elapsed_s=elapsed, done=done, epochs=planned, epoch_s=epoch_s, eval_s=watch.eval_s,
+                           evals_every=evals_every)
     if projected > watch.budget_s:
         plan = plan_epochs(budget_s=watch.budget_s, elapsed_s=elapsed, done=done, max_epochs=planned - 1,
                            min_epochs=done + 1, epoch_s=epoch_s, eval_s=watch.eval_s, evals_every=evals_every)
