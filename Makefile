@@ -19,6 +19,7 @@ bench: setup
 	$(PY) -m pipeline.bench
 	$(PY) -m trainer.bench
 	$(PY) -m benchmarks.adamw_cpu
+	$(PY) -m benchmarks.budget_replay
 
 # Proof on real photographs (configs/imagenette_cpu_60min.yaml, a 60-minute budget; 67 minutes on 2 cores from scratch in the last
 # measured run: 52 min pretraining, 2 min frozen rows, 12 min for 5 fine-tuning epochs x 2 models): MAE vs random
