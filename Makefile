@@ -21,8 +21,8 @@ bench: setup
 	$(PY) -m benchmarks.adamw_cpu
 	$(PY) -m benchmarks.budget_replay
 
-# Proof on real photographs (configs/imagenette_cpu_60min.yaml, a 60-minute budget; 67 minutes on 2 cores from scratch in the last
-# measured run: 52 min pretraining, 2 min frozen rows, 12 min for 5 fine-tuning epochs x 2 models): MAE vs random
+# Proof on real photographs (configs/imagenette_cpu_60min.yaml, a 60-minute budget; 72 minutes on 2 cores from scratch in the last
+# measured run: 57 min pretraining, 2 min frozen rows, 13 min for 5 fine-tuning epochs x 2 models): MAE vs random
 # init vs pixels, fine-tune vs scratch
 imagenette-table: setup
 	$(PY) -m evals.imagenette_table
