@@ -20,13 +20,14 @@ them whenever the rule or the presets change:
    how often the cosine moved.
 
 ``python -m benchmarks.budget_replay [--rules 2:0,3:0.10]`` (a rule is ``GROW_AFTER:GROW_MARGIN``;
-``2:0`` is the first version). A few seconds of CPU; no data, no torch.
+``2:0`` is the first version). Seconds of CPU per rule; no data, no torch.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
-import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,9 +86,15 @@ class Setting:
     startup_s: float  # the trainer's start to its first step
     end_s: float = 0.3  # checkpoint and reconstructions at each epoch end
 
-    def load(self):
+    @functools.cached_property
+    def preset(self) -> tuple[float, int, int, int]:
+        """(budget seconds, maximum epochs, the epoch the trainer decides after, eval spacing), read
+        once from the config; the decision epoch is ``budget.due``'s at the warm-up's end (its
+        quarter-of-the-budget rule left out: no preset's warm-up reaches it)."""
         cfg = load_config(ROOT / "configs" / self.config)
-        return cfg.budget_minutes * 60.0, cfg.epochs, cfg.optim.warmup_epochs, cfg.evals.every
+        decide = next(d for d in itertools.count(1)
+                      if budget.due(done=d, warmup_epochs=cfg.optim.warmup_epochs, spent_share=0.0))
+        return cfg.budget_minutes * 60.0, cfg.epochs, decide, cfg.evals.every
 
 
 SETTINGS = (
@@ -101,9 +108,8 @@ def decide_and_replay(pattern, pace, setting: Setting, grow_after: int, grow_mar
     """One budgeted run on ``pace x pattern`` epoch times: the first epoch a quarter slower (loader
     start), the decision after the warm-up's last epoch on its steady time and the eval estimate
     (with the trainer's margin), then the watch. Returns (budget_s, start plan, replay's result)."""
-    budget_s, max_epochs, warmup, every = setting.load()
+    budget_s, max_epochs, epoch0, every = setting.preset
     times = [pace * x for x in pattern]
-    epoch0 = max(1, math.floor(warmup))
     now = setting.startup_s + 0.25 * pace + sum(t + setting.end_s for t in times[:epoch0])
     epoch_s, eval_est = times[epoch0 - 1] + setting.end_s, budget.EVAL_MARGIN * setting.eval_s
     plan = budget.plan_epochs(budget_s=budget_s, elapsed_s=now, done=epoch0, max_epochs=max_epochs,
