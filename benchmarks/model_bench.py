@@ -9,6 +9,10 @@ timings on a shared machine are noisy and only ratios measured together mean any
 2. The paper's design (encoder sees the 25% visible patches) vs its ablation (mask tokens enter the
    encoder) at 75% masking, on a ViT-L-shaped model (24 blocks, 64-wide heads, decoder half as wide with
    8 blocks) narrowed to fit a CPU. Goal: >= 2.8x (the paper reports 2.8-4.1x).
+3. Decoder shapes at the CPU presets' settings (``--decoder-model``, batch 64, 75% masking): the same
+   encoder with each ``--decoders`` shape (width x depth, 32-wide heads), images/s relative to the
+   first. No goal: it is the price list for the recipe search (README, "Recipes for a CPU budget"),
+   where the decoder's 64 tokens a image cost more than the encoder's 16 visible ones.
 
 Run: ``python -m benchmarks.model_bench [--quick] [--threads 1] [--device cuda --bf16]``.
 On a CPU shared with other jobs, ``--threads 1`` gives far steadier ratios: two intra-op threads
@@ -24,6 +28,7 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from evals.inputs import RawHelpFormatter
 from model import create_model
 from model.checkpoint import hf_config_kwargs, mae_to_hf_state_dict
 from model.mae import MaskedAutoencoderViT
@@ -119,22 +124,63 @@ def bench_visible_only(args, device):
     return cfg, interleave(runners, args.ablation_steps, args.repeats, args.warmup, "visible-only vs [M] in encoder")
 
 
+def decoder_shape(text: str) -> dict:
+    """'WxD' -> the decoder's constructor keywords, heads 32 wide (the CPU presets' head width)."""
+    try:
+        width, depth = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a decoder shape is WIDTHxDEPTH, e.g. 128x2") from None
+    if width < 32 or width % 32 or depth < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: width a multiple of 32 (32-wide heads), depth >= 1")
+    return dict(decoder_embed_dim=width, decoder_depth=depth, decoder_num_heads=width // 32)
+
+
+def decoder_shapes(text: str) -> list[str]:
+    """'128x2,64x4' -> ['128x2', '64x4'], each checked by decoder_shape."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for name in names:
+        decoder_shape(name)
+    if not names:
+        raise argparse.ArgumentTypeError("no decoder shape given (e.g. 128x2,64x2)")
+    return names
+
+
+def bench_decoders(args, device):
+    imgs = None
+    runners = []
+    for text in args.decoders:
+        torch.manual_seed(0)
+        m = create_model(args.decoder_model, norm_pix_loss=True, **decoder_shape(text)).to(device).train()
+        if imgs is None:
+            size = m.config["img_size"]
+            imgs = torch.randn(args.decoder_batch, 3, size, size, device=device)
+        runners.append(Runner(text, m, imgs, ours_call, args.bf16))
+    return runners, interleave(runners, args.steps, args.repeats, args.warmup, "decoder shapes")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=RawHelpFormatter)
     p.add_argument("--model", default="mae_vit_micro_patch8_64", help="preset compared with Hugging Face")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128, help="batch of the comparison with Hugging Face [1]")
     p.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=7, help="interleaved repeats; the median is reported")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model before timing")
     p.add_argument("--ablation-width", type=int, default=128, help="encoder width of the ViT-L-shaped model")
-    p.add_argument("--ablation-img", type=int, default=224)
-    p.add_argument("--ablation-batch", type=int, default=16)
-    p.add_argument("--ablation-steps", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--ablation-img", type=int, default=224, help="image size of [2]")
+    p.add_argument("--ablation-batch", type=int, default=16, help="batch of [2]")
+    p.add_argument("--ablation-steps", type=int, default=2, help="training steps per timed repeat in [2]")
+    p.add_argument("--decoder-model", default="mae_vit_micro_patch8_64",
+                   help="encoder of the decoder-shape comparison [3]")
+    p.add_argument("--decoders", type=decoder_shapes,
+                   default="128x2,64x2,64x4,96x4",
+                   help="decoder shapes WIDTHxDEPTH compared in [3], the first the reference")
+    p.add_argument("--decoder-batch", type=int, default=64, help="batch of [3] (the CPU presets')")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--skip-hf", action="store_true")
-    p.add_argument("--skip-ablation", action="store_true")
+    p.add_argument("--skip-hf", action="store_true", help="skip [1] (needs transformers)")
+    p.add_argument("--skip-ablation", action="store_true", help="skip [2]")
+    p.add_argument("--skip-decoders", action="store_true", help="skip [3]")
     p.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
     args = p.parse_args(argv)
     if args.quick:
@@ -161,6 +207,12 @@ def main(argv=None):
         print(f"    visible only         {fast_r:9.1f} images/s")
         print(f"    mask tokens in enc.  {slow_r:9.1f} images/s")
         print(f"    speed-up             {fast_r / slow_r:9.2f}x   (goal >= 2.8x; paper 2.8-4.1x)")
+    if not args.skip_decoders:
+        runners, rates = bench_decoders(args, device)
+        print(f"\n[3] decoder shapes (width x depth, 32-wide heads), {args.decoder_model} encoder, "
+              f"batch {args.decoder_batch}, mask 0.75")
+        for r, rate in zip(runners, rates):
+            print(f"    decoder {r.name:12s} {rate:9.1f} images/s  {rate / rates[0]:5.2f}x {runners[0].name}")
     return 0
 
 
