@@ -9,7 +9,7 @@
   the budget drops it; a budget large enough trains the configured maximum;
 - after the decision the watch re-plans: shorter when the epochs slow down past the budget, longer
   when they speed up (replayed on a real 60-minute run's epoch times), and the trainer follows;
-- under torchrun with two processes both ranks follow rank 0's decision;
+- under torchrun with two processes both ranks follow rank 0's decision, and its longer re-plan;
 - a negative budget is one line, exit 2.
 """
 import json
@@ -317,3 +317,36 @@ def test_two_processes_follow_rank_0s_decision(tmp_path, tiny_data):
     assert "2 process(es)" in out and "warning: even 2 epochs" in out and "done: 2 epochs" in out, out
     assert json.loads((tmp_path / "ddp" / "status.json").read_text())["budget_epochs"] == 2
     assert _evals(tmp_path / "ddp") == [2]
+
+
+FORCED_GROWTH = """
+import sys
+from trainer import budget
+from trainer.budget import Plan
+from trainer.pretrain import main
+
+# only rank 0 calls these: the decision says 3 of at most 6, the watch at epoch 2 says 5 fit
+budget.plan_epochs = lambda **kw: Plan(3, 10.0, True)
+budget.replan = lambda watch, *, now, done, planned, max_epochs, evals_every: (
+    (Plan(5, 100.0, True), 1.0, 60.0) if done == 2 else None)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_processes_follow_rank_0s_longer_plan(tmp_path, tiny_data):
+    """A growth under torchrun: rank 0 alone re-plans 3 -> 5 epochs at epoch 2 (its verdict forced);
+    rank 1 must train the two extra epochs with it (a rank that stopped at 3 would leave rank 0 in
+    the next all-reduce until the 1-minute timeout), and the run ends at 5 with its evals."""
+    script = tmp_path / "forced_growth.py"
+    script.write_text(FORCED_GROWTH)
+    cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "ddp", epochs=6, budget_minutes=600,
+                       evals={"every": 4, "knn": True, "linprobe": False, "max_train": 40, "max_val": 20},
+                       dist_timeout_minutes=1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), "--config", str(cfg), "data.batch_size=4"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "2 process(es)" in out and "re-planned to 5" in out and "done: 5 epochs" in out, out
+    assert json.loads((tmp_path / "ddp" / "status.json").read_text())["budget_epochs"] == 5
+    assert _evals(tmp_path / "ddp") == [4, 5]
