@@ -12,7 +12,7 @@ timings on a shared machine are noisy and only ratios measured together mean any
 3. Decoder shapes at the CPU presets' settings (``--decoder-model``, batch 64, 75% masking): the same
    encoder with each ``--decoders`` shape (width x depth, 32-wide heads), images/s relative to the
    first. No goal: it is the price list for the recipe search (README, "Recipes for a CPU budget"),
-   where the decoder's 64 tokens a image cost more than the encoder's 16 visible ones.
+   where the decoder sees all 64 tokens of an image and the encoder only the 16 visible ones.
 
 Run: ``python -m benchmarks.model_bench [--quick] [--threads 1] [--device cuda --bf16]``.
 On a CPU shared with other jobs, ``--threads 1`` gives far steadier ratios: two intra-op threads
