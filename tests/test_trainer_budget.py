@@ -303,14 +303,16 @@ def test_negative_budget_is_one_line_exit_2(tmp_path, tiny_data, capsys):
     assert not (tmp_path / "run").exists()
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
 def test_two_processes_follow_rank_0s_decision(tmp_path, tiny_data):
     """Only rank 0 times the evals and decides; under torchrun both ranks must train the same epochs
     (a rank that went on alone would hang in the next all-reduce until the timeout)."""
     cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "ddp", epochs=4, budget_minutes=0.001,
                        evals={"every": 4, "knn": True, "linprobe": False, "max_train": 40, "max_val": 20},
                        dist_timeout_minutes=1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "trainer.pretrain", "--config", str(cfg), "data.batch_size=4"]
+    cmd = [*TORCHRUN_2, "-m", "trainer.pretrain", "--config", str(cfg), "data.batch_size=4"]
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -343,8 +345,7 @@ def test_two_processes_follow_rank_0s_longer_plan(tmp_path, tiny_data):
     cfg = write_config(tmp_path / "c.yaml", tiny_data, tmp_path / "ddp", epochs=6, budget_minutes=600,
                        evals={"every": 4, "knn": True, "linprobe": False, "max_train": 40, "max_val": 20},
                        dist_timeout_minutes=1)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(script), "--config", str(cfg), "data.batch_size=4"]
+    cmd = [*TORCHRUN_2, str(script), "--config", str(cfg), "data.batch_size=4"]
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=240)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
