@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from evals.inputs import RawHelpFormatter
-from model import create_model
+from model import create_model, model_config
 from model.checkpoint import hf_config_kwargs, mae_to_hf_state_dict
 from model.mae import MaskedAutoencoderViT
 
@@ -146,14 +146,12 @@ def decoder_shapes(text: str) -> list[str]:
 
 
 def bench_decoders(args, device):
-    imgs = None
+    size = model_config(args.decoder_model)["img_size"]
+    imgs = torch.randn(args.decoder_batch, 3, size, size, device=device)
     runners = []
     for text in args.decoders:
         torch.manual_seed(0)
         m = create_model(args.decoder_model, norm_pix_loss=True, **decoder_shape(text)).to(device).train()
-        if imgs is None:
-            size = m.config["img_size"]
-            imgs = torch.randn(args.decoder_batch, 3, size, size, device=device)
         runners.append(Runner(text, m, imgs, ours_call, args.bf16))
     return runners, interleave(runners, args.steps, args.repeats, args.warmup, "decoder shapes")
 
