@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from evals.inputs import RawHelpFormatter
-from model import create_model, model_config
+from model import create_model, list_models, model_config
 from model.checkpoint import hf_config_kwargs, mae_to_hf_state_dict
 from model.mae import MaskedAutoencoderViT
 
@@ -124,6 +124,13 @@ def bench_visible_only(args, device):
     return cfg, interleave(runners, args.ablation_steps, args.repeats, args.warmup, "visible-only vs [M] in encoder")
 
 
+def preset_name(text: str) -> str:
+    """A model preset's name, or one argparse error line listing the known ones."""
+    if text not in list_models():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model preset; known: {', '.join(list_models())}")
+    return text
+
+
 def decoder_shape(text: str) -> dict:
     """'WxD' -> the decoder's constructor keywords, heads 32 wide (the CPU presets' head width)."""
     try:
@@ -158,7 +165,7 @@ def bench_decoders(args, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=RawHelpFormatter)
-    p.add_argument("--model", default="mae_vit_micro_patch8_64", help="preset compared with Hugging Face")
+    p.add_argument("--model", type=preset_name, default="mae_vit_micro_patch8_64", help="preset compared with Hugging Face")
     p.add_argument("--batch", type=int, default=128, help="batch of the comparison with Hugging Face [1]")
     p.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=7, help="interleaved repeats; the median is reported")
@@ -167,7 +174,7 @@ def main(argv=None):
     p.add_argument("--ablation-img", type=int, default=224, help="image size of [2]")
     p.add_argument("--ablation-batch", type=int, default=16, help="batch of [2]")
     p.add_argument("--ablation-steps", type=int, default=2, help="training steps per timed repeat in [2]")
-    p.add_argument("--decoder-model", default="mae_vit_micro_patch8_64",
+    p.add_argument("--decoder-model", type=preset_name, default="mae_vit_micro_patch8_64",
                    help="encoder of the decoder-shape comparison [3]")
     p.add_argument("--decoders", type=decoder_shapes,
                    default="128x2,64x2,64x4,96x4",

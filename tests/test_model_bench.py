@@ -27,3 +27,12 @@ def test_the_decoder_comparison_runs_and_prints_ratios_to_the_first(capsys):
     assert "[3] decoder shapes" in out and "mae_vit_pico_patch8_64" in out
     lines = [ln for ln in out.splitlines() if ln.strip().startswith("decoder ")]
     assert len(lines) == 2 and lines[0].rstrip().endswith("1.00x 64x1")
+
+
+@pytest.mark.parametrize("flag", ["--model", "--decoder-model"])
+def test_an_unknown_preset_is_one_clear_line_and_exit_2(flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        model_bench.main([flag, "mae_vit_micro", "--skip-hf", "--skip-ablation"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and "not a model preset" in err and "mae_vit_micro_patch8_64" in err
